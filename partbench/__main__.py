@@ -1,0 +1,3 @@
+from partbench.cli import main
+
+main()

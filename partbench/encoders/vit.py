@@ -1,0 +1,38 @@
+"""The small ViT partbench runs on a CPU: the floor encoder and the shape of the mini encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from partbench.encoders.base import TimmEncoder
+from partbench.encoders.checkpoints import load_strict, read_checkpoint, sha256_file
+
+# 64 px input, patch 8 (an 8 x 8 grid), width 128, 6 blocks: about 1.2 M parameters.
+MINI_VIT = dict(img_size=64, patch_size=8, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0)
+
+
+def build_mini_vit(seed: int = 0) -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    # Seeding a private generator state keeps the caller's RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VisionTransformer(num_classes=0, global_pool="token", **MINI_VIT)
+
+
+def load_mini_vit(
+    name: str, family: str, *, weights: Path | None, seed: int, projection: torch.nn.Module | None = None
+) -> TimmEncoder:
+    """A mini ViT, randomly initialised from ``seed`` or loaded strictly from ``weights``."""
+    model = build_mini_vit(seed)
+    if weights is None:
+        weights_id = f"random-init:seed={seed}"
+    else:
+        state = read_checkpoint(weights)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        load_strict(model, state, weights)
+        weights_id = f"sha256:{sha256_file(weights)}"
+    return TimmEncoder(model.eval(), name=name, family=family, weights_id=weights_id, projection=projection)

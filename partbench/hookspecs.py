@@ -1,0 +1,26 @@
+"""The hooks a partbench plugin implements. Each hands the plugin a ``register`` callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("partbench")
+hookimpl = pluggy.HookimplMarker("partbench")
+
+
+@hookspec
+def register_encoders(register: Callable[[Any], None]) -> None:
+    """Register encoders by calling register(EncoderSpec(...)) once per encoder."""
+
+
+@hookspec
+def register_tasks(register: Callable[[Any], None]) -> None:
+    """Register tasks by calling register(TaskSpec(...)) once per task."""
+
+
+@hookspec
+def register_datasets(register: Callable[[Any], None]) -> None:
+    """Register datasets by calling register(DatasetSpec(...)) once per dataset."""
