@@ -45,7 +45,7 @@ class Registry:
 
     def task(self, name: str) -> TaskSpec:
         if name not in self.tasks:
-            raise UnknownNameError("task", name, list(self.tasks) + ["part", "object", "all"])
+            raise UnknownNameError("task", name, [*list(self.tasks), "part", "object", "all"])
         return self.tasks[name]
 
     def dataset(self, name: str) -> DatasetSpec:
@@ -61,7 +61,9 @@ def _wanted(dist_name: str) -> bool:
     return dist_name in {n.strip() for n in allow.split(",") if n.strip()}
 
 
-def plugin_manager(extra: Iterable[tuple[str, object]] = ()) -> tuple[pluggy.PluginManager, list[str]]:
+def plugin_manager(
+    extra: Iterable[tuple[str, object]] = (),
+) -> tuple[pluggy.PluginManager, list[str]]:
     """Build a manager with every entry-point plugin, plus ``extra`` (name, module) pairs."""
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
@@ -96,7 +98,9 @@ def _collect(pm: pluggy.PluginManager, hook: str, kind: type, into: dict, proble
 
         def register(item: Any, _plugin: str = plugin) -> None:
             if not isinstance(item, kind):
-                raise TypeError(f"{hook} expects {kind.__name__} objects, got {type(item).__name__}")
+                raise TypeError(
+                    f"{hook} expects {kind.__name__} objects, got {type(item).__name__}"
+                )
             if item.name in into and into[item.name].plugin != _plugin:
                 problems.append(
                     f"plugin '{_plugin}' registers '{item.name}', already supplied by "
@@ -108,7 +112,9 @@ def _collect(pm: pluggy.PluginManager, hook: str, kind: type, into: dict, proble
         try:
             impl.function(**{arg: register for arg in impl.argnames})
         except Exception as exc:
-            problems.append(f"plugin '{impl.plugin_name}' failed in {hook} and was skipped: {exc!r}")
+            problems.append(
+                f"plugin '{impl.plugin_name}' failed in {hook} and was skipped: {exc!r}"
+            )
 
 
 def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) -> Registry:

@@ -21,7 +21,7 @@ CAPABILITIES = ("images", "keypoints", "part-masks", "object-masks")
 
 @dataclass(frozen=True)
 class EncoderRequest:
-    """Everything an encoder's loader is told. New fields get defaults, so old loaders keep working."""
+    """Everything an encoder's loader is told; new fields get defaults, so old loaders work."""
 
     name: str
     variant: str | None = None  # the part after a prefix, e.g. the model in "timm:<model>"

@@ -1,5 +1,4 @@
-"""Datasets: one interface for the built-in SynParts and every real dataset (see base.py)."""
+"""Datasets: one interface for the built-in SynParts and every real dataset (see base.py).
 
-from partbench.datasets.base import Dataset, Sample
-
-__all__ = ["Dataset", "Sample"]
+Import from the submodules: this file stays empty so that plugins load without torch.
+"""

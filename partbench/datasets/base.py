@@ -3,9 +3,9 @@ turn them into what tasks consume, so the crop rule and label handling live in o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class Dataset:
     part_seg_classes: Sequence[str] = ()  # for "part-masks"
     object_seg_classes: Sequence[str] = ()  # for "object-masks"
     # Which split each role reads. The study retrieves over all CUB images but COCO train2017.
-    splits: dict[str, str] = {"retrieval": "test", "train": "train", "test": "test"}
+    splits: ClassVar[Mapping[str, str]] = {"retrieval": "test", "train": "train", "test": "test"}
     # The study keeps a keypoint when 20 < d < 1000 pixels (d: half the nearest-keypoint distance).
     crop_bounds: tuple[float, float] = (20.0, 1000.0)
 

@@ -15,6 +15,80 @@ def _synparts(root: Path | None = None, **options):
     return SynParts(**options)
 
 
+def _reader(module: str, *leading: str) -> Callable[..., object]:
+    """A load(root, **options) that imports its reader module only when called."""
+
+    def load(root: Path | None = None, **options):
+        from importlib import import_module
+
+        return import_module(f"partbench.datasets.{module}").load(*leading, root, **options)
+
+    return load
+
+
+def _present(name: str) -> Callable[[Path | None], bool]:
+    def data_present(root: Path | None) -> bool:
+        from partbench.datasets.layouts import present
+
+        return present(name, root)
+
+    return data_present
+
+
+# name -> (reader module, extra leading load() arguments, capabilities, description)
+_REAL_DATASETS: dict[str, tuple[str, tuple[str, ...], frozenset[str], str]] = {
+    "cub200": (
+        "cub",
+        (),
+        frozenset({"images", "keypoints"}),
+        "CUB-200-2011: 200 bird species; right eye, right leg, left wing, tail crops",
+    ),
+    "coco-keypoints": (
+        "coco",
+        (),
+        frozenset({"keypoints"}),
+        "COCO 2017 people: nose, right wrist, left ankle crops",
+    ),
+    "partimagenet": (
+        "partimagenet",
+        (),
+        frozenset({"images", "part-masks", "object-masks"}),
+        "PartImageNet: 40 parts of 11 super-categories",
+    ),
+    "ade20k-part": (
+        "segsets",
+        ("ade20k-part",),
+        frozenset({"part-masks"}),
+        "ADE20K-Part as the study prepared it: 209 part classes",
+    ),
+    "pascal-part": (
+        "segsets",
+        ("pascal-part",),
+        frozenset({"part-masks"}),
+        "Pascal-Part as the study prepared it: 193 part classes",
+    ),
+    "lip": (
+        "segsets",
+        ("lip",),
+        frozenset({"part-masks"}),
+        "Look Into Person: 19 human part classes",
+    ),
+    "ade20k-object": (
+        "segsets",
+        ("ade20k-object",),
+        frozenset({"object-masks"}),
+        "ADE20K objects as the study prepared them: 59 classes",
+    ),
+    "pascal-object": (
+        "segsets",
+        ("pascal-object",),
+        frozenset({"object-masks"}),
+        "Pascal VOC classes that Pascal-Part annotates: 16 classes",
+    ),
+    "cifar10": ("cifar", (), frozenset({"images"}), "CIFAR-10 python release: 10 classes, 32 px"),
+}
+
+
 @hookimpl
 def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
     register(
@@ -27,3 +101,16 @@ def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
             builtin_data=True,
         )
     )
+    from partbench.datasets.layouts import LAYOUTS  # pathlib only; no reader is imported
+
+    for name, (module, leading, capabilities, description) in _REAL_DATASETS.items():
+        register(
+            DatasetSpec(
+                name=name,
+                load=_reader(module, *leading),
+                capabilities=capabilities,
+                description=description,
+                source=LAYOUTS[name][0].source,
+                data_present=_present(name),
+            )
+        )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,30 +35,77 @@ class Placement:
 
 # Body: (shape, half-width, half-height) in body units. Anchors sit on or just off the body.
 OBJECT_CLASSES: dict[str, tuple[tuple[str, float, float], tuple[Placement, ...]]] = {
-    "bird": (("ellipse", 1.0, 0.6), (
-        Placement("eye", 0.65, -0.2, 0, 0.3), Placement("wing", -0.1, -0.75, -90),
-        Placement("leg", 0.35, 0.95, 90), Placement("tail", -1.35, 0.0, 180))),
-    "car": (("rect", 1.1, 0.55), (
-        Placement("wheel", -0.7, 0.75, 0), Placement("wheel", 0.7, 0.75, 0),
-        Placement("eye", 1.0, -0.1, 0, 0.28), Placement("antenna", -0.6, -0.95, -90))),
-    "fish": (("ellipse", 1.0, 0.5), (
-        Placement("eye", 0.6, -0.1, 0, 0.28), Placement("fin", 0.0, -0.75, 0),
-        Placement("tail", -1.35, 0.0, 180), Placement("fin", 0.1, 0.75, 180))),
-    "robot": (("rect", 0.7, 0.9), (
-        Placement("antenna", 0.0, -1.3, -90), Placement("shell", 0.0, 0.0, 0, 0.45),
-        Placement("wheel", 0.0, 1.3, 0), Placement("leg", -1.1, 0.2, 180))),
-    "dragon": (("ellipse", 1.0, 0.55), (
-        Placement("wing", 0.0, -0.8, -90), Placement("horn", 1.2, -0.35, -30),
-        Placement("tail", -1.35, 0.1, 180), Placement("leg", 0.4, 0.95, 90))),
-    "snail": (("ellipse", 1.1, 0.4), (
-        Placement("shell", -0.2, -0.8, 0, 0.5), Placement("antenna", 1.1, -0.7, -60),
-        Placement("eye", 0.85, 0.0, 0, 0.26))),
-    "plane": (("rect", 1.3, 0.3), (
-        Placement("wing", 0.1, -0.75, -90), Placement("wing", 0.1, 0.75, 90),
-        Placement("fin", -1.3, -0.5, 0), Placement("horn", 1.55, 0.0, 0))),
-    "rhino": (("ellipse", 1.0, 0.65), (
-        Placement("horn", 1.25, -0.3, -20), Placement("leg", -0.5, 1.0, 90),
-        Placement("leg", 0.5, 1.0, 90), Placement("tail", -1.3, -0.2, 190))),
+    "bird": (
+        ("ellipse", 1.0, 0.6),
+        (
+            Placement("eye", 0.65, -0.2, 0, 0.3),
+            Placement("wing", -0.1, -0.75, -90),
+            Placement("leg", 0.35, 0.95, 90),
+            Placement("tail", -1.35, 0.0, 180),
+        ),
+    ),
+    "car": (
+        ("rect", 1.1, 0.55),
+        (
+            Placement("wheel", -0.7, 0.75, 0),
+            Placement("wheel", 0.7, 0.75, 0),
+            Placement("eye", 1.0, -0.1, 0, 0.28),
+            Placement("antenna", -0.6, -0.95, -90),
+        ),
+    ),
+    "fish": (
+        ("ellipse", 1.0, 0.5),
+        (
+            Placement("eye", 0.6, -0.1, 0, 0.28),
+            Placement("fin", 0.0, -0.75, 0),
+            Placement("tail", -1.35, 0.0, 180),
+            Placement("fin", 0.1, 0.75, 180),
+        ),
+    ),
+    "robot": (
+        ("rect", 0.7, 0.9),
+        (
+            Placement("antenna", 0.0, -1.3, -90),
+            Placement("shell", 0.0, 0.0, 0, 0.45),
+            Placement("wheel", 0.0, 1.3, 0),
+            Placement("leg", -1.1, 0.2, 180),
+        ),
+    ),
+    "dragon": (
+        ("ellipse", 1.0, 0.55),
+        (
+            Placement("wing", 0.0, -0.8, -90),
+            Placement("horn", 1.2, -0.35, -30),
+            Placement("tail", -1.35, 0.1, 180),
+            Placement("leg", 0.4, 0.95, 90),
+        ),
+    ),
+    "snail": (
+        ("ellipse", 1.1, 0.4),
+        (
+            Placement("shell", -0.2, -0.8, 0, 0.5),
+            Placement("antenna", 1.1, -0.7, -60),
+            Placement("eye", 0.85, 0.0, 0, 0.26),
+        ),
+    ),
+    "plane": (
+        ("rect", 1.3, 0.3),
+        (
+            Placement("wing", 0.1, -0.75, -90),
+            Placement("wing", 0.1, 0.75, 90),
+            Placement("fin", -1.3, -0.5, 0),
+            Placement("horn", 1.55, 0.0, 0),
+        ),
+    ),
+    "rhino": (
+        ("ellipse", 1.0, 0.65),
+        (
+            Placement("horn", 1.25, -0.3, -20),
+            Placement("leg", -0.5, 1.0, 90),
+            Placement("leg", 0.5, 1.0, 90),
+            Placement("tail", -1.3, -0.2, 190),
+        ),
+    ),
 }
 
 
@@ -121,8 +170,9 @@ def render(seed: int, split: str, index: int, size: int = 96) -> Sample:
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) / ss + 0.5 / ss
 
     # Background: a smooth gradient plus clutter that shares no shape with any part.
-    c0, c1 = _hsv(rng.random(), 0.3 * rng.random(), 0.3 + 0.5 * rng.random()), _hsv(
-        rng.random(), 0.3 * rng.random(), 0.3 + 0.5 * rng.random()
+    c0, c1 = (
+        _hsv(rng.random(), 0.3 * rng.random(), 0.3 + 0.5 * rng.random()),
+        _hsv(rng.random(), 0.3 * rng.random(), 0.3 + 0.5 * rng.random()),
     )
     g = (xx * np.cos(rng.random() * 6.3) + yy * np.sin(rng.random() * 6.3)) / size
     img = c0 * (1 - g[..., None] % 1) + c1 * (g[..., None] % 1)
@@ -150,8 +200,10 @@ def render(seed: int, split: str, index: int, size: int = 96) -> Sample:
     ou, ov = _rot((xx - cx) / scale, (yy - cy) / scale, theta)
 
     body_col = _hsv(rng.random(), 0.3 + 0.5 * rng.random(), 0.4 + 0.5 * rng.random())
-    bm = ((ou / bw) ** 2 + (ov / bh) ** 2 < 1) if body == "ellipse" else (
-        (np.abs(ou) < bw) & (np.abs(ov) < bh)
+    bm = (
+        ((ou / bw) ** 2 + (ov / bh) ** 2 < 1)
+        if body == "ellipse"
+        else ((np.abs(ou) < bw) & (np.abs(ov) < bh))
     )
     img[bm] = body_col * (0.85 + 0.15 * np.clip(ov[bm] / bh, -1, 1))[:, None]
     part_map[bm], obj[bm] = 1, True
@@ -160,7 +212,9 @@ def render(seed: int, split: str, index: int, size: int = 96) -> Sample:
     c, s = np.cos(np.radians(theta)), np.sin(np.radians(theta))
     for pl in placements:
         size_jit = pl.size * (0.9 + 0.2 * rng.random())
-        pu, pv = _rot((ou - pl.x) / size_jit, (ov - pl.y) / size_jit, pl.angle + rng.uniform(-12, 12))
+        pu, pv = _rot(
+            (ou - pl.x) / size_jit, (ov - pl.y) / size_jit, pl.angle + rng.uniform(-12, 12)
+        )
         m, tex = _part_shape(pl.part, pu, pv)
         hue = rng.random()
         lo, hi = _hsv(hue, 0.7, 0.25 + 0.2 * rng.random()), _hsv((hue + 0.1) % 1, 0.5, 0.95)
@@ -207,18 +261,25 @@ class SynParts(Dataset):
     part_classes = PART_TYPES
     part_seg_classes = ("body", *PART_TYPES)
     object_seg_classes = tuple(OBJECT_CLASSES)
-    splits = {"retrieval": "test", "train": "train", "test": "test"}
+    splits: ClassVar[Mapping[str, str]] = {"retrieval": "test", "train": "train", "test": "test"}
 
     def __init__(self, seed: int = 0, size: int = 96, train: int = 640, test: int = 320):
         self.seed, self.size = seed, size
         self.counts = {"train": train, "test": test}
         # The study's 20 < d < 1000 px bounds are for images about 500 px wide.
         self.crop_bounds = (20.0 * size / 500, 1000.0 * size / 500)
+        self._cache: dict[tuple[str, int], Sample] = {}  # several views read each image
+
+    def _get(self, split: str, index: int) -> Sample:
+        key = (split, index)
+        if key not in self._cache:
+            self._cache[key] = render(self.seed, split, index, self.size)
+        return self._cache[key]
 
     def samples(self, split: str) -> LazySamples[Sample]:
         if split not in self.counts:
             raise KeyError(f"synparts has splits {sorted(self.counts)}, not '{split}'")
-        return LazySamples(self.counts[split], lambda i: render(self.seed, split, i, self.size))
+        return LazySamples(self.counts[split], lambda i: self._get(split, i))
 
     def fingerprint(self) -> str:
         config = {"version": VERSION, "seed": self.seed, "size": self.size, **self.counts}

@@ -11,7 +11,9 @@ from PIL import Image
 from partbench.datasets.base import Sample
 
 
-def crop_rule(keypoints: np.ndarray, bounds: tuple[float, float]) -> list[tuple[int, float, float, int]]:
+def crop_rule(
+    keypoints: np.ndarray, bounds: tuple[float, float]
+) -> list[tuple[int, float, float, int]]:
     """The study's crop rule for one image's visible keypoints.
 
     d is half the distance to the nearest other visible keypoint; a keypoint is kept when
@@ -25,18 +27,20 @@ def crop_rule(keypoints: np.ndarray, bounds: tuple[float, float]) -> list[tuple[
         return []
     xy = vis[:, 1:3].astype(np.float64)
     dist = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
-    np.fill_diagonal(dist, np.inf)
+    # Coincident keypoints do not count as each other's neighbour (the study's code
+    # replaces zero distances the same way), and neither does the keypoint itself.
+    dist[dist == 0] = np.inf
     d = dist.min(axis=1) / 2.0
     kept = []
     for (part, x, y, _), di in zip(vis, d, strict=True):
         if bounds[0] < di < bounds[1]:
-            kept.append((int(part), float(x), float(y), int(round(di / 2.0))))
+            kept.append((int(part), float(x), float(y), round(di / 2.0)))
     return kept
 
 
 def crop_square(image: np.ndarray, x: float, y: float, r: int) -> np.ndarray:
     """The square (x - r, y - r, x + r, y + r), zero-filled where it leaves the image."""
-    x0, y0 = int(round(x)) - r, int(round(y)) - r
+    x0, y0 = round(x) - r, round(y) - r
     side = 2 * r
     out = np.zeros((side, side, image.shape[2]), dtype=image.dtype)
     h, w = image.shape[:2]
@@ -47,9 +51,7 @@ def crop_square(image: np.ndarray, x: float, y: float, r: int) -> np.ndarray:
     return out
 
 
-def part_crops(
-    sample: Sample, bounds: tuple[float, float]
-) -> list[tuple[np.ndarray, int]]:
+def part_crops(sample: Sample, bounds: tuple[float, float]) -> list[tuple[np.ndarray, int]]:
     return [
         (crop_square(sample.image, x, y, r), part)
         for part, x, y, r in crop_rule(sample.keypoints, bounds)
@@ -67,10 +69,10 @@ def resize_for_encoder(image: np.ndarray, size: int, transform: str) -> np.ndarr
         return np.asarray(pil.resize((size, size), Image.BICUBIC))
     if transform != "train":
         raise ValueError(f"unknown transform '{transform}'")
-    short = int(math.floor(size * 256 / 224 + 0.5))
+    short = math.floor(size * 256 / 224 + 0.5)
     w, h = pil.size
     scale = short / min(w, h)
-    nw, nh = max(size, int(round(w * scale))), max(size, int(round(h * scale)))
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     pil = pil.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     return np.asarray(pil.crop((left, top, left + size, top + size)))

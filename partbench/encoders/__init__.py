@@ -1,5 +1,4 @@
-"""Encoders: one small interface in front of every backbone (see base.py)."""
+"""Encoders: one small interface in front of every backbone (see base.py).
 
-from partbench.encoders.base import Encoder, EncoderOutput, TimmEncoder
-
-__all__ = ["Encoder", "EncoderOutput", "TimmEncoder"]
+Import from the submodules: this file stays empty so that plugins load without torch.
+"""

@@ -40,3 +40,13 @@ def register_encoders(register: Callable[[EncoderSpec], None]) -> None:
             weights_source="Hugging Face cache, or --weights",
         )
     )
+    # The study's encoders from their official files; the table imports neither torch nor timm.
+    from partbench.encoders.official import official_specs
+
+    for spec in official_specs():
+        register(spec)
+    # The mini encoders pretrained on SynParts, shipped in partbench/weights; no torch here either.
+    from partbench.encoders.mini import mini_encoder_specs
+
+    for spec in mini_encoder_specs():
+        register(spec)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from partbench.encoders.base import TimmEncoder
 from partbench.encoders.checkpoints import load_strict, read_checkpoint, sha256_file
 from partbench.errors import CheckpointError, PartbenchError

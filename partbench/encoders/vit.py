@@ -23,7 +23,12 @@ def build_mini_vit(seed: int = 0) -> torch.nn.Module:
 
 
 def load_mini_vit(
-    name: str, family: str, *, weights: Path | None, seed: int, projection: torch.nn.Module | None = None
+    name: str,
+    family: str,
+    *,
+    weights: Path | None,
+    seed: int,
+    projection: torch.nn.Module | None = None,
 ) -> TimmEncoder:
     """A mini ViT, randomly initialised from ``seed`` or loaded strictly from ``weights``."""
     model = build_mini_vit(seed)
@@ -35,4 +40,6 @@ def load_mini_vit(
             state = state["model"]
         load_strict(model, state, weights)
         weights_id = f"sha256:{sha256_file(weights)}"
-    return TimmEncoder(model.eval(), name=name, family=family, weights_id=weights_id, projection=projection)
+    return TimmEncoder(
+        model.eval(), name=name, family=family, weights_id=weights_id, projection=projection
+    )

@@ -1,0 +1,290 @@
+"""Ranking and rendering.
+
+For each dataset, the latest finished run of every (encoder, task) counts. A level's score is
+the mean of the headline metrics (in percent) of that level's tasks; its interval is the mean
+of the tasks' interval bounds. Encoders are ranked within each level by that score; one that
+lacks some of the level's tasks is marked and ranked after the complete ones. Ranks whose
+intervals overlap the neighbouring rank's are marked, since that difference may not be real.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from partbench.store import Run
+
+LEVELS = ("object", "part")
+
+
+@dataclass
+class Score:
+    value: float
+    low: float | None
+    high: float | None
+
+    def overlaps(self, other: Score) -> bool:
+        if None in (self.low, self.high, other.low, other.high):
+            return False
+        return self.low <= other.high and other.low <= self.high  # type: ignore[operator]
+
+
+@dataclass
+class Row:
+    encoder: str
+    family: str
+    dataset: str
+    tasks: dict[str, float] = field(default_factory=dict)
+    task_ci: dict[str, list[float | None]] = field(default_factory=dict)
+    object_score: float | None = None
+    object_ci: list[float | None] | None = None
+    part_score: float | None = None
+    part_ci: list[float | None] | None = None
+    object_rank: int | None = None
+    part_rank: int | None = None
+    part_awareness: int | None = None  # object rank minus part rank: > 0 ranks higher on parts
+    missing: list[str] = field(default_factory=list)
+    rank: int | None = None
+    overlaps_with: list[str] = field(default_factory=list)
+
+    def score(self, level: str) -> Score | None:
+        if level == "all":
+            if self.object_score is None or self.part_score is None:
+                return None
+            lo = [self.object_ci[0], self.part_ci[0]] if self.object_ci and self.part_ci else []
+            hi = [self.object_ci[1], self.part_ci[1]] if self.object_ci and self.part_ci else []
+            return Score(
+                (self.object_score + self.part_score) / 2,
+                sum(lo) / 2 if lo and None not in lo else None,  # type: ignore[arg-type]
+                sum(hi) / 2 if hi and None not in hi else None,  # type: ignore[arg-type]
+            )
+        value = getattr(self, f"{level}_score")
+        ci = getattr(self, f"{level}_ci") or [None, None]
+        return None if value is None else Score(value, ci[0], ci[1])
+
+
+@dataclass
+class Board:
+    dataset: str
+    level: str
+    tasks: dict[str, list[str]]  # level -> task names, each with its headline metric
+    metrics: dict[str, str]
+    rows: list[Row]
+
+
+def _rank(
+    rows: list[Row], level: str, task_names: Sequence[str], set_field: str | None
+) -> list[Row]:
+    """Order rows by their score at ``level``; complete rows first."""
+
+    def complete(r: Row) -> bool:
+        return not any(t in r.missing for t in task_names)
+
+    scored = [r for r in rows if r.score(level) is not None]
+    ordered = sorted(scored, key=lambda r: (not complete(r), -r.score(level).value, r.encoder))  # type: ignore[union-attr]
+    for i, r in enumerate(ordered, start=1):
+        if set_field:
+            setattr(r, set_field, i)
+    return ordered + [r for r in rows if r.score(level) is None]
+
+
+def build(runs: Sequence[Run], level: str = "all", dataset: str | None = None) -> list[Board]:
+    latest: dict[tuple[str, str, str], Run] = {}
+    for run in runs:
+        if run.status != "done" or (dataset and run.dataset != dataset):
+            continue
+        key = (run.dataset, run.encoder, run.task)
+        if key not in latest or run.id > latest[key].id:
+            latest[key] = run
+    boards = []
+    for ds in sorted({k[0] for k in latest}):
+        mine = [r for k, r in latest.items() if k[0] == ds]
+        tasks = {lv: sorted({r.task for r in mine if r.level == lv}) for lv in LEVELS}
+        metrics = {r.task: r.headline_metric for r in mine}
+        rows: dict[str, Row] = {}
+        for r in mine:
+            row = rows.setdefault(r.encoder, Row(r.encoder, r.family, ds))
+            head = r.headline
+            if head is not None:
+                row.tasks[r.task] = head.value
+                row.task_ci[r.task] = [head.ci_low, head.ci_high]
+        for row in rows.values():
+            for lv in LEVELS:
+                have = [t for t in tasks[lv] if t in row.tasks]
+                row.missing += [t for t in tasks[lv] if t not in row.tasks]
+                if have:
+                    setattr(row, f"{lv}_score", sum(row.tasks[t] for t in have) / len(have))
+                    lows = [row.task_ci[t][0] for t in have]
+                    highs = [row.task_ci[t][1] for t in have]
+                    setattr(
+                        row,
+                        f"{lv}_ci",
+                        [
+                            sum(lows) / len(lows) if None not in lows else None,  # type: ignore[arg-type]
+                            sum(highs) / len(highs) if None not in highs else None,  # type: ignore[arg-type]
+                        ],
+                    )
+        all_rows = list(rows.values())
+        for lv in LEVELS:
+            _rank(all_rows, lv, tasks[lv], f"{lv}_rank")
+        for row in all_rows:
+            if row.object_rank is not None and row.part_rank is not None:
+                row.part_awareness = row.object_rank - row.part_rank
+        ranked_tasks = tasks["object"] + tasks["part"] if level == "all" else tasks[level]
+        ordered = _rank(all_rows, level, ranked_tasks, "rank")
+        if level != "all":
+            ordered = [r for r in ordered if r.score(level) is not None]
+        for a, b in itertools.pairwise(ordered):
+            sa, sb = a.score(level), b.score(level)
+            if sa and sb and sa.overlaps(sb):
+                a.overlaps_with.append(b.encoder)
+                b.overlaps_with.append(a.encoder)
+        shown = {lv: tasks[lv] for lv in LEVELS if level in ("all", lv)}
+        boards.append(Board(ds, level, shown, metrics, ordered))
+    return boards
+
+
+def _fmt(v: float | None, ci: Sequence[float | None] | None = None) -> str:
+    if v is None:
+        return "–"
+    if ci and None not in ci:
+        return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+    return f"{v:.1f}"
+
+
+def _rank_text(row: Row) -> str:
+    if row.rank is None:
+        return "–"
+    return f"{row.rank}{'≈' if row.overlaps_with else ''}{'*' if row.missing else ''}"
+
+
+def _columns(board: Board) -> list[str]:
+    cols = ["rank", "encoder", "family"]
+    if "object" in board.tasks:
+        cols.append("object score")
+    if "part" in board.tasks:
+        cols.append("part score")
+    if board.level == "all":
+        cols.append("part awareness")
+    for lv in board.tasks:
+        cols += [f"{t} ({board.metrics[t]})" for t in board.tasks[lv]]
+    return cols
+
+
+def _cells(board: Board, row: Row, plain: bool = False) -> list[str]:
+    cells = [_rank_text(row), row.encoder, row.family]
+    if "object" in board.tasks:
+        cells.append(_fmt(row.object_score, row.object_ci))
+    if "part" in board.tasks:
+        cells.append(_fmt(row.part_score, row.part_ci))
+    if board.level == "all":
+        cells.append("–" if row.part_awareness is None else f"{row.part_awareness:+d}")
+    for lv in board.tasks:
+        cells += [_fmt(row.tasks.get(t), row.task_ci.get(t)) for t in board.tasks[lv]]
+    return cells
+
+
+LEGEND = (
+    "Scores in percent with 95% bootstrap intervals. ≈: the interval overlaps a neighbouring "
+    "rank's. *: some of the level's tasks are missing (ranked after complete encoders). "
+    "Part awareness: object rank minus part rank."
+)
+
+
+def to_markdown(boards: Sequence[Board]) -> str:
+    out = []
+    for b in boards:
+        out.append(
+            f"### {b.dataset} ({'object and part' if b.level == 'all' else b.level} level)\n"
+        )
+        cols = _columns(b)
+        out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "|".join("---" for _ in cols) + "|")
+        for row in b.rows:
+            cells = [c.replace("|", "\\|") for c in _cells(b, row)]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    out.append(LEGEND)
+    return "\n".join(out) + "\n"
+
+
+def to_csv(boards: Sequence[Board]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    tasks = sorted({t for b in boards for lv in b.tasks.values() for t in lv})
+    writer.writerow(
+        [
+            "dataset",
+            "rank",
+            "encoder",
+            "family",
+            "object_score",
+            "object_ci_low",
+            "object_ci_high",
+            "part_score",
+            "part_ci_low",
+            "part_ci_high",
+            "object_rank",
+            "part_rank",
+            "part_awareness",
+            "missing",
+            "overlaps_with",
+            *tasks,
+        ]
+    )
+    for b in boards:
+        for r in b.rows:
+            oc, pc = r.object_ci or [None, None], r.part_ci or [None, None]
+            writer.writerow(
+                [
+                    b.dataset,
+                    r.rank,
+                    r.encoder,
+                    r.family,
+                    r.object_score,
+                    oc[0],
+                    oc[1],
+                    r.part_score,
+                    pc[0],
+                    pc[1],
+                    r.object_rank,
+                    r.part_rank,
+                    r.part_awareness,
+                    ";".join(r.missing),
+                    ";".join(r.overlaps_with),
+                    *[r.tasks.get(t) for t in tasks],
+                ]
+            )
+    return buf.getvalue()
+
+
+def to_json(boards: Sequence[Board]) -> str:
+    rows: list[dict[str, Any]] = []
+    for b in boards:
+        for r in b.rows:
+            d = asdict(r)
+            d["level"] = b.level
+            rows.append(d)
+    return json.dumps(rows, indent=2) + "\n"
+
+
+def to_rich(boards: Sequence[Board]):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    tables: list[Any] = []
+    for b in boards:
+        table = Table(title=f"{b.dataset} · {b.level} level", title_justify="left")
+        for i, col in enumerate(_columns(b)):
+            table.add_column(col, justify="left" if i in (1, 2) else "right", no_wrap=i < 2)
+        for row in b.rows:
+            table.add_row(*_cells(b, row))
+        tables.append(table)
+    tables.append(Text(LEGEND, style="dim"))
+    return Group(*tables)

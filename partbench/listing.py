@@ -1,0 +1,177 @@
+"""What ``partbench list`` and ``partbench runs`` show, as plain records and as rich tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from partbench.paths import data_root
+from partbench.plugins import Registry
+
+
+def _present(check, *args) -> bool | None:
+    try:
+        return None if check is None else bool(check(*args))
+    except Exception:  # a broken check must not break the listing
+        return None
+
+
+def describe(reg: Registry, what: str) -> list[dict[str, Any]]:
+    if what == "encoders":
+        return [
+            {
+                "name": s.name + "<model>" if s.is_prefix else s.name,
+                "plugin": s.plugin,
+                "family": s.family,
+                "weights": s.weights_source,
+                "weights_present": _present(s.weights_present),
+                "description": s.description,
+            }
+            for s in reg.encoders.values()
+        ]
+    if what == "tasks":
+        return [
+            {
+                "name": s.name,
+                "plugin": s.plugin,
+                "level": s.level,
+                "metric": s.metric,
+                "requires": s.requires,
+                "options": {
+                    k: {
+                        "default": o.default,
+                        "choices": list(o.choices) if o.choices else None,
+                        "help": o.help,
+                    }
+                    for k, o in s.options.items()
+                },
+                "description": s.description,
+            }
+            for s in reg.tasks.values()
+        ]
+    return [
+        {
+            "name": s.name,
+            "plugin": s.plugin,
+            "levels": list(s.levels),
+            "capabilities": sorted(s.capabilities),
+            "data_present": True if s.builtin_data else _present(s.data_present, data_root(s.name)),
+            "source": s.source,
+            "description": s.description,
+        }
+        for s in reg.datasets.values()
+    ]
+
+
+def _yes_no(v: bool | None) -> str:
+    return {True: "yes", False: "no", None: "–"}[v]
+
+
+def render_table(what: str, items: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title=f"partbench {what}", title_justify="left")
+    if what == "encoders":
+        cols = ("name", "family", "weights", "present", "plugin", "description")
+        rows = [
+            (
+                i["name"],
+                i["family"],
+                i["weights"],
+                _yes_no(i["weights_present"]),
+                i["plugin"],
+                i["description"],
+            )
+            for i in items
+        ]
+    elif what == "tasks":
+        cols = ("name", "level", "metric", "needs", "options (default)", "plugin")
+        rows = [
+            (
+                i["name"],
+                i["level"],
+                i["metric"],
+                i["requires"],
+                ", ".join(f"{k}={o['default']}" for k, o in i["options"].items()),
+                i["plugin"],
+            )
+            for i in items
+        ]
+    else:
+        cols = ("name", "levels", "provides", "data present", "plugin", "source")
+        rows = [
+            (
+                i["name"],
+                ", ".join(i["levels"]),
+                ", ".join(i["capabilities"]),
+                _yes_no(i["data_present"]),
+                i["plugin"],
+                i["source"],
+            )
+            for i in items
+        ]
+    for c in cols:
+        table.add_column(c, no_wrap=c == "name")
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+def run_record(run) -> dict[str, Any]:
+    head = run.headline
+    return {
+        "id": run.id,
+        "encoder": run.encoder,
+        "task": run.task,
+        "level": run.level,
+        "dataset": run.dataset,
+        "status": run.status,
+        "metrics": {m.name: {"value": m.value, "ci": [m.ci_low, m.ci_high]} for m in run.metrics},
+        "headline": run.headline_metric,
+        "score": head.value if head else None,
+        "n_items": run.n_items,
+        "timing": run.timing,
+        "device": run.device,
+        "weights_id": run.weights_id,
+        "config_hash": run.config_hash,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "error": run.error,
+    }
+
+
+def render_runs(records: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title="partbench runs", title_justify="left")
+    for c in (
+        "id",
+        "encoder",
+        "task",
+        "dataset",
+        "status",
+        "metrics",
+        "items",
+        "images/s",
+        "device",
+    ):
+        table.add_column(c, justify="right" if c in ("id", "items", "images/s") else "left")
+    for r in records:
+        metrics = ", ".join(
+            f"{k} {v['value']:.1f}"
+            + (f" [{v['ci'][0]:.1f}, {v['ci'][1]:.1f}]" if v["ci"][0] is not None else "")
+            for k, v in r["metrics"].items()
+        )
+        ips = (r["timing"] or {}).get("images_per_second")
+        status = r["status"] if r["status"] != "failed" else f"failed: {r['error']}"
+        table.add_row(
+            str(r["id"]),
+            r["encoder"],
+            r["task"],
+            r["dataset"],
+            status,
+            metrics or "–",
+            str(r["n_items"] or "–"),
+            f"{ips:.0f}" if ips else "–",
+            r["device"],
+        )
+    return table

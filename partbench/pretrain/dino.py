@@ -1,0 +1,117 @@
+"""DINO: self-distillation with no labels. A student matches an EMA teacher's centred,
+sharpened distribution over prototypes across multi-crop views."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from partbench.encoders.vit import build_mini_vit
+from partbench.pretrain.backbone import encode
+from partbench.pretrain.data import multi_crop
+from partbench.pretrain.heads import DINOHead
+from partbench.pretrain.train import Hyper, Recipe
+
+
+class Centering(nn.Module):
+    """The teacher's running centre: subtracting it stops one prototype from winning
+    (collapse), while a low teacher temperature stops the uniform solution."""
+
+    def __init__(self, dim: int, momentum: float = 0.9):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("center", torch.zeros(1, dim))
+
+    def probs(self, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        return F.softmax((teacher - self.center) / temperature, dim=-1)
+
+    @torch.no_grad()
+    def update(self, teacher: torch.Tensor) -> None:
+        batch_center = teacher.reshape(-1, teacher.shape[-1]).mean(0, keepdim=True)
+        self.center.mul_(self.momentum).add_(batch_center, alpha=1 - self.momentum)
+
+
+def cross_view_loss(
+    student: list[torch.Tensor], teacher_probs: list[torch.Tensor], student_temp: float
+) -> torch.Tensor:
+    """Mean cross-entropy H(teacher view i, student view j) over every pair with i != j:
+    teacher views are the global crops, student views all crops (globals first)."""
+    total, pairs = 0.0, 0
+    log_s = [F.log_softmax(s / student_temp, dim=-1) for s in student]
+    for i, p in enumerate(teacher_probs):
+        for j, ls in enumerate(log_s):
+            if i == j:
+                continue
+            total = total + torch.sum(-p * ls, dim=-1).mean()
+            pairs += 1
+    return total / pairs
+
+
+class DINORecipe(Recipe):
+    """Views: 2 global 64 px crops and 4 local 32 px crops (data.multi_crop). The teacher sees
+    the globals; the student every crop. Teacher temperature 0.04, student 0.1, centre
+    momentum 0.9; the prototype layer is frozen for the first 5% of steps and weight decay
+    ramps 0.04 -> 0.4, as in DINO. Shipped: the teacher's backbone and head (the study
+    evaluates DINO's teacher)."""
+
+    method, family, head_kind = "dino", "contrastive", "dino"
+    hyper = Hyper(
+        batch_size=32,
+        lr=5e-4,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        warmup=0.1,
+        clip=3.0,
+        momentum=0.98,
+    )
+    n_local = 4
+    student_temp, teacher_temp = 0.1, 0.04
+
+    def __init__(self, seed: int, steps: int, out_dim: int = 1024, patch_out: int = 0):
+        super().__init__(seed, steps)
+        self.backbone = build_mini_vit(seed)
+        width = self.backbone.embed_dim
+        self.head = DINOHead(width, 512, 128, out_dim, patch_out=patch_out)
+        self.teacher_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.centering = Centering(out_dim)
+        self.freeze_last_steps = max(1, steps // 20)
+
+    def ema_pairs(self):
+        return [(self.teacher_backbone, self.backbone), (self.teacher_head, self.head)]
+
+    def after_backward(self, step: int) -> None:
+        if step < self.freeze_last_steps:
+            self.head.last.weight.grad = None
+
+    def teacher_temperature(self, step: int) -> float:
+        return self.teacher_temp
+
+    def loss(self, images, labels, gen, step):
+        device = labels.device
+        globals_, locals_ = multi_crop(images, gen, self.n_local)
+        g = torch.cat(globals_).to(device)
+        with torch.no_grad():
+            t = self.teacher_head(encode(self.teacher_backbone, g)[:, 0])
+        s = [self.head(encode(self.backbone, g)[:, 0])]
+        if locals_:
+            s.append(self.head(encode(self.backbone, torch.cat(locals_).to(device))[:, 0]))
+        student = list(torch.cat(s).chunk(2 + len(locals_)))
+        probs = list(self.centering.probs(t, self.teacher_temperature(step)).chunk(2))
+        loss = cross_view_loss(student, probs, self.student_temp)
+        self.centering.update(t)
+        return loss
+
+    def shipped(self) -> dict[str, torch.Tensor]:
+        state = dict(self.teacher_backbone.state_dict())
+        state.update({f"head.{k}": v for k, v in self.teacher_head.class_token_state().items()})
+        return state
+
+
+def warm_temperature(step: int, steps: int, start: float, end: float, warm: float) -> float:
+    """Linear warm-up of a teacher temperature over the first ``warm`` fraction of steps."""
+    n = max(1, int(warm * steps))
+    return end if step >= n else start + (end - start) * step / n

@@ -1,0 +1,151 @@
+"""The built-in tasks (the study's protocol), registered through the same hook as any plugin's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from partbench.hookspecs import hookimpl
+from partbench.specs import TaskOption, TaskSpec
+
+FEATURES = ("cls", "embedding", "projection")
+
+
+def _retrieval_options() -> dict[str, TaskOption]:
+    return {
+        "feature": TaskOption(
+            "embedding", "cls, embedding (mean patch token) or projection", FEATURES
+        ),
+        "include_self": TaskOption(
+            True, "keep the query in its own gallery, as the study's code does", (True, False)
+        ),
+    }
+
+
+def _probe_options(lr: float, feature: bool) -> dict[str, TaskOption]:
+    opts = {
+        "epochs": TaskOption(90, "training epochs"),
+        "lr": TaskOption(lr, "base learning rate, scaled by batch_size / 256"),
+        "batch_size": TaskOption(1024, "probe batch size"),
+        "report": TaskOption(
+            "best", "top-1 of the best epoch (the study) or the last", ("best", "last")
+        ),
+    }
+    if feature:
+        opts = {"feature": TaskOption("cls", "cls, embedding or projection", FEATURES), **opts}
+    return opts
+
+
+def _seg_options() -> dict[str, TaskOption]:
+    return {
+        "iterations": TaskOption(500, "head training iterations (the study: 160k)"),
+        "lr": TaskOption(4e-4, "AdamW learning rate"),
+        "batch_size": TaskOption(16, "images per iteration"),
+    }
+
+
+def _retrieval(source: str):
+    def create():
+        from partbench.tasks.retrieval import Retrieval
+
+        return Retrieval(source)
+
+    return create
+
+
+def _probe(source: str, kind: str):
+    def create():
+        from partbench.tasks.probes import Probe
+
+        return Probe(source, kind)
+
+    return create
+
+
+def _seg(source: str):
+    def create():
+        from partbench.tasks.segmentation import Segmentation
+
+        return Segmentation(source)
+
+    return create
+
+
+@hookimpl
+def register_tasks(register: Callable[[TaskSpec], None]) -> None:
+    register(
+        TaskSpec(
+            "part-retrieval",
+            "part",
+            "mAP",
+            "keypoints",
+            _retrieval("keypoints"),
+            "part crops around keypoints retrieve crops of the same part; cosine, no training",
+            _retrieval_options(),
+        )
+    )
+    register(
+        TaskSpec(
+            "part-linear",
+            "part",
+            "top1",
+            "keypoints",
+            _probe("keypoints", "linear"),
+            "linear probe on part crops",
+            _probe_options(0.1, feature=True),
+        )
+    )
+    register(
+        TaskSpec(
+            "part-attentive",
+            "part",
+            "top1",
+            "keypoints",
+            _probe("keypoints", "attentive"),
+            "attentive probe (one query over all final tokens) on part crops",
+            _probe_options(0.01, feature=False),
+        )
+    )
+    register(
+        TaskSpec(
+            "part-seg",
+            "part",
+            "mIoU",
+            "part-masks",
+            _seg("part-masks"),
+            "linear per-pixel probe on blocks 4/6/8/12 for part labels",
+            _seg_options(),
+        )
+    )
+    register(
+        TaskSpec(
+            "object-retrieval",
+            "object",
+            "mAP",
+            "images",
+            _retrieval("images"),
+            "whole images retrieve images of the same class; cosine, no training",
+            _retrieval_options(),
+        )
+    )
+    register(
+        TaskSpec(
+            "object-linear",
+            "object",
+            "top1",
+            "images",
+            _probe("images", "linear"),
+            "linear probe on whole images",
+            _probe_options(0.1, feature=True),
+        )
+    )
+    register(
+        TaskSpec(
+            "object-seg",
+            "object",
+            "mIoU",
+            "object-masks",
+            _seg("object-masks"),
+            "linear per-pixel probe on blocks 4/6/8/12 for object labels",
+            _seg_options(),
+        )
+    )
