@@ -38,7 +38,9 @@ def retrieval_ap(
     out = np.empty(n, dtype=np.float64)
     for start in range(0, n, chunk):
         q = slice(start, min(start + chunk, n))
-        sims = feats[q] @ feats.T  # (c, n)
+        # Rounded so that equal cosines tie whatever the matmul's summation order (chunk
+        # size, device); otherwise float noise would split ties at random.
+        sims = torch.round(feats[q] @ feats.T, decimals=9)  # (c, n)
         rel = (lab[q, None] == lab[None, :]).to(torch.float64)
         if not include_self:
             rows = torch.arange(sims.shape[0])

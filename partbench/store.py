@@ -26,7 +26,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -133,7 +133,7 @@ class Store:
         try:
             self.engine: Engine = create_engine(url, **kwargs)
             Base.metadata.create_all(self.engine)
-        except (OperationalError, ImportError) as exc:
+        except (OperationalError, NoSuchModuleError, ImportError) as exc:
             raise PartbenchError(f"cannot open the results database {url}: {exc}") from exc
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         with self.session() as s:

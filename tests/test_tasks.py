@@ -1,0 +1,127 @@
+"""Each task scores features the way the protocol says: checked on features whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from partbench.datasets.base import IGNORE, Dataset
+from partbench.extraction import Features
+from partbench.tasks.probes import AttentivePooler, Probe, attention_heads
+from partbench.tasks.retrieval import Retrieval
+from partbench.tasks.segmentation import Segmentation, scaled_blocks
+
+
+class Named(Dataset):
+    name = "toy"
+    object_classes = part_classes = ("a", "b", "c")
+    part_seg_classes = object_seg_classes = ("a", "b", "c")
+
+
+def _clustered(n: int, classes: int, noise: float, seed: int, dim: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(99)) * 3
+    return centres[labels] + noise * torch.randn(n, dim, generator=g), labels.numpy()
+
+
+def _features(x, labels, **extra):
+    return Features(arrays={"cls": x, "embedding": x, **extra}, labels=labels, grid=(1, 1))
+
+
+def test_retrieval_scores_separable_features_perfectly_and_noise_lower():
+    task, ds = Retrieval("keypoints"), Named()
+    opts = {"feature": "embedding", "include_self": True}
+    x, y = _clustered(60, 3, 0.1, 0)
+    res = task.evaluate({"gallery": _features(x, y)}, ds, opts, seed=0)
+    assert res.metrics["mAP"].value == pytest.approx(100.0)
+    assert res.n_items == 60 and res.items_per_class == {"a": 20, "b": 20, "c": 20}
+    noisy = task.evaluate({"gallery": _features(*_clustered(60, 3, 8.0, 0))}, ds, opts, seed=0)
+    m = noisy.metrics["mAP"]
+    assert m.value < 90 and m.ci_low < m.value < m.ci_high
+    # Leaving the query out of its gallery can only lower AP when positives are scarce.
+    out = task.evaluate({"gallery": _features(*_clustered(60, 3, 8.0, 0))}, ds,
+                        {**opts, "include_self": False}, seed=0)
+    assert out.metrics["mAP"].value < m.value
+
+
+def test_attentive_pooler_equals_multihead_attention():
+    torch.manual_seed(0)
+    dim, heads = 24, 4
+    pool = AttentivePooler(dim, heads)
+    ref = nn.MultiheadAttention(dim, heads, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([pool.q.weight, pool.k.weight, pool.v.weight]))
+        for lin in (pool.q, pool.k, pool.v, pool.out):
+            lin.bias.normal_()
+        ref.in_proj_bias.copy_(torch.cat([pool.q.bias, pool.k.bias, pool.v.bias]))
+        ref.out_proj.weight.copy_(pool.out.weight)
+        ref.out_proj.bias.copy_(pool.out.bias)
+    tokens = torch.randn(5, 7, dim)
+    query = pool.query.expand(5, 1, dim)
+    expected = ref(query, tokens, tokens, need_weights=False)[0][:, 0]
+    assert torch.allclose(pool(tokens), expected, atol=1e-5)
+    assert attention_heads(768) == 12 and attention_heads(128) == 8
+
+
+PROBE_OPTS = {"feature": "cls", "epochs": 30, "lr": 0.1, "batch_size": 64, "report": "best"}
+
+
+def test_linear_probe_learns_separable_features_and_repeats_report_spread():
+    x, y = _clustered(90, 3, 0.5, 1)
+    xt, yt = _clustered(60, 3, 0.5, 2)
+    task = Probe("keypoints", "linear")
+    feats = {"train": _features(x, y), "test": _features(xt, yt)}
+    res = task.evaluate(feats, Named(), PROBE_OPTS, seed=0, repeats=3)
+    assert res.metrics["top1"].value == pytest.approx(100.0)
+    assert len(res.details["top1_repeats"]) == 3 and "top1_std" in res.details
+    # Labels unrelated to the features: near chance, with an interval that says so.
+    shuffled = {"train": _features(x, np.random.default_rng(0).permutation(y)), "test": _features(xt, yt)}
+    res = task.evaluate(shuffled, Named(), {**PROBE_OPTS, "report": "last"}, seed=0)
+    assert res.metrics["top1"].value < 75
+    assert res.metrics["top1"].ci_high - res.metrics["top1"].ci_low > 5
+
+
+def test_attentive_probe_finds_the_token_that_carries_the_class():
+    # The class lives in one token out of eight, at a random place; the rest is noise.
+    def tokens(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        x, y = _clustered(n, 3, 0.3, seed)
+        t = torch.randn(n, 8, 16, generator=g)
+        where = torch.randint(0, 8, (n,), generator=g)
+        t[torch.arange(n), where] = x
+        return t, y
+
+    (tr, ytr), (te, yte) = tokens(300, 3), tokens(90, 4)
+    feats = {"train": Features({"tokens": tr}, ytr, (1, 1)), "test": Features({"tokens": te}, yte, (1, 1))}
+    opts = {"epochs": 40, "lr": 0.05, "batch_size": 64, "report": "best"}
+    res = Probe("keypoints", "attentive").evaluate(feats, Named(), opts, seed=0)
+    assert res.metrics["top1"].value > 85
+    assert res.details["heads"] == 8
+
+
+def test_segmentation_probe_maps_patch_features_to_pixels_and_ignores_255():
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        grids = rng.integers(0, 3, (n, 4, 4))
+        masks = [np.kron(g, np.ones((4, 4), int)).astype(np.uint8) for g in grids]  # 16 x 16
+        for m in masks:
+            m[:2] = IGNORE
+        x = torch.nn.functional.one_hot(torch.as_tensor(grids.reshape(n, 16)), 3).float()
+        return Features({"blocks": x + 0.05 * torch.randn_like(x)}, np.zeros(n), (4, 4),
+                        masks={"part-masks": masks})
+
+    opts = {"iterations": 200, "lr": 0.05, "batch_size": 8}
+    res = Segmentation("part-masks").evaluate({"train": make(40), "test": make(20)}, Named(), opts, seed=0)
+    m = res.metrics["mIoU"]
+    assert m.value > 80 and m.ci_low <= m.value <= m.ci_high
+    assert res.n_items == 20 and set(res.items_per_class) == {"a", "b", "c"}
+
+
+def test_segmentation_blocks_scale_with_depth():
+    assert scaled_blocks(12) == (4, 6, 8, 12)
+    assert scaled_blocks(6) == (2, 3, 4, 6)
+    assert scaled_blocks(1) == (1,)
