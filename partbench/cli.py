@@ -75,9 +75,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "--encoder", "-e", "encoders", multiple=True, required=True, help="encoder name (repeatable)"
-)
+@click.option("--encoder", "-e", "encoders", multiple=True, required=True, help="encoder name (repeatable)")
 @click.option(
     "--task",
     "-t",
@@ -98,17 +96,11 @@ def cli() -> None:
     help="weights file for the encoder",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option(
-    "--batch-size", default=64, show_default=True, type=int, help="images per encoder forward"
-)
-@click.option(
-    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True
-)
+@click.option("--batch-size", default=64, show_default=True, type=int, help="images per encoder forward")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--limit", type=int, help="read at most N images per split, for quick looks")
-@click.option(
-    "--repeats", default=1, show_default=True, type=int, help="train each probe with N seeds"
-)
+@click.option("--repeats", default=1, show_default=True, type=int, help="train each probe with N seeds")
 @click.option(
     "--option",
     "-o",
@@ -137,8 +129,6 @@ def run(
     db,
 ) -> None:
     """Evaluate encoders on tasks and store every result with its provenance."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from partbench.runner import RunOptions
     from partbench.runner import run as run_all
 
@@ -160,18 +150,24 @@ def run(
         options=options,
     )
     err = _console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
+    with _progress(err) as progress:
         outcomes = run_all(reg, store, encoders, tasks, opts, progress=progress, say=err.print)
     _print_outcomes(outcomes)
     if any(o.status == "failed" for o in outcomes):
         sys.exit(1)
+
+
+def _progress(console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _print_outcomes(outcomes) -> None:
@@ -179,9 +175,7 @@ def _print_outcomes(outcomes) -> None:
 
     table = Table(title="partbench run", title_justify="left")
     for col in ("encoder", "task", "metric", "score [95% CI]", "images/s", "run", "status"):
-        table.add_column(
-            col, justify="right" if col in ("score [95% CI]", "images/s", "run") else "left"
-        )
+        table.add_column(col, justify="right" if col in ("score [95% CI]", "images/s", "run") else "left")
     for o in outcomes:
         score = "–"
         if o.value is not None:
@@ -239,19 +233,15 @@ def runs(dataset: str | None, status: str | None, fmt: str, db: str | None) -> N
 
 
 @cli.command()
-@click.option(
-    "--level", type=click.Choice(["object", "part", "all"]), default="all", show_default=True
-)
+@click.option("--level", type=click.Choice(["object", "part", "all"]), default="all", show_default=True)
 @click.option("--dataset", "-d", help="only this dataset [default: every dataset, one table each]")
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "markdown", "csv", "json"]),
-    help="[default: from --output's extension, else table]",
+    type=click.Choice(["table", "markdown", "csv", "json", "svg"]),
+    help="svg: object score against part score [default: from --output's extension, else table]",
 )
-@click.option(
-    "--output", "-O", type=click.Path(path_type=Path, dir_okay=False), help="write to FILE"
-)
+@click.option("--output", "-O", type=click.Path(path_type=Path, dir_okay=False), help="write to FILE")
 @db_option
 @user_errors
 def leaderboard(
@@ -267,29 +257,15 @@ def leaderboard(
             + (f" on dataset '{dataset}'" if dataset else "")
             + " in the store; try: partbench run --encoder random-vit --task all"
         )
-    if fmt is None:
-        fmt = {".md": "markdown", ".csv": "csv", ".json": "json"}.get(
-            output.suffix if output else "", "table"
-        )
+    fmt = fmt or lb.format_for(output)
     if fmt == "table" and output is None:
         _console().print(lb.to_rich(boards))
-        return
-    if fmt == "table":
-        import io
-
-        from rich.console import Console
-
-        console = Console(record=True, width=200, file=io.StringIO())
-        console.print(lb.to_rich(boards))
-        text = console.export_text()
-    else:
-        text = {"markdown": lb.to_markdown, "csv": lb.to_csv, "json": lb.to_json}[fmt](boards)
-    if output is None:
-        click.echo(text, nl=False)
+    elif output is None:
+        click.echo(lb.render(boards, fmt), nl=False)
     else:
         from partbench.files import write_atomic
 
-        write_atomic(output, text)
+        write_atomic(output, lb.render(boards, fmt))
         click.echo(f"Wrote {output}", err=True)
 
 
@@ -360,6 +336,46 @@ def pretrain(
         f"{result.weights}: {steps} steps in {result.seconds:.0f} s, "
         f"loss {result.losses[0]:.4f} -> {result.final_loss:.4f} (log: {result.log})"
     )
+
+
+@cli.command()
+@click.argument("which", type=click.Choice(["mini"]))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="also write mini.md, mini.json and mini.svg there (the repository's leaderboard/)",
+)
+@click.option("--force", is_flag=True, help="re-run configurations that are already stored")
+@db_option
+@user_errors
+def study(which: str, device: str, seed: int, output_dir: Path | None, force: bool, db: str | None) -> None:
+    """Run the study in miniature: the shipped mini encoders on every SynParts task."""
+    from partbench import leaderboard as lb
+    from partbench import study as mini
+    from partbench.runner import RunOptions
+
+    err = _console(stderr=True)
+    with _progress(err) as progress:
+        report = mini.run_mini_study(
+            _registry(),
+            _store(db),
+            RunOptions(device=device, seed=seed, force=force),
+            progress=progress,
+            say=err.print,
+        )
+    out = _console()
+    out.print(lb.to_rich([report.board]))
+    for claim in report.claims:
+        mark = "[green]reproduced[/]" if claim.reproduced else "[yellow]not reproduced[/]"
+        out.print(f"{mark}  {claim.statement}\n    {claim.evidence}")
+    if output_dir is not None:
+        command = "partbench study mini --output-dir " + str(output_dir)
+        for path in mini.write(report, output_dir, command):
+            click.echo(f"Wrote {path}", err=True)
+    if any(o.status == "failed" for o in report.outcomes):
+        sys.exit(1)
 
 
 def main() -> None:

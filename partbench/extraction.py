@@ -79,9 +79,7 @@ def merge_views(views: Sequence[View], dataset: Dataset) -> dict[tuple[str, str,
     return merged
 
 
-def _inputs(
-    view: View, sample: Sample, dataset: Dataset, size: int
-) -> list[tuple[np.ndarray, int]]:
+def _inputs(view: View, sample: Sample, dataset: Dataset, size: int) -> list[tuple[np.ndarray, int]]:
     if view.inputs == "crops":
         if sample.keypoints is None:
             raise DataError(f"{dataset.name}: {sample.key} has no keypoints")
@@ -117,9 +115,7 @@ def extract(
     masks: dict[str, list[np.ndarray]] = {"part-masks": [], "object-masks": []}
     grid: tuple[int, int] = (0, 0)
     task_id = (
-        progress.add_task(f"{encoder.name} · {split} {view.inputs}", total=len(samples))
-        if progress
-        else None
+        progress.add_task(f"{encoder.name} · {split} {view.inputs}", total=len(samples)) if progress else None
     )
 
     def run_batch(batch: list[np.ndarray]) -> None:
@@ -130,9 +126,7 @@ def extract(
         def forward():
             with (
                 torch.inference_mode(),
-                torch.autocast(
-                    device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-                ),
+                torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
             ):
                 return encoder.forward(x, blocks=view.blocks if "blocks" in view.outputs else ())
 
@@ -145,9 +139,7 @@ def extract(
                 t = out.embedding
             elif name == "projection":
                 if out.projection is None:
-                    raise DataError(
-                        f"{encoder.name} has no projection head; choose cls or embedding"
-                    )
+                    raise DataError(f"{encoder.name} has no projection head; choose cls or embedding")
                 t = out.projection
             elif name == "tokens":
                 t = torch.cat([out.cls[:, None], out.patch_tokens], dim=1)

@@ -1,6 +1,7 @@
 """Ranking and rendering.
 
-For each dataset, the latest finished run of every (encoder, task) counts. A level's score is
+For each dataset, one finished run of every (encoder, task) counts: the latest of those with
+the task's default options and no --limit, else the latest of the rest. A level's score is
 the mean of the headline metrics (in percent) of that level's tasks; its interval is the mean
 of the tasks' interval bounds. Encoders are ranked within each level by that score; one that
 lacks some of the level's tasks is marked and ranked after the complete ones. Ranks whose
@@ -15,6 +16,7 @@ import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from partbench.store import Run
@@ -77,9 +79,7 @@ class Board:
     rows: list[Row]
 
 
-def _rank(
-    rows: list[Row], level: str, task_names: Sequence[str], set_field: str | None
-) -> list[Row]:
+def _rank(rows: list[Row], level: str, task_names: Sequence[str], set_field: str | None) -> list[Row]:
     """Order rows by their score at ``level``; complete rows first."""
 
     def complete(r: Row) -> bool:
@@ -93,13 +93,18 @@ def _rank(
     return ordered + [r for r in rows if r.score(level) is None]
 
 
+def _preference(run: Run) -> tuple[bool, bool, int]:
+    task = (run.config or {}).get("task", {})
+    return (task.get("default_options", True), (run.config or {}).get("limit") is None, run.id)
+
+
 def build(runs: Sequence[Run], level: str = "all", dataset: str | None = None) -> list[Board]:
     latest: dict[tuple[str, str, str], Run] = {}
     for run in runs:
         if run.status != "done" or (dataset and run.dataset != dataset):
             continue
         key = (run.dataset, run.encoder, run.task)
-        if key not in latest or run.id > latest[key].id:
+        if key not in latest or _preference(run) > _preference(latest[key]):
             latest[key] = run
     boards = []
     for ds in sorted({k[0] for k in latest}):
@@ -199,9 +204,7 @@ LEGEND = (
 def to_markdown(boards: Sequence[Board]) -> str:
     out = []
     for b in boards:
-        out.append(
-            f"### {b.dataset} ({'object and part' if b.level == 'all' else b.level} level)\n"
-        )
+        out.append(f"### {b.dataset} ({'object and part' if b.level == 'all' else b.level} level)\n")
         cols = _columns(b)
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "|".join("---" for _ in cols) + "|")
@@ -288,3 +291,106 @@ def to_rich(boards: Sequence[Board]):
         tables.append(table)
     tables.append(Text(LEGEND, style="dim"))
     return Group(*tables)
+
+
+FAMILY_COLOURS = {
+    "supervised": "#d62728",
+    "contrastive": "#1f77b4",
+    "masked-image-modeling": "#2ca02c",
+    "both": "#9467bd",
+    "none": "#7f7f7f",
+    "unknown": "#8c564b",
+}
+
+
+def to_svg(boards: Sequence[Board], width: int = 560, height: int = 420) -> str:
+    """Object score against part score, one panel per dataset, whiskers for the intervals."""
+    from xml.sax.saxutils import escape
+
+    panels = [
+        b for b in boards if any(r.object_score is not None and r.part_score is not None for r in b.rows)
+    ]
+    m = {"l": 60, "r": 150, "t": 36, "b": 48}
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height * max(1, len(panels))}" '
+        'font-family="sans-serif" font-size="12">'
+    ]
+    for p, board in enumerate(panels):
+        rows = [r for r in board.rows if r.object_score is not None and r.part_score is not None]
+        xs = [v for r in rows for v in (r.object_score, *(r.object_ci or [])) if v is not None]
+        ys = [v for r in rows for v in (r.part_score, *(r.part_ci or [])) if v is not None]
+        x0, x1 = min(xs), max(xs)
+        y0, y1 = min(ys), max(ys)
+        padx, pady = max((x1 - x0) * 0.1, 1.0), max((y1 - y0) * 0.1, 1.0)
+        x0, x1, y0, y1 = x0 - padx, x1 + padx, y0 - pady, y1 + pady
+        top = p * height
+        pw, ph = width - m["l"] - m["r"], height - m["t"] - m["b"]
+
+        def sx(v: float) -> float:
+            return m["l"] + (v - x0) / (x1 - x0) * pw  # noqa: B023
+
+        def sy(v: float) -> float:
+            return top + m["t"] + (1 - (v - y0) / (y1 - y0)) * ph  # noqa: B023
+
+        out.append(
+            f'<text x="{m["l"]}" y="{top + 20}" font-size="14">{escape(board.dataset)}: '
+            "object score against part score (mean of each level's tasks, %)</text>"
+        )
+        out.append(
+            f'<rect x="{m["l"]}" y="{top + m["t"]}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>'
+        )
+        for i in range(5):
+            vx, vy = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
+            out.append(
+                f'<text x="{sx(vx):.1f}" y="{top + m["t"] + ph + 16}" text-anchor="middle">{vx:.1f}</text>'
+            )
+            out.append(f'<text x="{m["l"] - 6}" y="{sy(vy) + 4:.1f}" text-anchor="end">{vy:.1f}</text>')
+        out.append(
+            f'<text x="{m["l"] + pw / 2}" y="{top + height - 10}" text-anchor="middle">object score</text>'
+        )
+        out.append(
+            f'<text transform="translate(16 {top + m["t"] + ph / 2}) rotate(-90)" text-anchor="middle">'
+            "part score</text>"
+        )
+        for r in rows:
+            colour = FAMILY_COLOURS.get(r.family, "#000")
+            cx, cy = sx(r.object_score), sy(r.part_score)  # type: ignore[arg-type]
+            if r.object_ci and None not in r.object_ci:
+                out.append(
+                    f'<line x1="{sx(r.object_ci[0]):.1f}" y1="{cy:.1f}" x2="{sx(r.object_ci[1]):.1f}" '
+                    f'y2="{cy:.1f}" stroke="{colour}" stroke-opacity="0.5"/>'
+                )
+            if r.part_ci and None not in r.part_ci:
+                out.append(
+                    f'<line x1="{cx:.1f}" y1="{sy(r.part_ci[0]):.1f}" x2="{cx:.1f}" '
+                    f'y2="{sy(r.part_ci[1]):.1f}" stroke="{colour}" stroke-opacity="0.5"/>'
+                )
+            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}"/>')
+            out.append(f'<text x="{cx + 6:.1f}" y="{cy - 6:.1f}">{escape(r.encoder)}</text>')
+        for i, (family, colour) in enumerate(
+            (f, c) for f, c in FAMILY_COLOURS.items() if any(r.family == f for r in rows)
+        ):
+            y = top + m["t"] + 14 + 18 * i
+            out.append(f'<circle cx="{width - m["r"] + 16}" cy="{y - 4}" r="4" fill="{colour}"/>')
+            out.append(f'<text x="{width - m["r"] + 26}" y="{y}">{escape(family)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+FORMATS = ("table", "markdown", "csv", "json", "svg")
+
+
+def format_for(path: Path | None) -> str:
+    """The format a file name asks for; plain text tables otherwise."""
+    suffixes = {".md": "markdown", ".csv": "csv", ".json": "json", ".svg": "svg"}
+    return suffixes.get(path.suffix.lower() if path else "", "table")
+
+
+def render(boards: Sequence[Board], fmt: str) -> str:
+    if fmt == "table":
+        from rich.console import Console
+
+        console = Console(record=True, width=200, file=io.StringIO())
+        console.print(to_rich(boards))
+        return console.export_text()
+    return {"markdown": to_markdown, "csv": to_csv, "json": to_json, "svg": to_svg}[fmt](boards)

@@ -22,9 +22,7 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def retrieval_ap(
-    features: Any, labels: Any, include_self: bool = True, chunk: int = 512
-) -> np.ndarray:
+def retrieval_ap(features: Any, labels: Any, include_self: bool = True, chunk: int = 512) -> np.ndarray:
     """Average precision of every item as a query against all items, by cosine similarity.
 
     Ties in similarity are scored the way scikit-learn scores them: items with equal scores
@@ -147,9 +145,7 @@ def bootstrap_ci(
 
     if n == 0:
         return (float("nan"), float("nan"))
-    draws = np.array(
-        [stat(np.bincount(rng.integers(0, n, n), minlength=n)) for _ in range(n_resamples)]
-    )
+    draws = np.array([stat(np.bincount(rng.integers(0, n, n), minlength=n)) for _ in range(n_resamples)])
     draws = draws[~np.isnan(draws)]
     if len(draws) == 0:
         return (float("nan"), float("nan"))

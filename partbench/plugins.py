@@ -98,9 +98,7 @@ def _collect(pm: pluggy.PluginManager, hook: str, kind: type, into: dict, proble
 
         def register(item: Any, _plugin: str = plugin) -> None:
             if not isinstance(item, kind):
-                raise TypeError(
-                    f"{hook} expects {kind.__name__} objects, got {type(item).__name__}"
-                )
+                raise TypeError(f"{hook} expects {kind.__name__} objects, got {type(item).__name__}")
             if item.name in into and into[item.name].plugin != _plugin:
                 problems.append(
                     f"plugin '{_plugin}' registers '{item.name}', already supplied by "
@@ -112,9 +110,7 @@ def _collect(pm: pluggy.PluginManager, hook: str, kind: type, into: dict, proble
         try:
             impl.function(**{arg: register for arg in impl.argnames})
         except Exception as exc:
-            problems.append(
-                f"plugin '{impl.plugin_name}' failed in {hook} and was skipped: {exc!r}"
-            )
+            problems.append(f"plugin '{impl.plugin_name}' failed in {hook} and was skipped: {exc!r}")
 
 
 def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) -> Registry:

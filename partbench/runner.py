@@ -51,9 +51,7 @@ class Outcome:
     timing: dict[str, Any] = field(default_factory=dict)
 
 
-def select_tasks(
-    registry: Registry, selectors: Sequence[str], dataset: DatasetSpec
-) -> list[TaskSpec]:
+def select_tasks(registry: Registry, selectors: Sequence[str], dataset: DatasetSpec) -> list[TaskSpec]:
     """Task names, or part / object / all: every task of that level the dataset supports."""
     chosen: list[TaskSpec] = []
     for sel in selectors:
@@ -100,25 +98,21 @@ def task_options(tasks: Sequence[TaskSpec], raw: Sequence[str]) -> dict[str, dic
             raise PartbenchError(f"--option '{item}': expected KEY=VALUE or TASK.KEY=VALUE")
         key, value = item.split("=", 1)
         task_name, _, opt = key.rpartition(".")
-        targets = (
-            [by_name[task_name]] if task_name in by_name else (list(tasks) if not task_name else [])
-        )
+        targets = [by_name[task_name]] if task_name in by_name else (list(tasks) if not task_name else [])
         if task_name and not targets:
             raise PartbenchError(f"--option '{item}': task '{task_name}' is not selected")
         hits = [t for t in targets if opt in t.options]
         if not hits:
             known = sorted({f"{t.name}.{k}" for t in targets for k in t.options})
             raise PartbenchError(
-                f"--option '{item}': no selected task has option '{opt}'; "
-                f"options: {', '.join(known)}"
+                f"--option '{item}': no selected task has option '{opt}'; options: {', '.join(known)}"
             )
         for t in hits:
             spec = t.options[opt]
             val = _coerce(value, spec.default, f"--option {t.name}.{opt}")
             if spec.choices is not None and val not in spec.choices:
                 raise PartbenchError(
-                    f"--option {t.name}.{opt}: '{value}' is not one of "
-                    + ", ".join(map(str, spec.choices))
+                    f"--option {t.name}.{opt}: '{value}' is not one of " + ", ".join(map(str, spec.choices))
                 )
             result[t.name][opt] = val
     return result
@@ -137,9 +131,7 @@ def resolve_device(name: str):
         if not torch.cuda.is_available():
             raise PartbenchError(f"--device {name}: no CUDA device is available here")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise PartbenchError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)"
-            )
+            raise PartbenchError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
         raise PartbenchError(f"--device '{name}': expected auto, cpu, cuda or cuda:N")
     return device
@@ -222,7 +214,12 @@ def run(
             views = task.views(dataset, encoder, options[t.name])
             config = {
                 "encoder": encoder.describe(),
-                "task": {"name": t.name, "options": options[t.name]},
+                "task": {
+                    "name": t.name,
+                    "options": options[t.name],
+                    # The leaderboard ranks the protocol's defaults; variants stay in `runs`.
+                    "default_options": options[t.name] == {k: o.default for k, o in t.options.items()},
+                },
                 "dataset": {
                     "name": ds_spec.name,
                     "fingerprint": fingerprint,
@@ -299,15 +296,11 @@ def run(
                     )
                 except (PartbenchError, ValueError, RuntimeError, OSError) as exc:
                     failed[key] = (
-                        f"{type(exc).__name__}: {exc}"
-                        if not isinstance(exc, PartbenchError)
-                        else str(exc)
+                        f"{type(exc).__name__}: {exc}" if not isinstance(exc, PartbenchError) else str(exc)
                     )
             for t, task, views, run_id in pending:
                 missing = [
-                    failed[v.merge_key(dataset)]
-                    for v in views.values()
-                    if v.merge_key(dataset) in failed
+                    failed[v.merge_key(dataset)] for v in views.values() if v.merge_key(dataset) in failed
                 ]
                 if missing:
                     store.fail(run_id, missing[0])

@@ -175,9 +175,7 @@ class Store:
             if run is None:
                 raise PartbenchError(f"run {run_id} vanished from the store")
             for name, m in metrics.items():
-                run.metrics.append(
-                    Metric(name=name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high)
-                )
+                run.metrics.append(Metric(name=name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high))
             run.n_items, run.items_per_class = n_items, items_per_class
             run.timing, run.details = timing, details
             run.status, run.finished_at = "done", _now()

@@ -50,9 +50,7 @@ class ForwardTimer:
             "images": self.images,
             "forward_seconds": total,
             "images_per_second": self.images / total if total > 0 else None,
-            "median_batch_seconds": statistics.median(self.batch_seconds)
-            if self.batch_seconds
-            else None,
+            "median_batch_seconds": statistics.median(self.batch_seconds) if self.batch_seconds else None,
         }
         if self.cuda:
             out["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20

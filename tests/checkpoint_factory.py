@@ -159,9 +159,7 @@ def mocov3_file(
     state: Tensors = {}
     for name, seed in (("base_encoder", base_seed), ("momentum_encoder", momentum_seed)):
         state |= prefixed(f"module.{name}.", vit_tensors(seed, **geometry))
-        state |= prefixed(
-            f"module.{name}.head.", moco_mlp_tensors(seed + 10, [d, hidden, hidden, out])
-        )
+        state |= prefixed(f"module.{name}.head.", moco_mlp_tensors(seed + 10, [d, hidden, hidden, out]))
     state |= prefixed("module.predictor.", moco_mlp_tensors(99, [out, hidden, out]))
     return {
         "epoch": 300,
@@ -228,9 +226,7 @@ def ibot_teacher_file(geometry: dict[str, int] = SMALL, seed: int = 1) -> dict[s
     return {"state_dict": vit_tensors(seed, **geometry)}
 
 
-def mae_file(
-    geometry: dict[str, int] = SMALL, seed: int = 1, *, full: bool = False
-) -> dict[str, Any]:
+def mae_file(geometry: dict[str, int] = SMALL, seed: int = 1, *, full: bool = False) -> dict[str, Any]:
     sd = vit_tensors(seed, **geometry)
     if full:
         r, d = _Rand(seed + 50), geometry["embed_dim"]
@@ -246,9 +242,7 @@ def beit_file(geometry: dict[str, int] = SMALL, seed: int = 1) -> dict[str, Any]
     sd = vit_tensors(seed, style="beit", abs_pos=False, **geometry)
     r, d = _Rand(seed + 60), geometry["embed_dim"]
     sd["mask_token"] = r.normal(1, 1, d)
-    sd["rel_pos_bias.relative_position_bias_table"] = r.normal(
-        732, geometry["num_heads"], scale=0.5
-    )
+    sd["rel_pos_bias.relative_position_bias_table"] = r.normal(732, geometry["num_heads"], scale=0.5)
     sd["rel_pos_bias.relative_position_index"] = torch.randint(0, 732, (197, 197), generator=r.gen)
     sd["lm_head.weight"], sd["lm_head.bias"] = r.linear(8192, d), r.normal(8192)
     sd["cls_pt_layers.0.norm1.weight"] = r.norm_weight(d)
@@ -259,9 +253,7 @@ def cae_file(geometry: dict[str, int] = SMALL, seed: int = 1) -> dict[str, Any]:
     d = geometry["embed_dim"]
     r = _Rand(seed + 70)
     model = prefixed("encoder.", vit_tensors(seed, style="beit", **geometry))
-    model |= prefixed(
-        "pretext_neck.", vit_tensors(seed + 1, style="beit", abs_pos=False, **geometry)
-    )
+    model |= prefixed("pretext_neck.", vit_tensors(seed + 1, style="beit", abs_pos=False, **geometry))
     model["encoder_to_decoder.weight"], model["encoder_to_decoder.bias"] = (
         r.linear(d, d),
         r.normal(d),

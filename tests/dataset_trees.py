@@ -61,9 +61,7 @@ def cub_tree(root: Path) -> Path:
     """CUB_200_2011 as the archive unpacks: everything directly in ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "parts").mkdir(exist_ok=True)
-    (root / "images.txt").write_text(
-        "".join(f"{i} {name}\n" for i, (name, *_) in CUB_IMAGES.items())
-    )
+    (root / "images.txt").write_text("".join(f"{i} {name}\n" for i, (name, *_) in CUB_IMAGES.items()))
     (root / "train_test_split.txt").write_text(
         "".join(f"{i} {t}\n" for i, (_, t, _, _) in CUB_IMAGES.items())
     )
@@ -71,9 +69,7 @@ def cub_tree(root: Path) -> Path:
         "".join(f"{i} {c}\n" for i, (_, _, c, _) in CUB_IMAGES.items())
     )
     (root / "classes.txt").write_text("1 001.Albatross\n2 002.Sparrow\n")
-    (root / "bounding_boxes.txt").write_text(
-        "".join(f"{i} 10.0 10.0 100.0 100.0\n" for i in CUB_IMAGES)
-    )
+    (root / "bounding_boxes.txt").write_text("".join(f"{i} 10.0 10.0 100.0 100.0\n" for i in CUB_IMAGES))
     (root / "parts" / "parts.txt").write_text(
         "".join(f"{k} {name}\n" for k, name in enumerate(CUB_PARTS, start=1))
     )

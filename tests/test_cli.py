@@ -38,9 +38,17 @@ def filled_db(tmp_path_factory):
 
 def test_run_stores_every_task_with_provenance(filled_db):
     runs = json.loads(invoke("runs", "--format", "json", db=filled_db).output)
-    assert sorted(r["task"] for r in runs) == sorted([
-        "part-retrieval", "part-linear", "part-attentive", "part-seg",
-        "object-retrieval", "object-linear", "object-seg"])
+    assert sorted(r["task"] for r in runs) == sorted(
+        [
+            "part-retrieval",
+            "part-linear",
+            "part-attentive",
+            "part-seg",
+            "object-retrieval",
+            "object-linear",
+            "object-seg",
+        ]
+    )
     for r in runs:
         assert r["status"] == "done" and r["encoder"] == "random-vit" and r["dataset"] == "synparts"
         head = r["metrics"][r["headline"]]
@@ -87,8 +95,20 @@ def test_timm_encoder_from_a_weights_file_joins_the_leaderboard(filled_db, tmp_p
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
     path = tmp_path / "vit_tiny.pth"
     torch.save(model.state_dict(), path)  # keeps the classifier: the adapter drops it
-    result = invoke("run", "-e", "timm:vit_tiny_patch16_224", "--weights", str(path),
-                    "-t", "part-retrieval", "-t", "object-retrieval", "--limit", "8", db=filled_db)
+    result = invoke(
+        "run",
+        "-e",
+        "timm:vit_tiny_patch16_224",
+        "--weights",
+        str(path),
+        "-t",
+        "part-retrieval",
+        "-t",
+        "object-retrieval",
+        "--limit",
+        "8",
+        db=filled_db,
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(invoke("leaderboard", "--format", "json", db=filled_db).output)
     timm_row = next(r for r in rows if r["encoder"] == "timm:vit_tiny_patch16_224")
@@ -110,8 +130,10 @@ def test_timm_encoder_from_a_weights_file_joins_the_leaderboard(filled_db, tmp_p
         (["run", "-e", "random-vit", "-t", "all", "-o", "colour=red"], "no selected task has option"),
         (["run", "-e", "random-vit", "-t", "all", "--device", "tpu"], "expected auto, cpu"),
         (["run", "-e", "timm:no_such_model_xyz", "-t", "part-retrieval"], "timm has no model"),
-        (["run", "-e", "random-vit", "-e", "dino", "--weights", "pyproject.toml", "-t", "all"],
-         "--weights belongs to one encoder"),
+        (
+            ["run", "-e", "random-vit", "-e", "dino", "--weights", "pyproject.toml", "-t", "all"],
+            "--weights belongs to one encoder",
+        ),
     ],
 )
 def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
@@ -175,8 +197,9 @@ def test_a_data_error_fails_its_runs_and_keeps_the_others(tmp_path):
     pm, problems = plugins.plugin_manager(extra=[("test-broken", Provider())])
     plugins._REGISTRY = plugins.build_registry(pm, problems)
     db = f"sqlite:///{tmp_path / 'b.db'}"
-    result = invoke("run", "-e", "random-vit", "-d", "broken", "-t", "part-retrieval",
-                    "-t", "object-retrieval", db=db)
+    result = invoke(
+        "run", "-e", "random-vit", "-d", "broken", "-t", "part-retrieval", "-t", "object-retrieval", db=db
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     runs = {r["task"]: r for r in json.loads(invoke("runs", "--format", "json", db=db).output)}
     assert runs["part-retrieval"]["status"] == "failed"

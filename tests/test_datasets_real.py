@@ -289,9 +289,7 @@ def test_coco_missing_image_and_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         coco.load(root).samples("train")[2]
     text = str(err.value)
-    assert (
-        str(root / "train2017" / "000000000011.jpg") in text and "annotations[3] (id 104)" in text
-    )
+    assert str(root / "train2017" / "000000000011.jpg") in text and "annotations[3] (id 104)" in text
     shutil.rmtree(root / "val2017")
     with pytest.raises(DataError, match=r"missing .*val2017.*cocodataset.org"):
         coco.load(root)
@@ -316,9 +314,7 @@ def _reduced(values: list[int]) -> np.ndarray:
         ("pascal-object", lambda r: trees.mmseg_tree(r, "pascal-object"), 16),
     ],
 )
-def test_segmentation_sets_reduce_zero_label(
-    tmp_path: Path, name: str, build, classes: int
-) -> None:
+def test_segmentation_sets_reduce_zero_label(tmp_path: Path, name: str, build, classes: int) -> None:
     ds = segsets.load(name, build(tmp_path / name))
     level = "part" if name in ("ade20k-part", "pascal-part", "lip") else "object"
     assert ds.classes_for("part-masks" if level == "part" else "object-masks") == ds.config.classes
@@ -339,9 +335,7 @@ def test_segmentation_sets_reduce_zero_label(
 
 def test_lip_class_names_and_pascal_object_classes() -> None:
     assert segsets.SEGSETS["lip"].classes[0] == "hat" and len(segsets.LIP_CLASSES) == 19
-    assert (
-        "boat" not in segsets.PASCAL_OBJECT_CLASSES and "chair" not in segsets.PASCAL_OBJECT_CLASSES
-    )
+    assert "boat" not in segsets.PASCAL_OBJECT_CLASSES and "chair" not in segsets.PASCAL_OBJECT_CLASSES
     assert len(segsets.PASCAL_OBJECT_CLASSES) == 16
 
 
@@ -351,9 +345,7 @@ def test_segmentation_out_of_range_truncated_and_unpaired(tmp_path: Path) -> Non
     trees.write_mask(bad, trees.label_map([20]))  # LIP stores 0-19: 20 is one too many
     ds = segsets.load("lip", root)
     ds.samples("train")[0]
-    with pytest.raises(
-        DataError, match=r"label values \[19\] are out of range for 19 classes"
-    ) as err:
+    with pytest.raises(DataError, match=r"label values \[19\] are out of range for 19 classes") as err:
         ds.samples("train")[1]
     assert str(bad) in str(err.value)
     trees.truncate(root / "img" / "val" / "c.jpg")
@@ -361,9 +353,7 @@ def test_segmentation_out_of_range_truncated_and_unpaired(tmp_path: Path) -> Non
         ds.samples("val")[0]
     assert str(root / "img" / "val" / "c.jpg") in str(err.value)
     (root / "img" / "train" / "a.jpg").unlink()
-    with pytest.raises(
-        DataError, match=r"a.jpg: image file is missing \(its label map .*a.png exists\)"
-    ):
+    with pytest.raises(DataError, match=r"a.jpg: image file is missing \(its label map .*a.png exists\)"):
         segsets.load("lip", root)
 
 

@@ -17,9 +17,21 @@ PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "partbench-example-en
 def installed(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(PLUGIN)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(PLUGIN),
+        ],
+        check=True,
+        capture_output=True,
     )
     return target
 
@@ -27,8 +39,7 @@ def installed(tmp_path_factory) -> Path:
 def _partbench(site: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PARTBENCH_LOAD_PLUGINS"}
     env.update(PYTHONPATH=str(site), PARTBENCH_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "partbench", *args], env=env,
-                          capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "partbench", *args], env=env, capture_output=True, text=True)
 
 
 def test_the_example_plugin_is_listed_and_runs(installed, tmp_path):
@@ -38,12 +49,27 @@ def test_the_example_plugin_is_listed_and_runs(installed, tmp_path):
     assert encoders["example-hog"]["plugin"] == "partbench-example-encoder"
     assert encoders["random-vit"]["plugin"] == "partbench"
 
-    ran = _partbench(installed, tmp_path, "run", "-e", "example-hog", "-t", "part-retrieval",
-                     "-t", "object-seg", "--limit", "12", "-o", "iterations=10")
+    ran = _partbench(
+        installed,
+        tmp_path,
+        "run",
+        "-e",
+        "example-hog",
+        "-t",
+        "part-retrieval",
+        "-t",
+        "object-seg",
+        "--limit",
+        "12",
+        "-o",
+        "iterations=10",
+    )
     assert ran.returncode == 0, ran.stderr + ran.stdout
     runs = json.loads(_partbench(installed, tmp_path, "runs", "--format", "json").stdout)
     assert {(r["encoder"], r["task"], r["status"]) for r in runs} == {
-        ("example-hog", "part-retrieval", "done"), ("example-hog", "object-seg", "done")}
+        ("example-hog", "part-retrieval", "done"),
+        ("example-hog", "object-seg", "done"),
+    }
     assert runs[0]["config_hash"] and runs[0]["weights_id"] == "hand-crafted:hog-v1"
 
 

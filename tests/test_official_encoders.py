@@ -237,10 +237,7 @@ def test_all_eight_are_registered_with_family_and_weights_status(_isolated_home:
 
 
 def test_the_table_imports_neither_timm_nor_the_models() -> None:
-    code = (
-        "import sys, partbench.encoders.official as o; o.official_specs(); "
-        "print('timm' in sys.modules)"
-    )
+    code = "import sys, partbench.encoders.official as o; o.official_specs(); print('timm' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 
@@ -255,9 +252,7 @@ def test_intermediate_blocks_match_reference(tmp_path: Path, images: torch.Tenso
         ref = reference(obj)
         with torch.no_grad():
             out = encoder.forward(images, blocks=(1, 2))
-            _, inter = ref.forward_intermediates(
-                images, indices=[0, 1], norm=False, output_fmt="NLC"
-            )
+            _, inter = ref.forward_intermediates(images, indices=[0, 1], norm=False, output_fmt="NLC")
         for got, want in zip((out.blocks[1], out.blocks[2]), inter, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -294,9 +289,7 @@ def test_dino_and_ibot_use_the_teacher_not_the_student(
     )
 
 
-def test_mocov3_uses_the_base_encoder_not_the_momentum_encoder(
-    tmp_path: Path, images: torch.Tensor
-) -> None:
+def test_mocov3_uses_the_base_encoder_not_the_momentum_encoder(tmp_path: Path, images: torch.Tensor) -> None:
     obj = cf.mocov3_file()
     path = save(obj, tmp_path / "moco.pth.tar")
     base_ref = vit_reference(strip(obj["state_dict"], "module.base_encoder.", ("head.",)))
@@ -322,9 +315,7 @@ def _bn_eval(x: torch.Tensor, sd: dict, prefix: str) -> torch.Tensor:
     return y
 
 
-def test_mocov3_projection_is_the_projector_in_eval_mode(
-    tmp_path: Path, images: torch.Tensor
-) -> None:
+def test_mocov3_projection_is_the_projector_in_eval_mode(tmp_path: Path, images: torch.Tensor) -> None:
     obj = cf.mocov3_file()
     encoder = build_encoder(OFFICIAL["mocov3"], save(obj, tmp_path / "m.pth.tar"), geometry=SMALL)
     sd = strip(obj["state_dict"], "module.base_encoder.head.")
@@ -418,9 +409,7 @@ def test_missing_tensor_is_not_loaded_partially(tmp_path: Path) -> None:
 def test_damaged_head_is_an_error_not_a_missing_projection(tmp_path: Path) -> None:
     obj = cf.dino_full_file()
     del obj["teacher"]["head.last_layer.weight_g"]
-    with pytest.raises(
-        CheckpointError, match=r"projection head.*missing keys: last_layer\.weight_g"
-    ):
+    with pytest.raises(CheckpointError, match=r"projection head.*missing keys: last_layer\.weight_g"):
         build_encoder(OFFICIAL["dino"], save(obj, tmp_path / "d.pth"), geometry=SMALL)
 
 
@@ -494,18 +483,14 @@ def test_explicit_weights_win_over_the_cache(
         resolve_weights(OFFICIAL["mae"], tmp_path / "absent.pth")
 
 
-def test_cache_prefers_the_file_with_the_head(
-    _isolated_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cache_prefers_the_file_with_the_head(_isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(official, "download", _no_download)
     cache = _cache(_isolated_home)
     backbone = save(cf.dino_backbone_file(), cache / "dino_vitbase16_pretrain.pth")
     assert resolve_weights(OFFICIAL["dino"]) == backbone
     full = save(cf.dino_full_file(), cache / "dino_vitbase16_pretrain_full_checkpoint.pth")
     assert resolve_weights(OFFICIAL["dino"]) == full
-    assert load_official(
-        OFFICIAL["dino"], EncoderRequest(name="dino"), geometry=SMALL
-    ).has_projection
+    assert load_official(OFFICIAL["dino"], EncoderRequest(name="dino"), geometry=SMALL).has_projection
 
 
 @pytest.mark.parametrize(("name", "where"), [("beit", "1JSNzbxc9M"), ("cae", "1wwhg7nj2G")])

@@ -20,8 +20,15 @@ def _encoder(name: str) -> EncoderSpec:
 def test_builtins_arrive_through_the_entry_point_group():
     reg = plugins.registry()
     assert {"random-vit", "timm:"} <= set(reg.encoders)
-    assert {"part-retrieval", "part-linear", "part-attentive", "part-seg",
-            "object-retrieval", "object-linear", "object-seg"} <= set(reg.tasks)
+    assert {
+        "part-retrieval",
+        "part-linear",
+        "part-attentive",
+        "part-seg",
+        "object-retrieval",
+        "object-linear",
+        "object-seg",
+    } <= set(reg.tasks)
     assert "synparts" in reg.datasets
     assert {s.plugin for s in reg.encoders.values()} == {"partbench"}
     assert reg.problems == []
@@ -117,7 +124,7 @@ def test_names_resolve_with_prefixes_and_helpful_errors():
         reg.encoder("random-vt")
     assert "did you mean 'random-vit'" in str(err.value)
     assert "timm:<name>" in str(err.value)
-    with pytest.raises(UnknownNameError, match="known tasks: .*part-seg"):
+    with pytest.raises(UnknownNameError, match=r"known tasks: .*part-seg"):
         reg.task("part-segg")
     with pytest.raises(UnknownNameError, match="known datasets"):
         reg.dataset("imagenet")

@@ -10,10 +10,21 @@ from partbench.store import MetricValue, Store
 
 def _fields(**over):
     fields = dict(
-        encoder="random-vit", encoder_plugin="partbench", family="none", weights_id="random-init:seed=0",
-        task="part-retrieval", task_plugin="partbench", level="part", dataset="synparts",
-        dataset_fingerprint="abc", config={"seed": 0}, config_hash="h1", headline_metric="mAP",
-        device="cpu", versions={"torch": "x"}, seed=0,
+        encoder="random-vit",
+        encoder_plugin="partbench",
+        family="none",
+        weights_id="random-init:seed=0",
+        task="part-retrieval",
+        task_plugin="partbench",
+        level="part",
+        dataset="synparts",
+        dataset_fingerprint="abc",
+        config={"seed": 0},
+        config_hash="h1",
+        headline_metric="mAP",
+        device="cpu",
+        versions={"torch": "x"},
+        seed=0,
     )
     fields.update(over)
     return fields
@@ -24,8 +35,13 @@ def test_a_run_goes_from_running_to_done_with_its_metrics(tmp_path):
     run_id = store.start(**_fields())
     assert store.runs()[0].status == "running"
     assert store.find_done("h1") is None
-    store.finish(run_id, {"mAP": MetricValue(50.0, 45.0, 55.0), "AP": MetricValue(40.0)},
-                 n_items=12, items_per_class={"eye": 12}, timing={"images_per_second": 3.0})
+    store.finish(
+        run_id,
+        {"mAP": MetricValue(50.0, 45.0, 55.0), "AP": MetricValue(40.0)},
+        n_items=12,
+        items_per_class={"eye": 12},
+        timing={"images_per_second": 3.0},
+    )
     run = store.find_done("h1")
     assert run.id == run_id and run.status == "done" and run.n_items == 12
     assert (run.headline.value, run.headline.ci_low, run.headline.ci_high) == (50.0, 45.0, 55.0)

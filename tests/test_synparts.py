@@ -14,10 +14,12 @@ from partbench.datasets.views import crop_rule, crop_square, part_crops, resize_
 
 def test_vocabulary_is_shared_across_classes():
     assert len(OBJECT_CLASSES) >= 6 and len(PART_TYPES) >= 8
-    used = Counter(p.part for _, placements in OBJECT_CLASSES.values() for p in {x.part: x for x in placements}.values())
+    used = Counter(
+        p.part for _, placements in OBJECT_CLASSES.values() for p in {x.part: x for x in placements}.values()
+    )
     assert set(used) == set(PART_TYPES)
     assert all(n >= 2 for n in used.values()), used  # every part type in several classes
-    signatures = {tuple(sorted(p.part for p in pl)) + (body[0],) for body, pl in OBJECT_CLASSES.values()}
+    signatures = {(*tuple(sorted(p.part for p in pl)), body[0]) for body, pl in OBJECT_CLASSES.values()}
     assert len(signatures) == len(OBJECT_CLASSES)  # classes differ in their parts or body
 
 
@@ -58,13 +60,15 @@ def test_clutter_and_occlusion_occur():
 
 
 def test_crop_rule_by_hand():
-    kps = np.array([
-        [0, 100.0, 100.0, 1],
-        [1, 160.0, 100.0, 1],  # 60 px from the first: d = 30, r = 15
-        [2, 100.0, 180.0, 1],  # 80 px from the first: d = 40, r = 20
-        [3, 500.0, 500.0, 0],  # hidden: ignored
-        [4, 100.0, 130.0, 0],  # hidden, though near
-    ])
+    kps = np.array(
+        [
+            [0, 100.0, 100.0, 1],
+            [1, 160.0, 100.0, 1],  # 60 px from the first: d = 30, r = 15
+            [2, 100.0, 180.0, 1],  # 80 px from the first: d = 40, r = 20
+            [3, 500.0, 500.0, 0],  # hidden: ignored
+            [4, 100.0, 130.0, 0],  # hidden, though near
+        ]
+    )
     kept = crop_rule(kps, (20, 1000))
     assert kept == [(0, 100.0, 100.0, 15), (1, 160.0, 100.0, 15), (2, 100.0, 180.0, 20)]
     # d = 15 is outside 20 < d: dropped

@@ -42,8 +42,9 @@ def test_retrieval_scores_separable_features_perfectly_and_noise_lower():
     m = noisy.metrics["mAP"]
     assert m.value < 90 and m.ci_low < m.value < m.ci_high
     # Leaving the query out of its gallery can only lower AP when positives are scarce.
-    out = task.evaluate({"gallery": _features(*_clustered(60, 3, 8.0, 0))}, ds,
-                        {**opts, "include_self": False}, seed=0)
+    out = task.evaluate(
+        {"gallery": _features(*_clustered(60, 3, 8.0, 0))}, ds, {**opts, "include_self": False}, seed=0
+    )
     assert out.metrics["mAP"].value < m.value
 
 
@@ -111,8 +112,9 @@ def test_segmentation_probe_maps_patch_features_to_pixels_and_ignores_255():
         for m in masks:
             m[:2] = IGNORE
         x = torch.nn.functional.one_hot(torch.as_tensor(grids.reshape(n, 16)), 3).float()
-        return Features({"blocks": x + 0.05 * torch.randn_like(x)}, np.zeros(n), (4, 4),
-                        masks={"part-masks": masks})
+        return Features(
+            {"blocks": x + 0.05 * torch.randn_like(x)}, np.zeros(n), (4, 4), masks={"part-masks": masks}
+        )
 
     opts = {"iterations": 200, "lr": 0.05, "batch_size": 8}
     res = Segmentation("part-masks").evaluate({"train": make(40), "test": make(20)}, Named(), opts, seed=0)

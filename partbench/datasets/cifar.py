@@ -105,8 +105,7 @@ class CIFAR10(Dataset):
             for i, label in enumerate(batch_labels):
                 if not isinstance(label, int) or not 0 <= label < len(self.object_classes):
                     raise DataError(
-                        f"{path}: labels[{i}] = {label!r} is out of range "
-                        f"0..{len(self.object_classes) - 1}"
+                        f"{path}: labels[{i}] = {label!r} is out of range 0..{len(self.object_classes) - 1}"
                     )
             files = batch.get("filenames")
             batch_names = (
@@ -128,9 +127,7 @@ class CIFAR10(Dataset):
         images, labels, names = self._batches(split)
         return LazySamples(
             len(labels),
-            lambda i: Sample(
-                image=np.ascontiguousarray(images[i]), key=names[i], label=int(labels[i])
-            ),
+            lambda i: Sample(image=np.ascontiguousarray(images[i]), key=names[i], label=int(labels[i])),
         )
 
     def fingerprint(self) -> str:

@@ -94,9 +94,7 @@ class COCOKeypoints(Dataset):
                 raise DataError(f"{where} (id {image_id}): 'file_name' must be a string")
             pure = PurePosixPath(file_name)
             if pure.is_absolute() or ".." in pure.parts or "\\" in file_name:
-                raise DataError(
-                    f"{where} (id {image_id}): file_name '{file_name}' leaves the folder"
-                )
+                raise DataError(f"{where} (id {image_id}): file_name '{file_name}' leaves the folder")
             if image_id in images:
                 raise DataError(f"{where}: image id {image_id} appears twice")
             images[image_id] = file_name
@@ -113,21 +111,13 @@ class COCOKeypoints(Dataset):
             if image_id not in images:
                 raise DataError(f"{where}: image_id {image_id!r} is not in 'images'")
             if ann.get("category_id") != PERSON:
-                raise DataError(
-                    f"{where}: category_id {ann.get('category_id')!r} is not person ({PERSON})"
-                )
+                raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not person ({PERSON})")
             kp = ann.get("keypoints")
             if not isinstance(kp, list) or len(kp) != 3 * N_KEYPOINTS:
                 found = len(kp) if isinstance(kp, list) else type(kp).__name__
-                raise DataError(
-                    f"{where}: 'keypoints' must hold {3 * N_KEYPOINTS} numbers, found {found}"
-                )
+                raise DataError(f"{where}: 'keypoints' must hold {3 * N_KEYPOINTS} numbers, found {found}")
             for j, value in enumerate(kp):
-                if (
-                    isinstance(value, bool)
-                    or not isinstance(value, (int, float))
-                    or not math.isfinite(value)
-                ):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise DataError(f"{where}: keypoints[{j}] is not a finite number: {value!r}")
             for j in range(N_KEYPOINTS):
                 if kp[3 * j + 2] not in (0, 1, 2):

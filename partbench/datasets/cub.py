@@ -122,8 +122,7 @@ class CUB200(Dataset):
         path = self.base / "parts" / "part_locs.txt"
         slot = {part_id: k for k, (part_id, _) in enumerate(SELECTED_PARTS)}
         keypoints = {
-            i: np.array([[k, 0.0, 0.0, 0.0] for k in range(len(SELECTED_PARTS))])
-            for i in self.image_ids
+            i: np.array([[k, 0.0, 0.0, 0.0] for k in range(len(SELECTED_PARTS))]) for i in self.image_ids
         }
         for line in read_lines(path, 5):
             image_id = line.int(0, "image id", low=1)

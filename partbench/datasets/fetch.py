@@ -67,8 +67,7 @@ def fetch(
     expected = (sha256 or (archive.sha256 if archive else "")).lower()
     if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
         raise DataError(
-            f"fetching '{name}' from {url} needs the archive's sha256 (64 hex digits), "
-            f"got {sha256!r}"
+            f"fetching '{name}' from {url} needs the archive's sha256 (64 hex digits), got {sha256!r}"
         )
     if urlparse(url).scheme not in ("http", "https"):
         raise DataError(f"{url}: only http and https URLs can be fetched")
@@ -88,13 +87,10 @@ def fetch(
     os.close(fd)
     workdir = Path(tempfile.mkdtemp(prefix=f".{name}-unpack-", dir=dest.parent))
     try:
-        digest = _download(
-            url, Path(download), archive.size if archive and not sha256 else None, progress
-        )
+        digest = _download(url, Path(download), archive.size if archive and not sha256 else None, progress)
         if digest != expected:
             raise DataError(
-                f"{url}: sha256 mismatch (expected {expected}, got {digest}); "
-                f"the download was discarded"
+                f"{url}: sha256 mismatch (expected {expected}, got {digest}); the download was discarded"
             )
         _unpack(Path(download), workdir)
         source = _dataset_folder(workdir, archive.top if archive else None)
@@ -185,9 +181,7 @@ def _check_member(member: tarfile.TarInfo, into: Path) -> None:
     if pure.is_absolute() or ".." in pure.parts or "\\" in name:
         raise DataError(f"archive member '{name}' would be written outside the destination")
     if not (member.isfile() or member.isdir()):
-        raise DataError(
-            f"archive member '{name}' is a link or special file; datasets hold only files"
-        )
+        raise DataError(f"archive member '{name}' is a link or special file; datasets hold only files")
     resolved = (into / name).resolve()
     if resolved != into.resolve() and into.resolve() not in resolved.parents:
         raise DataError(f"archive member '{name}' would be written outside the destination")

@@ -37,9 +37,7 @@ def load_index_map(path: Path, context: str = "") -> np.ndarray:
     """A single-channel label PNG as integers; palette images give their indices."""
     image = _open(path, context)
     if image.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
-        raise DataError(
-            f"{path}: expected a single-channel index map, found image mode {image.mode}"
-        )
+        raise DataError(f"{path}: expected a single-channel index map, found image mode {image.mode}")
     return np.asarray(image).astype(np.int64)
 
 
@@ -51,14 +49,11 @@ def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def checked_mask(
-    labels: np.ndarray, classes: int, path: Path, shape: tuple[int, int]
-) -> np.ndarray:
+def checked_mask(labels: np.ndarray, classes: int, path: Path, shape: tuple[int, int]) -> np.ndarray:
     """uint8 map after the class-range and size checks, which name ``path``."""
     if labels.shape != shape:
         raise DataError(
-            f"{path}: label map is {labels.shape[1]}x{labels.shape[0]} but its image is "
-            f"{shape[1]}x{shape[0]}"
+            f"{path}: label map is {labels.shape[1]}x{labels.shape[0]} but its image is {shape[1]}x{shape[0]}"
         )
     bad = (labels != IGNORE) & ((labels < 0) | (labels >= classes))
     if bad.any():

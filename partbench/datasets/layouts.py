@@ -107,9 +107,7 @@ PARTIMAGENET = Layout(
         "(part index maps 0-39, 40 background, 255 ignore)"
     ),
     required=tuple(
-        f"{kind}/{split}"
-        for split in ("train", "val", "test")
-        for kind in ("images", "annotations")
+        f"{kind}/{split}" for split in ("train", "val", "test") for kind in ("images", "annotations")
     ),
     nests=("", "PartImageNet", "PartImageNet_Seg"),
 )

@@ -61,19 +61,15 @@ class Pair:
 def pair_files(image_dir: Path, mask_dir: Path, mask_suffix: str = ".png") -> list[Pair]:
     """Images and label maps matched by file stem, sorted; a map without its image, or an
     image without its map, is a DataError naming the missing file."""
-    images = {
-        p.stem: p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    }
+    images = {p.stem: p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
     masks = {p.stem: p for p in mask_dir.iterdir() if p.is_file() and p.suffix == mask_suffix}
     for stem in sorted(masks.keys() - images.keys()):
         raise DataError(
-            f"{image_dir / (stem + '.jpg')}: image file is missing (its label map "
-            f"{masks[stem]} exists)"
+            f"{image_dir / (stem + '.jpg')}: image file is missing (its label map {masks[stem]} exists)"
         )
     for stem in sorted(images.keys() - masks.keys()):
         raise DataError(
-            f"{mask_dir / (stem + mask_suffix)}: label map is missing (its image "
-            f"{images[stem]} exists)"
+            f"{mask_dir / (stem + mask_suffix)}: label map is missing (its image {images[stem]} exists)"
         )
     if not images:
         raise DataError(f"{image_dir}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -96,9 +92,7 @@ def _mmseg_folders(_: Layout) -> dict[str, tuple[str, str]]:
 
 def _lip_folders(layout: Layout) -> dict[str, tuple[str, str]]:
     if layout is LIP_OFFICIAL:
-        return {
-            s: (layout.required[i], layout.required[2 + i]) for i, s in enumerate(("train", "val"))
-        }
+        return {s: (layout.required[i], layout.required[2 + i]) for i, s in enumerate(("train", "val"))}
     return _mmseg_folders(layout)
 
 

@@ -212,9 +212,7 @@ def render(seed: int, split: str, index: int, size: int = 96) -> Sample:
     c, s = np.cos(np.radians(theta)), np.sin(np.radians(theta))
     for pl in placements:
         size_jit = pl.size * (0.9 + 0.2 * rng.random())
-        pu, pv = _rot(
-            (ou - pl.x) / size_jit, (ov - pl.y) / size_jit, pl.angle + rng.uniform(-12, 12)
-        )
+        pu, pv = _rot((ou - pl.x) / size_jit, (ov - pl.y) / size_jit, pl.angle + rng.uniform(-12, 12))
         m, tex = _part_shape(pl.part, pu, pv)
         hue = rng.random()
         lo, hi = _hsv(hue, 0.7, 0.25 + 0.2 * rng.random()), _hsv((hue + 0.1) % 1, 0.5, 0.95)

@@ -11,9 +11,7 @@ from PIL import Image
 from partbench.datasets.base import Sample
 
 
-def crop_rule(
-    keypoints: np.ndarray, bounds: tuple[float, float]
-) -> list[tuple[int, float, float, int]]:
+def crop_rule(keypoints: np.ndarray, bounds: tuple[float, float]) -> list[tuple[int, float, float, int]]:
     """The study's crop rule for one image's visible keypoints.
 
     d is half the distance to the nearest other visible keypoint; a keypoint is kept when
@@ -53,8 +51,7 @@ def crop_square(image: np.ndarray, x: float, y: float, r: int) -> np.ndarray:
 
 def part_crops(sample: Sample, bounds: tuple[float, float]) -> list[tuple[np.ndarray, int]]:
     return [
-        (crop_square(sample.image, x, y, r), part)
-        for part, x, y, r in crop_rule(sample.keypoints, bounds)
+        (crop_square(sample.image, x, y, r), part) for part, x, y, r in crop_rule(sample.keypoints, bounds)
     ]
 
 

@@ -71,11 +71,7 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: Pat
             ("wrong shape", wrong),
         ):
             if keys:
-                shown = ", ".join(keys[:8]) + (
-                    f", ... ({len(keys)} in all)" if len(keys) > 8 else ""
-                )
+                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
                 parts.append(f"{label} keys: {shown}")
-        raise CheckpointError(
-            f"{source}: checkpoint does not match the encoder; " + "; ".join(parts)
-        )
+        raise CheckpointError(f"{source}: checkpoint does not match the encoder; " + "; ".join(parts))
     model.load_state_dict(state, strict=True)

@@ -101,17 +101,13 @@ def extract(obj: Any, layouts: tuple[Layout, ...], source: Path | str) -> Extrac
         )
     not_tensors = sorted(k for k, v in backbone.items() if not _is_tensor(v))
     if not_tensors:
-        raise CheckpointError(
-            f"{source}: entries that are not tensors: {', '.join(not_tensors[:8])}"
-        )
+        raise CheckpointError(f"{source}: entries that are not tensors: {', '.join(not_tensors[:8])}")
     # Under the backbone, "head." is the projection (MoCo v3) or the classifier (DeiT): either
     # way it is not part of the encoder.
     head_in_backbone = _strip(backbone, "head.")
     backbone = {k: v for k, v in backbone.items() if not k.startswith("head.")}
     head = _strip(state, layout.head_prefix) if layout.head_prefix is not None else head_in_backbone
-    backbone = {
-        k: v for k, v in backbone.items() if not any(fnmatch.fnmatchcase(k, p) for p in layout.drop)
-    }
+    backbone = {k: v for k, v in backbone.items() if not any(fnmatch.fnmatchcase(k, p) for p in layout.drop)}
     if layout.rename is not None:
         backbone = layout.rename(backbone)
     return Extracted(backbone=backbone, head=head, layout=layout)

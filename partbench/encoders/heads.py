@@ -62,9 +62,7 @@ class DinoHead(nn.Module):
 def _linear_indices(state: Mapping[str, torch.Tensor], prefix: str = "") -> list[int]:
     pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.weight$")
     found = sorted(
-        int(m.group(1))
-        for k, v in state.items()
-        if (m := pattern.match(k)) is not None and v.dim() == 2
+        int(m.group(1)) for k, v in state.items() if (m := pattern.match(k)) is not None and v.dim() == 2
     )
     return found
 

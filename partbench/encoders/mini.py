@@ -43,9 +43,7 @@ MINI: dict[str, Mini] = {
         "dino", "contrastive", "dino", "mini ViT, DINO teacher on SynParts; projection: DINO head"
     ),
     "mini-mae": Mini("mae", "masked-image-modeling", None, "mini ViT, MAE encoder on SynParts"),
-    "mini-ibot": Mini(
-        "ibot", "both", "dino", "mini ViT, iBOT teacher on SynParts; projection: iBOT head"
-    ),
+    "mini-ibot": Mini("ibot", "both", "dino", "mini ViT, iBOT teacher on SynParts; projection: iBOT head"),
 }
 
 
@@ -85,9 +83,7 @@ def load_mini(request: EncoderRequest, mini: Mini):
         try:
             projection = head_from_state(mini.head_kind, head_state).eval()
         except (KeyError, RuntimeError, IndexError) as exc:
-            raise CheckpointError(
-                f"{path}: head.* keys do not form a {mini.head_kind} head ({exc})"
-            ) from exc
+            raise CheckpointError(f"{path}: head.* keys do not form a {mini.head_kind} head ({exc})") from exc
     return TimmEncoder(
         model.eval(),
         name=request.name,

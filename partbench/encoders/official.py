@@ -98,9 +98,7 @@ class OfficialEncoder:
 
 
 _FB = "https://dl.fbaipublicfiles.com"
-_IBOT = (
-    "https://lf3-nlp-opensource.bytetos.com/obj/nlp-opensource/archive/2022/ibot/vitb_16_rand_mask"
-)
+_IBOT = "https://lf3-nlp-opensource.bytetos.com/obj/nlp-opensource/archive/2022/ibot/vitb_16_rand_mask"
 _BEIT_ARGS = {
     "use_abs_pos_emb": False,
     "use_rel_pos_bias": False,
@@ -203,9 +201,7 @@ _ENTRIES = (
         ),
         roles={
             "teacher": (
-                Layout(
-                    "teacher", "teacher", "backbone.", head_prefix="head.", drop=("masked_embed",)
-                ),
+                Layout("teacher", "teacher", "backbone.", head_prefix="head.", drop=("masked_embed",)),
                 Layout("teacher", "state_dict", "", drop=("masked_embed",)),
             ),
             "student": (
@@ -300,9 +296,7 @@ _ENTRIES = (
                 "flat state dict with register_tokens",
             ),
         ),
-        roles={
-            "model": (Layout("model", None, drop=("mask_token",), rename=dinov2_registers_to_timm),)
-        },
+        roles={"model": (Layout("model", None, drop=("mask_token",), rename=dinov2_registers_to_timm),)},
         default_role="model",
     ),
 )
@@ -341,9 +335,7 @@ def download(url: str, dest: Path, *, timeout: float = 60.0) -> str:
         hexdigest = digest.hexdigest()
         prefix = _hash_in_name(dest.name)
         if prefix is not None and not hexdigest.startswith(prefix):
-            raise OSError(
-                f"sha256 {hexdigest[:16]}... does not match the {prefix} in the file name"
-            )
+            raise OSError(f"sha256 {hexdigest[:16]}... does not match the {prefix} in the file name")
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -371,9 +363,7 @@ def resolve_weights(entry: OfficialEncoder, explicit: Path | None = None) -> Pat
             f"get it from {entry.manual}, save it as {dest}, or pass --weights FILE"
         )
     dest = cache / target.filename
-    print(
-        f"partbench: downloading {entry.name} weights from {target.url} to {dest}", file=sys.stderr
-    )
+    print(f"partbench: downloading {entry.name} weights from {target.url} to {dest}", file=sys.stderr)
     try:
         download(target.url or "", dest)
     except (OSError, ValueError) as exc:
@@ -393,9 +383,7 @@ def create_backbone(entry: OfficialEncoder, geometry: Mapping[str, int] | None =
     import timm
 
     kwargs: dict[str, Any] = {**entry.arch_kwargs, **(geometry or {})}
-    return timm.create_model(
-        entry.arch, pretrained=False, num_classes=0, global_pool="token", **kwargs
-    )
+    return timm.create_model(entry.arch, pretrained=False, num_classes=0, global_pool="token", **kwargs)
 
 
 def build_encoder(

@@ -40,6 +40,4 @@ def load_mini_vit(
             state = state["model"]
         load_strict(model, state, weights)
         weights_id = f"sha256:{sha256_file(weights)}"
-    return TimmEncoder(
-        model.eval(), name=name, family=family, weights_id=weights_id, projection=projection
-    )
+    return TimmEncoder(model.eval(), name=name, family=family, weights_id=weights_id, projection=projection)

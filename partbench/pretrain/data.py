@@ -73,9 +73,7 @@ def load_pretrain_images(
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, images=images, labels=labels)
             tmp.replace(path)
-    return PretrainImages(
-        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
-    )
+    return PretrainImages(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
@@ -111,9 +109,7 @@ def random_resized_crop(
     grid = F.affine_grid(theta, [b, 3, out, out], align_corners=False)
     # Bilinear sampling does not low-pass when a crop shrinks; a matched pre-blur would cost
     # a second pass, and the aliasing is a weak, random augmentation of its own.
-    return F.grid_sample(
-        images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
-    )
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 _GRAY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
@@ -229,7 +225,6 @@ def multi_crop(
         ssl_view(images, gen, size=GLOBAL_SIZE, scale=GLOBAL_SCALE, blur=0.1, solar=0.2),
     ]
     locals_ = [
-        ssl_view(images, gen, size=LOCAL_SIZE, scale=LOCAL_SCALE, blur=0.5, solar=0.0)
-        for _ in range(n_local)
+        ssl_view(images, gen, size=LOCAL_SIZE, scale=LOCAL_SCALE, blur=0.5, solar=0.0) for _ in range(n_local)
     ]
     return globals_, locals_

@@ -107,9 +107,7 @@ class IBOTRecipe(DINORecipe):
 
         s_patch = self.head.forward_patches(s_tokens[:, 1:])
         t_prob = self.patch_centering.probs(t_patch, temp)
-        per_token = torch.sum(
-            -t_prob * torch.log_softmax(s_patch / self.student_temp, dim=-1), dim=-1
-        )
+        per_token = torch.sum(-t_prob * torch.log_softmax(s_patch / self.student_temp, dim=-1), dim=-1)
         maskf = mask.float()
         # Per image: mean over its masked patches; unmasked images contribute zero.
         per_image = (per_token * maskf).sum(-1) / maskf.sum(-1).clamp(min=1.0)

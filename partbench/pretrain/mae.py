@@ -58,10 +58,7 @@ class MAERecipe(Recipe):
         nn.init.normal_(self.mask_token, std=0.02)
         self.register_buffer("decoder_pos", sincos_pos_embed(decoder_dim, side))
         self.decoder_blocks = nn.Sequential(
-            *[
-                Block(decoder_dim, num_heads=3, mlp_ratio=4.0, qkv_bias=True)
-                for _ in range(decoder_depth)
-            ]
+            *[Block(decoder_dim, num_heads=3, mlp_ratio=4.0, qkv_bias=True) for _ in range(decoder_depth)]
         )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch * self.patch * 3)

@@ -27,9 +27,7 @@ class Task:
 
     source: str
 
-    def views(
-        self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]
-    ) -> dict[str, View]:
+    def views(self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]) -> dict[str, View]:
         raise NotImplementedError
 
     def evaluate(
@@ -47,8 +45,7 @@ class Task:
 def counts_by_class(labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
     values, counts = np.unique(labels, return_counts=True)
     return {
-        (names[v] if 0 <= v < len(names) else str(v)): int(c)
-        for v, c in zip(values, counts, strict=True)
+        (names[v] if 0 <= v < len(names) else str(v)): int(c) for v, c in zip(values, counts, strict=True)
     }
 
 

@@ -12,9 +12,7 @@ FEATURES = ("cls", "embedding", "projection")
 
 def _retrieval_options() -> dict[str, TaskOption]:
     return {
-        "feature": TaskOption(
-            "embedding", "cls, embedding (mean patch token) or projection", FEATURES
-        ),
+        "feature": TaskOption("embedding", "cls, embedding (mean patch token) or projection", FEATURES),
         "include_self": TaskOption(
             True, "keep the query in its own gallery, as the study's code does", (True, False)
         ),
@@ -26,9 +24,7 @@ def _probe_options(lr: float, feature: bool) -> dict[str, TaskOption]:
         "epochs": TaskOption(90, "training epochs"),
         "lr": TaskOption(lr, "base learning rate, scaled by batch_size / 256"),
         "batch_size": TaskOption(1024, "probe batch size"),
-        "report": TaskOption(
-            "best", "top-1 of the best epoch (the study) or the last", ("best", "last")
-        ),
+        "report": TaskOption("best", "top-1 of the best epoch (the study) or the last", ("best", "last")),
     }
     if feature:
         opts = {"feature": TaskOption("cls", "cls, embedding or projection", FEATURES), **opts}

@@ -49,9 +49,7 @@ class AttentivePooler(nn.Module):
         scores = (tokens @ kq.T + kb) / math.sqrt(hd)  # (B, T, H)
         attn = scores.softmax(dim=1)
         pooled = torch.einsum("bth,btd->bhd", attn, tokens)  # (B, H, D)
-        v = torch.einsum("bhd,hcd->bhc", pooled, self.v.weight.view(h, hd, d)) + self.v.bias.view(
-            h, hd
-        )
+        v = torch.einsum("bhd,hcd->bhc", pooled, self.v.weight.view(h, hd, d)) + self.v.bias.view(h, hd)
         return self.out(v.reshape(b, d))
 
 
@@ -115,9 +113,7 @@ def train_probe(
         sched.step()
         head.eval()
         with torch.no_grad():
-            pred = torch.cat(
-                [head(x_test[i : i + 4096]).argmax(1) for i in range(0, len(x_test), 4096)]
-            )
+            pred = torch.cat([head(x_test[i : i + 4096]).argmax(1) for i in range(0, len(x_test), 4096)])
         correct = (pred == y_test).numpy()
         acc = float(correct.mean())
         curve.append(acc)
@@ -135,9 +131,7 @@ class Probe(Task):
     def _feature(self, options: Mapping[str, Any]) -> str:
         return "tokens" if self.kind == "attentive" else options["feature"]
 
-    def views(
-        self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]
-    ) -> dict[str, View]:
+    def views(self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]) -> dict[str, View]:
         out = frozenset({self._feature(options)})
         return {
             "train": View(self.source, "train", "train", out),

@@ -17,9 +17,7 @@ class Retrieval(Task):
     def __init__(self, source: str):
         self.source = source  # "keypoints" for parts, "images" for objects
 
-    def views(
-        self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]
-    ) -> dict[str, View]:
+    def views(self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]) -> dict[str, View]:
         return {"gallery": View(self.source, "retrieval", "test", frozenset({options["feature"]}))}
 
     def evaluate(

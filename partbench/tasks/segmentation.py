@@ -66,9 +66,7 @@ def train_seg_head(
     warmup = max(1, round(iterations * 1500 / 160_000))
 
     def factor(it: int) -> float:
-        return (
-            (it + 1) / warmup if it < warmup else (1 - (it - warmup) / max(1, iterations - warmup))
-        )
+        return (it + 1) / warmup if it < warmup else (1 - (it - warmup) / max(1, iterations - warmup))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     targets = [_loss_target(torch.as_tensor(m.astype(np.int64)), grid) for m in masks]
@@ -105,9 +103,7 @@ class Segmentation(Task):
     def __init__(self, source: str):
         self.source = source  # "part-masks" or "object-masks"
 
-    def views(
-        self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]
-    ) -> dict[str, View]:
+    def views(self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]) -> dict[str, View]:
         blocks = scaled_blocks(encoder.depth)
         out = frozenset({"blocks"})
         return {
@@ -157,13 +153,9 @@ class Segmentation(Task):
         def stat(counts: np.ndarray) -> float:
             return miou_from_counts(counts @ i_mean, counts @ u_mean)
 
-        iou = np.divide(
-            i_mean.sum(0), u_mean.sum(0), out=np.full(classes, np.nan), where=u_mean.sum(0) > 0
-        )
+        iou = np.divide(i_mean.sum(0), u_mean.sum(0), out=np.full(classes, np.nan), where=u_mean.sum(0) > 0)
         details: dict[str, Any] = {
-            "per_class_iou": {
-                names[c]: 100 * float(iou[c]) for c in range(classes) if not np.isnan(iou[c])
-            },
+            "per_class_iou": {names[c]: 100 * float(iou[c]) for c in range(classes) if not np.isnan(iou[c])},
             "train_images": len(train.masks[self.source]),
         }
         if repeats > 1:
@@ -173,11 +165,7 @@ class Segmentation(Task):
         for m in masks_te:
             pixels += np.bincount(m[m != IGNORE].ravel(), minlength=classes)[:classes]
         return TaskResult(
-            metrics={
-                "mIoU": percent(
-                    float(np.mean(scores)), bootstrap_ci(len(masks_te), stat, seed=seed)
-                )
-            },
+            metrics={"mIoU": percent(float(np.mean(scores)), bootstrap_ci(len(masks_te), stat, seed=seed))},
             n_items=len(masks_te),
             items_per_class={names[c]: int(pixels[c]) for c in range(classes) if pixels[c]},
             details=details,

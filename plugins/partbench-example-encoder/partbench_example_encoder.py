@@ -54,7 +54,9 @@ def build(request: EncoderRequest):
             tokens = cells.flatten(2).transpose(1, 2)
             tokens = tokens / tokens.norm(dim=-1, keepdim=True).clamp(min=1e-6)
             return EncoderOutput(
-                cls=tokens.mean(dim=1), patch_tokens=tokens, grid=grid,
+                cls=tokens.mean(dim=1),
+                patch_tokens=tokens,
+                grid=grid,
                 blocks={b: tokens for b in blocks},
             )
 
