@@ -1,0 +1,112 @@
+"""Where partbench's design saves time, measured against the approach it replaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import record_ratio
+
+from partbench.metrics import retrieval_ap
+
+
+@pytest.fixture(scope="module")
+def gallery():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 9, 1200)
+    feats = rng.normal(size=(1200, 128)) + 2 * np.eye(128)[labels]
+    return feats.astype(np.float32), labels
+
+
+def _per_query_sklearn(feats, labels):
+    # The study's approach: one scikit-learn call per query.
+    from sklearn.metrics import average_precision_score
+
+    f = feats.astype(np.float64)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    sims = (f @ f.T).round(9)  # retrieval_ap's definition of a tie
+    return np.array([average_precision_score(labels == labels[i], sims[i]) for i in range(len(f))])
+
+
+@pytest.mark.benchmark(group="retrieval AP, 1200 queries")
+def test_retrieval_baseline_sklearn_per_query(benchmark, gallery):
+    benchmark.pedantic(_per_query_sklearn, args=gallery, rounds=1, iterations=1)
+
+
+@pytest.mark.benchmark(group="retrieval AP, 1200 queries")
+def test_retrieval_batched(benchmark, gallery, baseline_seconds):
+    base = baseline_seconds(lambda: _per_query_sklearn(*gallery), 1)
+    ours = benchmark(retrieval_ap, *gallery)
+    assert np.allclose(ours, _per_query_sklearn(*gallery), atol=1e-6)
+    record_ratio(benchmark, base)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    torch.manual_seed(0)
+    return torch.randn(512, 197, 192)
+
+
+@pytest.mark.benchmark(group="attentive probe step, 512 x 197 tokens")
+def test_attentive_baseline_multihead_attention(benchmark, tokens):
+    mha = torch.nn.MultiheadAttention(192, 12, batch_first=True)
+    query = torch.zeros(1, 1, 192, requires_grad=True)
+
+    def step():
+        out = mha(query.expand(len(tokens), 1, 192), tokens, tokens, need_weights=False)[0]
+        out.sum().backward()
+
+    benchmark(step)
+
+
+@pytest.mark.benchmark(group="attentive probe step, 512 x 197 tokens")
+def test_attentive_pooler(benchmark, tokens, baseline_seconds):
+    from partbench.tasks.probes import AttentivePooler
+
+    mha = torch.nn.MultiheadAttention(192, 12, batch_first=True)
+    query = torch.zeros(1, 1, 192, requires_grad=True)
+    base = baseline_seconds(
+        lambda: mha(query.expand(len(tokens), 1, 192), tokens, tokens, need_weights=False)[0].sum().backward()
+    )
+    pool = AttentivePooler(192, 12)
+    benchmark(lambda: pool(tokens).sum().backward())
+    record_ratio(benchmark, base)
+
+
+@pytest.fixture(scope="module")
+def mini_setup():
+    from partbench.datasets.synparts import SynParts
+    from partbench.encoders.vit import load_mini_vit
+
+    encoder = load_mini_vit("random-vit", "none", weights=None, seed=0).eval()
+    dataset = SynParts(train=64, test=64)
+    dataset.samples("train")[:]  # render once: the benchmark is about extraction, not drawing
+    return encoder, dataset
+
+
+def _bare_forward(encoder, images):
+    with torch.inference_mode():
+        for i in range(0, len(images), 64):
+            encoder.forward(images[i : i + 64])
+
+
+@pytest.mark.benchmark(group="64 SynParts images through the mini ViT")
+def test_extraction_baseline_bare_forward(benchmark, mini_setup):
+    encoder, _ = mini_setup
+    images = torch.randn(64, 3, 64, 64)
+    benchmark(_bare_forward, encoder, images)
+
+
+@pytest.mark.benchmark(group="64 SynParts images through the mini ViT")
+def test_extraction_with_views_and_timing(benchmark, mini_setup, baseline_seconds):
+    from partbench.extraction import View, extract
+
+    encoder, dataset = mini_setup
+    images = torch.randn(64, 3, 64, 64)
+    base = baseline_seconds(lambda: _bare_forward(encoder, images))
+    view = View("images", "train", "test", frozenset({"cls", "embedding"}))
+    feats = benchmark(
+        extract, encoder, dataset, view, device=torch.device("cpu"), batch_size=64, precision="fp32", limit=None
+    )
+    assert feats["cls"].shape == (64, encoder.embed_dim)
+    record_ratio(benchmark, base)  # below 1: the overhead of resizing, normalising and timing
