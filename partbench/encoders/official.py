@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 VIT_B = {"embed_dim": 768, "depth": 12, "num_heads": 12}
-BEIT_DRIVE = "https://drive.google.com/drive/folders/1JSNzbxc9MBpNIhMRP8Vd0FFk7K5hC65q"
 CAE_DRIVE = "https://drive.google.com/drive/folders/1wwhg7nj2GQuU9uthVuQLkEEXEjx90G7g"
 
 
@@ -252,8 +251,9 @@ _ENTRIES = (
         },
         default_role="model",
         manual=(
-            f"the authors' Google Drive, {BEIT_DRIVE} (the ImageNet-22k file "
-            "beit_base_patch16_224_pt22k.pth from microsoft/unilm loads the same way via --weights)"
+            "no stable URL: the study's ImageNet-1k pretrain-only file comes from the BEiT or the "
+            "study's authors (the ImageNet-22k file beit_base_patch16_224_pt22k.pth from the "
+            "microsoft/unilm BEiT release loads the same way via --weights)"
         ),
     ),
     OfficialEncoder(
