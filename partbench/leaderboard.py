@@ -334,7 +334,7 @@ def to_svg(boards: Sequence[Board], width: int = 560, height: int = 420) -> str:
 
         out.append(
             f'<text x="{m["l"]}" y="{top + 20}" font-size="14">{escape(board.dataset)}: '
-            "object score against part score (mean of each level's tasks, %)</text>"
+            "object against part score (%, 95% intervals)</text>"
         )
         out.append(
             f'<rect x="{m["l"]}" y="{top + m["t"]}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>'

@@ -88,25 +88,29 @@ def _coerce(raw: str, default: Any, where: str) -> Any:
         raise PartbenchError(f"{where}: expected a {type(default).__name__}, got '{raw}'") from None
 
 
-def task_options(tasks: Sequence[TaskSpec], raw: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Defaults of every task, overridden by "key=value" (all tasks with that option) or
-    "task.key=value" (one task)."""
+def task_options(
+    tasks: Sequence[TaskSpec], raw: Sequence[str], registered: Sequence[TaskSpec] = ()
+) -> dict[str, dict[str, Any]]:
+    """Defaults of every selected task, overridden by "key=value" (every selected task with that
+    option) or "task.key=value" (one task). An option of a registered task that is not selected
+    is ignored, so one command line can serve datasets with different tasks; an option no task
+    has is an error."""
     result = {t.name: {k: o.default for k, o in t.options.items()} for t in tasks}
     by_name = {t.name: t for t in tasks}
+    everyone = {t.name: t for t in (*registered, *tasks)}
     for item in raw:
         if "=" not in item:
             raise PartbenchError(f"--option '{item}': expected KEY=VALUE or TASK.KEY=VALUE")
         key, value = item.split("=", 1)
         task_name, _, opt = key.rpartition(".")
-        targets = [by_name[task_name]] if task_name in by_name else (list(tasks) if not task_name else [])
-        if task_name and not targets:
-            raise PartbenchError(f"--option '{item}': task '{task_name}' is not selected")
+        pool = (
+            [everyone[task_name]] if task_name in everyone else ([] if task_name else list(everyone.values()))
+        )
+        if not any(opt in t.options for t in pool):
+            known = sorted({f"{t.name}.{k}" for t in everyone.values() for k in t.options})
+            raise PartbenchError(f"--option '{item}': no task has this option; options: {', '.join(known)}")
+        targets = [by_name[task_name]] if task_name in by_name else ([] if task_name else list(tasks))
         hits = [t for t in targets if opt in t.options]
-        if not hits:
-            known = sorted({f"{t.name}.{k}" for t in targets for k in t.options})
-            raise PartbenchError(
-                f"--option '{item}': no selected task has option '{opt}'; options: {', '.join(known)}"
-            )
         for t in hits:
             spec = t.options[opt]
             val = _coerce(value, spec.default, f"--option {t.name}.{opt}")
@@ -185,7 +189,7 @@ def run(
     ds_spec = registry.dataset(opts.dataset)
     enc_specs = [registry.encoder(name) for name in encoders]
     task_specs = select_tasks(registry, tasks, ds_spec)
-    options = task_options(task_specs, opts.options)
+    options = task_options(task_specs, opts.options, list(registry.tasks.values()))
     if opts.precision not in ("fp32", "bf16", "fp16"):
         raise PartbenchError(f"--precision '{opts.precision}': expected fp32, bf16 or fp16")
     if opts.repeats < 1 or opts.batch_size < 1 or (opts.limit is not None and opts.limit < 1):

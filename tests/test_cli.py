@@ -127,7 +127,7 @@ def test_timm_encoder_from_a_weights_file_joins_the_leaderboard(filled_db, tmp_p
         (["run", "-e", "random-vit", "-t", "all", "-d", "synpart"], "did you mean 'synparts'"),
         (["run", "-e", "random-vit", "-t", "all", "-o", "epochs=many"], "expected a int"),
         (["run", "-e", "random-vit", "-t", "all", "-o", "feature=pixels"], "not one of"),
-        (["run", "-e", "random-vit", "-t", "all", "-o", "colour=red"], "no selected task has option"),
+        (["run", "-e", "random-vit", "-t", "all", "-o", "colour=red"], "no task has this option"),
         (["run", "-e", "random-vit", "-t", "all", "--device", "tpu"], "expected auto, cpu"),
         (["run", "-e", "timm:no_such_model_xyz", "-t", "part-retrieval"], "timm has no model"),
         (
@@ -142,6 +142,15 @@ def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
     assert message in result.output
     assert "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.startswith("Error")]) <= 1
+
+
+def test_options_of_unselected_tasks_are_ignored_and_stored_options_are_the_used_ones(tmp_path):
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    result = invoke("run", "-e", "random-vit", "-t", "object-retrieval", "--limit", "8",
+                    "-o", "epochs=3", "-o", "part-seg.iterations=5", "-o", "feature=cls", db=db)
+    assert result.exit_code == 0, result.output
+    (run,) = json.loads(invoke("runs", "--format", "json", db=db).output)
+    assert run["task"] == "object-retrieval"
 
 
 def test_empty_store_leaderboard_says_what_to_do(tmp_path):
