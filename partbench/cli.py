@@ -151,10 +151,15 @@ def run(
     )
     err = _console(stderr=True)
     with _progress(err) as progress:
-        outcomes = run_all(reg, store, encoders, tasks, opts, progress=progress, say=err.print)
+        outcomes = run_all(reg, store, encoders, tasks, opts, progress=progress, say=_problem(err))
     _print_outcomes(outcomes)
     if any(o.status == "failed" for o in outcomes):
         sys.exit(1)
+
+
+def _problem(console) -> Callable[[str], None]:
+    """Print a failure in full (the table cuts it), without reading brackets in it as markup."""
+    return lambda message: console.print(message, style="red", markup=False, highlight=False)
 
 
 def _progress(console):
@@ -186,7 +191,7 @@ def _print_outcomes(outcomes) -> None:
         status = {
             "done": "[green]done[/]",
             "skipped": "stored (--force reruns)",
-            "failed": f"[red]failed[/]: {o.error or ''}",
+            "failed": "[red]failed[/] (reason above)",
         }[o.status]
         table.add_row(
             o.encoder,
@@ -363,7 +368,7 @@ def study(which: str, device: str, seed: int, output_dir: Path | None, force: bo
             _store(db),
             RunOptions(device=device, seed=seed, force=force),
             progress=progress,
-            say=err.print,
+            say=_problem(err),
         )
     out = _console()
     out.print(lb.to_rich([report.board]))

@@ -209,7 +209,7 @@ def run(
             encoder = spec.load(request)
         except PartbenchError as exc:
             outcomes += [Outcome(name, t.name, "failed", error=str(exc)) for t in task_specs]
-            say(f"[red]{name}[/]: {exc}")
+            say(f"{name}: {exc}")
             continue
         encoder.to(device).eval()
         pending: list[tuple[TaskSpec, Any, dict[str, Any], int]] = []
@@ -309,7 +309,7 @@ def run(
                 if missing:
                     store.fail(run_id, missing[0])
                     outcomes.append(Outcome(name, t.name, "failed", run_id, error=missing[0]))
-                    say(f"[red]{name} · {t.name}[/]: {missing[0]}")
+                    say(f"{name} · {t.name}: {missing[0]}")
                     continue
                 feats = {role: extracted[v.merge_key(dataset)] for role, v in views.items()}
                 try:
@@ -319,7 +319,7 @@ def run(
                 except (PartbenchError, ValueError, RuntimeError) as exc:
                     store.fail(run_id, f"{type(exc).__name__}: {exc}")
                     outcomes.append(Outcome(name, t.name, "failed", run_id, error=str(exc)))
-                    say(f"[red]{name} · {t.name}[/]: {exc}")
+                    say(f"{name} · {t.name}: {exc}")
                     continue
                 timing = merge_timings([f.timing for f in feats.values()])
                 store.finish(

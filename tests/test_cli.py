@@ -146,11 +146,28 @@ def test_user_mistakes_are_one_line_errors(args, message, tmp_path):
 
 def test_options_of_unselected_tasks_are_ignored_and_stored_options_are_the_used_ones(tmp_path):
     db = f"sqlite:///{tmp_path / 'o.db'}"
-    result = invoke("run", "-e", "random-vit", "-t", "object-retrieval", "--limit", "8",
-                    "-o", "epochs=3", "-o", "part-seg.iterations=5", "-o", "feature=cls", db=db)
+    result = invoke(
+        "run",
+        "-e",
+        "random-vit",
+        "-t",
+        "object-retrieval",
+        "--limit",
+        "8",
+        "-o",
+        "epochs=3",
+        "-o",
+        "part-seg.iterations=5",
+        "-o",
+        "feature=cls",
+        db=db,
+    )
     assert result.exit_code == 0, result.output
     (run,) = json.loads(invoke("runs", "--format", "json", db=db).output)
     assert run["task"] == "object-retrieval"
+    assert run["config"]["task"]["options"] == {"feature": "cls", "include_self": True}
+    assert run["config"]["task"]["default_options"] is False
+    assert set(run["versions"]) >= {"torch", "timm", "partbench"}
 
 
 def test_empty_store_leaderboard_says_what_to_do(tmp_path):

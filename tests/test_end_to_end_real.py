@@ -35,8 +35,9 @@ def stored(db):
 def test_random_vit_runs_on_a_real_layout(tmp_path, dataset, build, level, tasks):
     root = build(tmp_path / dataset)
     db = f"sqlite:///{tmp_path / 'runs.db'}"
-    result = invoke("run", "-e", "random-vit", "-t", level, "-d", dataset, "--data-root", str(root),
-                    *QUICK, "--db", db)
+    result = invoke(
+        "run", "-e", "random-vit", "-t", level, "-d", dataset, "--data-root", str(root), *QUICK, "--db", db
+    )
     assert result.exit_code == 0, result.output
     runs = stored(db)
     assert set(runs) == tasks
@@ -45,8 +46,19 @@ def test_random_vit_runs_on_a_real_layout(tmp_path, dataset, build, level, tasks
 
 
 def test_a_missing_dataset_folder_is_a_one_line_error(tmp_path):
-    result = invoke("run", "-e", "random-vit", "-t", "part", "-d", "cub200",
-                    "--data-root", str(tmp_path / "nowhere"), "--db", f"sqlite:///{tmp_path / 'r.db'}")
+    result = invoke(
+        "run",
+        "-e",
+        "random-vit",
+        "-t",
+        "part",
+        "-d",
+        "cub200",
+        "--data-root",
+        str(tmp_path / "nowhere"),
+        "--db",
+        f"sqlite:///{tmp_path / 'r.db'}",
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "nowhere" in result.output
 
@@ -56,8 +68,21 @@ def test_mocov3_from_its_official_file_runs_with_its_projection(tmp_path):
     path = tmp_path / "vit-b-300ep.pth.tar"
     torch.save(cf.mocov3_file(cf.VIT_B), path)
     db = f"sqlite:///{tmp_path / 'runs.db'}"
-    result = invoke("run", "-e", "mocov3", "--weights", str(path), "-t", "part-retrieval",
-                    "-o", "feature=projection", "--limit", "3", "--db", db)
+    result = invoke(
+        "run",
+        "-e",
+        "mocov3",
+        "--weights",
+        str(path),
+        "-t",
+        "part-retrieval",
+        "-o",
+        "feature=projection",
+        "--limit",
+        "3",
+        "--db",
+        db,
+    )
     assert result.exit_code == 0, result.output
     run = stored(db)["part-retrieval"]
     assert run["status"] == "done" and run["weights_id"].startswith("sha256:")

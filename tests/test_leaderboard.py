@@ -15,10 +15,21 @@ TASKS = {"part-retrieval": "part", "part-linear": "part", "object-linear": "obje
 
 def add(store, encoder, task, value, ci=2.0, family="contrastive", default=True, limit=None):
     run_id = store.start(
-        encoder=encoder, encoder_plugin="p", family=family, weights_id="w", task=task,
-        task_plugin="p", level=TASKS[task], dataset="synparts", dataset_fingerprint="f",
-        config={"task": {"default_options": default}, "limit": limit}, config_hash=f"{encoder}{task}{value}",
-        headline_metric="top1", device="cpu", versions={}, seed=0,
+        encoder=encoder,
+        encoder_plugin="p",
+        family=family,
+        weights_id="w",
+        task=task,
+        task_plugin="p",
+        level=TASKS[task],
+        dataset="synparts",
+        dataset_fingerprint="f",
+        config={"task": {"default_options": default}, "limit": limit},
+        config_hash=f"{encoder}{task}{value}",
+        headline_metric="top1",
+        device="cpu",
+        versions={},
+        seed=0,
     )
     store.finish(run_id, {"top1": MetricValue(value, value - ci, value + ci)}, n_items=10)
     return run_id
@@ -82,14 +93,19 @@ def test_renderings_escape_and_carry_every_encoder(store):
 def test_study_claims_follow_the_scores(tmp_path):
     s = Store(f"sqlite:///{tmp_path / 'claims.db'}")
     scores = {  # (part, object)
-        "mini-supervised": (40, 90), "mini-mocov3": (50, 60), "mini-dino": (45, 70),
-        "mini-mae": (35, 50), "mini-ibot": (55, 65),
+        "mini-supervised": (40, 90),
+        "mini-mocov3": (50, 60),
+        "mini-dino": (45, 70),
+        "mini-mae": (35, 50),
+        "mini-ibot": (55, 65),
     }
     for enc, (part, obj) in scores.items():
         add(s, enc, "part-retrieval", part)
         add(s, enc, "object-linear", obj)
     (board,) = lb.build(s.runs())
-    proj = {e: {"projection": MetricValue(1.0), "cls": MetricValue(2.0)} for e in ("mini-mocov3", "mini-dino")}
+    proj = {
+        e: {"projection": MetricValue(1.0), "cls": MetricValue(2.0)} for e in ("mini-mocov3", "mini-dino")
+    }
     claims = check_claims(board, proj)
     assert [c.reproduced for c in claims] == [True, True, True, True]
     scores_flipped = {"mini-mocov3": {"projection": MetricValue(3.0), "cls": MetricValue(2.0)}}

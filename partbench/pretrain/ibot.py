@@ -55,28 +55,33 @@ class IBOTRecipe(DINORecipe):
     """DINO's multi-crop recipe with a shared head MLP and two prototype layers (class token,
     patch tokens). The student's two global crops are blockwise masked (half the images,
     ratio 0.1-0.5); the teacher sees them unmasked. Loss = cross-view class-token loss (as
-    DINO) + same-view masked patch-token loss, each with its own centre. Teacher temperature
-    warms up 0.04 -> 0.07 for both, as in iBOT. Shipped: teacher backbone and the class-token
-    path of the teacher head."""
+    DINO) + same-view masked patch-token loss, each with its own centre. 256 prototypes per
+    layer. Shipped: teacher backbone and the class-token path of the teacher head.
+
+    Hyperparameters are DINO's short-run ones (dino.DINORecipe): iBOT's teacher temperature
+    warm-up 0.04 -> 0.07 left both losses flat near ln K in short runs, so the teacher
+    temperature stays at 0.01 for both token types."""
 
     method, family, head_kind = "ibot", "both", "dino"
     hyper = Hyper(
         batch_size=32,
         lr=5e-4,
         weight_decay=0.04,
-        weight_decay_end=0.4,
-        warmup=0.1,
+        warmup=0.3,
         clip=3.0,
-        momentum=0.98,
+        momentum=0.996,
     )
+    teacher_temp_start, teacher_temp_end = 0.01, 0.01
 
-    def __init__(self, seed: int, steps: int, out_dim: int = 1024, patch_out: int = 1024):
+    def __init__(self, seed: int, steps: int, out_dim: int = 256, patch_out: int = 256):
         super().__init__(seed, steps, out_dim=out_dim, patch_out=patch_out)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))
         self.patch_centering = Centering(patch_out)
 
     def teacher_temperature(self, step: int) -> float:
-        return warm_temperature(step, self.steps, 0.04, 0.07, 0.1)
+        return warm_temperature(
+            step, self.steps, self.teacher_temp_start, self.teacher_temp_end, 0.1
+        )
 
     def after_backward(self, step: int) -> None:
         if step < self.freeze_last_steps:
