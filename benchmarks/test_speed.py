@@ -105,8 +105,7 @@ def test_extraction_with_views_and_timing(benchmark, mini_setup, baseline_second
     images = torch.randn(64, 3, 64, 64)
     base = baseline_seconds(lambda: _bare_forward(encoder, images))
     view = View("images", "train", "test", frozenset({"cls", "embedding"}))
-    feats = benchmark(
-        extract, encoder, dataset, view, device=torch.device("cpu"), batch_size=64, precision="fp32", limit=None
-    )
+    kwargs = dict(device=torch.device("cpu"), batch_size=64, precision="fp32", limit=None)
+    feats = benchmark(extract, encoder, dataset, view, **kwargs)
     assert feats["cls"].shape == (64, encoder.embed_dim)
     record_ratio(benchmark, base)  # below 1: the overhead of resizing, normalising and timing
