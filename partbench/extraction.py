@@ -50,7 +50,7 @@ class View:
 class Features:
     """Encoder outputs for every item of a view, with the labels the item carries."""
 
-    arrays: dict[str, torch.Tensor]  # output name -> (N, ...) on the CPU, float32
+    arrays: dict[str, torch.Tensor]  # output name -> (N, ...) on the CPU; token maps in float16
     labels: np.ndarray  # (N,) class per item: part class for crops, object class for images
     grid: tuple[int, int]
     masks: dict[str, list[np.ndarray]] = field(default_factory=dict)  # capability -> label maps
@@ -145,7 +145,10 @@ def extract(
                 t = torch.cat([out.cls[:, None], out.patch_tokens], dim=1)
             else:  # blocks: patch tokens of the asked blocks, concatenated channel-wise
                 t = torch.cat([out.blocks[b] for b in view.blocks], dim=-1)
-            chunks[name].append(t.float().cpu())
+            # Token maps dominate memory (items x tokens x width): they are kept in half
+            # precision, which probes read back as float32; pooled vectors stay float32.
+            keep = torch.float16 if name in ("tokens", "blocks") else torch.float32
+            chunks[name].append(t.to(keep).cpu())
 
     batch: list[np.ndarray] = []
     for sample in samples:

@@ -123,6 +123,16 @@ def test_segmentation_probe_maps_patch_features_to_pixels_and_ignores_255():
     assert res.n_items == 20 and set(res.items_per_class) == {"a", "b", "c"}
 
 
+def test_channel_stats_match_torch_on_half_precision_features():
+    from partbench.tasks.segmentation import channel_stats
+
+    x = (torch.randn(37, 9, 5) * torch.arange(1, 6) + 3).half()
+    mean, std = channel_stats(x, chunk=4)
+    ref = x.float().flatten(0, 1)
+    assert torch.allclose(mean, ref.mean(0), atol=1e-4)
+    assert torch.allclose(std, ref.std(0, unbiased=False), atol=1e-4)
+
+
 def test_segmentation_blocks_scale_with_depth():
     assert scaled_blocks(12) == (4, 6, 8, 12)
     assert scaled_blocks(6) == (2, 3, 4, 6)

@@ -79,9 +79,7 @@ class IBOTRecipe(DINORecipe):
         self.patch_centering = Centering(patch_out)
 
     def teacher_temperature(self, step: int) -> float:
-        return warm_temperature(
-            step, self.steps, self.teacher_temp_start, self.teacher_temp_end, 0.1
-        )
+        return warm_temperature(step, self.steps, self.teacher_temp_start, self.teacher_temp_end, 0.1)
 
     def after_backward(self, step: int) -> None:
         if step < self.freeze_last_steps:

@@ -26,10 +26,10 @@ MANIFEST = "manifest.json"
 # two-core machine (a busy core makes OpenMP threads wait on each other; run alone).
 SHIPPED: dict[str, dict[str, int]] = {
     "supervised": {"steps": 1300, "batch_size": 64},
-    "mocov3": {"steps": 500, "batch_size": 64},
-    "dino": {"steps": 800, "batch_size": 32},
-    "mae": {"steps": 1000, "batch_size": 128},
-    "ibot": {"steps": 700, "batch_size": 32},
+    "mocov3": {"steps": 450, "batch_size": 64},
+    "dino": {"steps": 700, "batch_size": 32},
+    "mae": {"steps": 1200, "batch_size": 128},
+    "ibot": {"steps": 560, "batch_size": 32},
 }
 THREADS = 2
 IMAGES = 4096

@@ -106,14 +106,16 @@ def train_probe(
             idx = perm[i : i + batch_size]
             if len(idx) < 2 and any(isinstance(m, nn.BatchNorm1d) for m in head.modules()):
                 continue  # BatchNorm cannot normalise a single item
-            loss = loss_fn(head(x_train[idx]), y_train[idx])
+            loss = loss_fn(head(x_train[idx].float()), y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         sched.step()
         head.eval()
         with torch.no_grad():
-            pred = torch.cat([head(x_test[i : i + 4096]).argmax(1) for i in range(0, len(x_test), 4096)])
+            pred = torch.cat(
+                [head(x_test[i : i + 1024].float()).argmax(1) for i in range(0, len(x_test), 1024)]
+            )
         correct = (pred == y_test).numpy()
         acc = float(correct.mean())
         curve.append(acc)

@@ -38,6 +38,31 @@ def _logits(head: nn.Module, feats: torch.Tensor, grid: tuple[int, int], size: t
     return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
 
+class Standardise(nn.Module):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def channel_stats(x: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over items and tokens, in float64, a chunk at a time (the
+    cached features may be too large to copy whole into float32)."""
+    total = torch.zeros(x.shape[-1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for i in range(0, len(x), chunk):
+        part = x[i : i + chunk].double().flatten(0, -2)
+        total += part.sum(0)
+        squares += (part * part).sum(0)
+    n = x.shape[0] * x.shape[1]
+    mean = total / n
+    std = (squares / n - mean * mean).clamp(min=0).sqrt().clamp(min=1e-6)
+    return mean.float(), std.float()
+
+
 def _loss_target(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     size = (min(mask.shape[0], 4 * grid[0]), min(mask.shape[1], 4 * grid[1]))
     if size == tuple(mask.shape):
@@ -57,10 +82,11 @@ def train_seg_head(
     seed: int,
 ) -> nn.Module:
     """AdamW (weight decay 0.05), linear warm-up over the study's share of iterations
-    (1,500 of 160k), then poly decay to zero."""
+    (1,500 of 160k), then poly decay to zero. ``x`` may be half precision (the cache's); the
+    head computes in float32 and carries the per-channel standardisation as fixed buffers."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = nn.Linear(x.shape[-1], classes)
+        head = nn.Sequential(Standardise(*channel_stats(x)), nn.Linear(x.shape[-1], classes))
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, round(iterations * 1500 / 160_000))
@@ -75,12 +101,12 @@ def train_seg_head(
     for _ in range(iterations):
         idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
         if stacked is not None:
-            logits = _logits(head, x[idx], grid, tuple(stacked.shape[-2:]))
+            logits = _logits(head, x[idx].float(), grid, tuple(stacked.shape[-2:]))
             loss = F.cross_entropy(logits, stacked[idx], ignore_index=IGNORE)
         else:  # label maps of different sizes: one upsampling per image
             losses = [
                 F.cross_entropy(
-                    _logits(head, x[i : i + 1], grid, tuple(targets[i].shape)),
+                    _logits(head, x[i : i + 1].float(), grid, tuple(targets[i].shape)),
                     targets[i][None],
                     ignore_index=IGNORE,
                     reduction="sum",
@@ -124,9 +150,6 @@ class Segmentation(Task):
         names = dataset.classes_for(self.source)
         classes = len(names)
         x_tr, x_te = train["blocks"], test["blocks"]
-        mean = x_tr.mean(dim=(0, 1), keepdim=True)
-        std = x_tr.std(dim=(0, 1), keepdim=True).clamp(min=1e-6)
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
         masks_te = test.masks[self.source]
         inter = np.zeros((repeats, len(masks_te), classes))
         union = np.zeros_like(inter)
@@ -144,7 +167,7 @@ class Segmentation(Task):
             )
             with torch.no_grad():
                 for i, mask in enumerate(masks_te):
-                    pred = _logits(head, x_te[i : i + 1], test.grid, mask.shape).argmax(1)[0]
+                    pred = _logits(head, x_te[i : i + 1].float(), test.grid, mask.shape).argmax(1)[0]
                     inter[r, i], union[r, i] = intersection_union(pred, mask, classes, IGNORE)
             scores.append(miou_from_counts(inter[r].sum(0), union[r].sum(0)))
         # Resampling images: each image's counts averaged over repeats, then summed.
