@@ -97,7 +97,8 @@ def test_objective_falls_on_fixed_views(method, data):
     for name in ("centering", "patch_centering"):
         if hasattr(recipe, name):
             getattr(recipe, name).momentum = 1.0
-    opt = torch.optim.AdamW([p for _, p in recipe.trainable()], lr=2e-3)
+    # 1e-3: against DINO's / iBOT's sharp (0.01) teacher, AdamW at 2e-3 overshoots on one batch.
+    opt = torch.optim.AdamW([p for _, p in recipe.trainable()], lr=1e-3)
     images, labels = data.images[:8], data.labels[:8]
     late = 10**6  # past every warm-up and freeze
     losses = []

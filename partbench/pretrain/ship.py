@@ -25,11 +25,11 @@ MANIFEST = "manifest.json"
 # The shipped settings: each run takes about 6-7 minutes with two threads on an otherwise idle
 # two-core machine (a busy core makes OpenMP threads wait on each other; run alone).
 SHIPPED: dict[str, dict[str, int]] = {
-    "supervised": {"steps": 1300, "batch_size": 64},
+    "supervised": {"steps": 700, "batch_size": 64},
     "mocov3": {"steps": 450, "batch_size": 64},
-    "dino": {"steps": 700, "batch_size": 32},
+    "dino": {"steps": 600, "batch_size": 32},
     "mae": {"steps": 1200, "batch_size": 128},
-    "ibot": {"steps": 560, "batch_size": 32},
+    "ibot": {"steps": 440, "batch_size": 32},
 }
 THREADS = 2
 IMAGES = 4096

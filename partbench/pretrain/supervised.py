@@ -25,8 +25,8 @@ class SupervisedRecipe(Recipe):
     (RandAugment, mixup, cutmix, random erasing) meant for 300 epochs of ImageNet; a
     from-scratch ViT given a couple of thousand steps underfits rather than overfits, so only a
     mild crop (scale 0.5-1) and the flip are kept. Peak learning rate 5e-4: at 1.5e-3 the
-    loss sat at chance for ~700 of 1300 steps. The classifier is not shipped: a supervised
-    encoder has no projection head.
+    loss sat at chance for ~700 of 1300 steps (final 2.00 against 1.87 here in 700 steps).
+    The classifier is not shipped: a supervised encoder has no projection head.
     """
 
     method, family = "supervised", "supervised"
