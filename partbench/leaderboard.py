@@ -303,14 +303,14 @@ FAMILY_COLOURS = {
 }
 
 
-def to_svg(boards: Sequence[Board], width: int = 560, height: int = 420) -> str:
+def to_svg(boards: Sequence[Board], width: int = 620, height: int = 420) -> str:
     """Object score against part score, one panel per dataset, whiskers for the intervals."""
     from xml.sax.saxutils import escape
 
     panels = [
         b for b in boards if any(r.object_score is not None and r.part_score is not None for r in b.rows)
     ]
-    m = {"l": 60, "r": 150, "t": 36, "b": 48}
+    m = {"l": 60, "r": 190, "t": 36, "b": 48}
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height * max(1, len(panels))}" '
         'font-family="sans-serif" font-size="12">'

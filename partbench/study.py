@@ -55,7 +55,13 @@ def check_claims(board: lb.Board, projection: dict[str, dict[str, MetricValue]])
         return float("-inf") if value is None else value
 
     def show(encs: Sequence[str], level: str) -> str:
-        return ", ".join(f"{e} {score(e, level):.1f}" for e in encs)
+        def one(e: str) -> str:
+            s = rows[e].score(level)
+            if s is None:
+                return f"{e} –"
+            return f"{e} {s.value:.1f}" + (f" [{s.low:.1f}, {s.high:.1f}]" if s.low is not None else "")
+
+        return ", ".join(one(e) for e in encs)
 
     ssl = (*CONTRASTIVE, *MASKED, *BOTH)
     beaten = [e for e in (*CONTRASTIVE, *MASKED) if score(e, "part") > score(SUPERVISED, "part")]
@@ -129,7 +135,10 @@ def to_markdown(report: StudyReport, command: str) -> str:
         "",
         "## The study's claims, checked",
         "",
-        "| claim | reproduced | evidence |",
+        "A claim counts as reproduced when the point estimates order as the study says; the",
+        "intervals beside them show whether that order is more than noise.",
+        "",
+        "| claim | reproduced | evidence (score [95% interval]) |",
         "|---|---|---|",
     ]
     for c in report.claims:

@@ -493,7 +493,7 @@ def test_cache_prefers_the_file_with_the_head(_isolated_home: Path, monkeypatch:
     assert load_official(OFFICIAL["dino"], EncoderRequest(name="dino"), geometry=SMALL).has_projection
 
 
-@pytest.mark.parametrize(("name", "where"), [("beit", "1JSNzbxc9M"), ("cae", "1wwhg7nj2G")])
+@pytest.mark.parametrize(("name", "where"), [("beit", "microsoft/unilm"), ("cae", "1wwhg7nj2G")])
 def test_no_stable_url_says_where_to_put_the_file(
     name: str, where: str, _isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
