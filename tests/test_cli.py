@@ -241,3 +241,51 @@ def test_help_is_fast_because_it_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout
+
+
+def test_an_interrupt_leaves_no_run_marked_running(tmp_path):
+    from partbench.specs import TaskOption, TaskSpec
+    from partbench.tasks.retrieval import Retrieval
+
+    class Interrupted(Retrieval):
+        def evaluate(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    class Provider:
+        @hookimpl
+        def register_tasks(self, register):
+            register(
+                TaskSpec(
+                    "part-interrupted",
+                    "part",
+                    "mAP",
+                    "keypoints",
+                    lambda: Interrupted("keypoints"),
+                    options={"feature": TaskOption("embedding", ""), "include_self": TaskOption(True, "")},
+                )
+            )
+
+    pm, problems = plugins.plugin_manager(extra=[("test-interrupt", Provider())])
+    plugins._REGISTRY = plugins.build_registry(pm, problems)
+    db = f"sqlite:///{tmp_path / 'i.db'}"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "-e",
+            "random-vit",
+            "-t",
+            "part-retrieval",
+            "-t",
+            "part-interrupted",
+            "--limit",
+            "8",
+            "--db",
+            db,
+        ],
+    )
+    assert result.exit_code == 130 and "Interrupted" in result.output
+    runs = {r["task"]: r for r in json.loads(invoke("runs", "--format", "json", db=db).output)}
+    assert runs["part-retrieval"]["status"] == "done"
+    assert runs["part-interrupted"]["status"] == "failed"
+    assert runs["part-interrupted"]["error"].startswith("interrupted")

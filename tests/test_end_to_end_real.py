@@ -63,26 +63,41 @@ def test_a_missing_dataset_folder_is_a_one_line_error(tmp_path):
     assert "nowhere" in result.output
 
 
+OFFICIAL_FILES = {
+    "deit": cf.deit_file,
+    "mocov3": cf.mocov3_file,
+    "dino": cf.dino_full_file,
+    "ibot": cf.ibot_teacher_file,
+    "mae": cf.mae_file,
+    "beit": cf.beit_file,
+    "cae": cf.cae_file,
+    "dinov2": cf.dinov2_file,
+}
+
+
 @pytest.mark.slow
-def test_mocov3_from_its_official_file_runs_with_its_projection(tmp_path):
-    path = tmp_path / "vit-b-300ep.pth.tar"
-    torch.save(cf.mocov3_file(cf.VIT_B), path)
+@pytest.mark.parametrize("encoder", sorted(OFFICIAL_FILES))
+def test_every_study_encoder_runs_from_a_full_size_official_file(tmp_path, encoder):
+    path = tmp_path / f"{encoder}.pth"
+    torch.save(OFFICIAL_FILES[encoder](cf.VIT_B), path)
     db = f"sqlite:///{tmp_path / 'runs.db'}"
+    feature = "projection" if encoder in ("mocov3", "dino") else "cls"
     result = invoke(
         "run",
         "-e",
-        "mocov3",
+        encoder,
         "--weights",
         str(path),
         "-t",
         "part-retrieval",
         "-o",
-        "feature=projection",
+        f"feature={feature}",
         "--limit",
-        "3",
+        "2",
         "--db",
         db,
     )
     assert result.exit_code == 0, result.output
     run = stored(db)["part-retrieval"]
     assert run["status"] == "done" and run["weights_id"].startswith("sha256:")
+    assert run["config"]["encoder"]["embed_dim"] == 768 and run["config"]["encoder"]["depth"] == 12
