@@ -13,7 +13,6 @@ from torch import nn
 from partbench.pretrain.backbone import encode
 from partbench.pretrain.data import multi_crop
 from partbench.pretrain.dino import Centering, DINORecipe, cross_view_loss, warm_temperature
-from partbench.pretrain.train import Hyper
 
 
 def block_masks(
@@ -62,15 +61,7 @@ class IBOTRecipe(DINORecipe):
     warm-up 0.04 -> 0.07 left both losses flat near ln K in short runs, so the teacher
     temperature stays at 0.01 for both token types."""
 
-    method, family, head_kind = "ibot", "both", "dino"
-    hyper = Hyper(
-        batch_size=32,
-        lr=5e-4,
-        weight_decay=0.04,
-        warmup=0.3,
-        clip=3.0,
-        momentum=0.996,
-    )
+    method, family, head_kind = "ibot", "both", "dino"  # hyper: inherited from DINO
     teacher_temp_start, teacher_temp_end = 0.01, 0.01
 
     def __init__(self, seed: int, steps: int, out_dim: int = 256, patch_out: int = 256):
