@@ -66,21 +66,21 @@ def _yes_no(v: bool | None) -> str:
     return {True: "yes", False: "no", None: "–"}[v]
 
 
+def _short(source: str) -> str:
+    if source.startswith(("http://", "https://")) and " " not in source:
+        return source.rsplit("/", 1)[-1]
+    return source if len(source) <= 60 else source[:57] + "..."
+
+
 def render_table(what: str, items: list[dict[str, Any]]):
     from rich.table import Table
 
     table = Table(title=f"partbench {what}", title_justify="left")
     if what == "encoders":
-        cols = ("name", "family", "weights", "present", "plugin", "description")
+        # The table names the weights file; the full source and description are in --format json.
+        cols = ("name", "family", "weights", "present", "plugin")
         rows = [
-            (
-                i["name"],
-                i["family"],
-                i["weights"],
-                _yes_no(i["weights_present"]),
-                i["plugin"],
-                i["description"],
-            )
+            (i["name"], i["family"], _short(i["weights"]), _yes_no(i["weights_present"]), i["plugin"])
             for i in items
         ]
     elif what == "tasks":
