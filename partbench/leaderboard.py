@@ -79,7 +79,7 @@ class Board:
     rows: list[Row]
 
 
-def _rank(rows: list[Row], level: str, task_names: Sequence[str], set_field: str | None) -> list[Row]:
+def _rank(rows: list[Row], level: str, task_names: Sequence[str], set_field: str) -> list[Row]:
     """Order rows by their score at ``level``; complete rows first."""
 
     def complete(r: Row) -> bool:
@@ -88,8 +88,7 @@ def _rank(rows: list[Row], level: str, task_names: Sequence[str], set_field: str
     scored = [r for r in rows if r.score(level) is not None]
     ordered = sorted(scored, key=lambda r: (not complete(r), -r.score(level).value, r.encoder))  # type: ignore[union-attr]
     for i, r in enumerate(ordered, start=1):
-        if set_field:
-            setattr(r, set_field, i)
+        setattr(r, set_field, i)
     return ordered + [r for r in rows if r.score(level) is None]
 
 

@@ -19,7 +19,7 @@ def describe(reg: Registry, what: str) -> list[dict[str, Any]]:
     if what == "encoders":
         return [
             {
-                "name": s.name + "<model>" if s.is_prefix else s.name,
+                "name": s.display_name,
                 "plugin": s.plugin,
                 "family": s.family,
                 "weights": s.weights_source,

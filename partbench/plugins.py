@@ -41,7 +41,7 @@ class Registry:
         raise UnknownNameError("encoder", name, self.encoder_names())
 
     def encoder_names(self) -> list[str]:
-        return [n + "<name>" if s.is_prefix else n for n, s in self.encoders.items()]
+        return [s.display_name for s in self.encoders.values()]
 
     def task(self, name: str) -> TaskSpec:
         if name not in self.tasks:

@@ -47,6 +47,11 @@ class EncoderSpec:
     def is_prefix(self) -> bool:
         return self.name.endswith(":")
 
+    @property
+    def display_name(self) -> str:
+        """What a user types, with a placeholder where a prefix takes a model name."""
+        return self.name + "<model>" if self.is_prefix else self.name
+
 
 @dataclass(frozen=True)
 class TaskOption:

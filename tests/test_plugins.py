@@ -123,7 +123,7 @@ def test_names_resolve_with_prefixes_and_helpful_errors():
     with pytest.raises(UnknownNameError) as err:
         reg.encoder("random-vt")
     assert "did you mean 'random-vit'" in str(err.value)
-    assert "timm:<name>" in str(err.value)
+    assert "timm:<model>" in str(err.value)
     with pytest.raises(UnknownNameError, match=r"known tasks: .*part-seg"):
         reg.task("part-segg")
     with pytest.raises(UnknownNameError, match="known datasets"):
