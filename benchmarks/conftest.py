@@ -7,6 +7,7 @@ table shows their ratio, and each candidate stores it as extra_info["speedup_vs_
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -32,3 +33,12 @@ def record_ratio(benchmark, baseline: float) -> None:
     if stats is not None and getattr(stats, "stats", None) is not None and stats.stats.min > 0:
         benchmark.extra_info["baseline_seconds"] = baseline
         benchmark.extra_info["speedup_vs_baseline"] = baseline / stats.stats.min
+
+
+def full_size(config: pytest.Config) -> bool:
+    """Benchmarks run at full size when timing is on (--benchmark-enable), scaled down when
+    the test suite runs them once; PARTBENCH_BENCH_FULL=1 or 0 overrides."""
+    env = os.environ.get("PARTBENCH_BENCH_FULL")
+    if env is not None:
+        return env == "1"
+    return not (config.getoption("benchmark_disable") and not config.getoption("benchmark_enable"))

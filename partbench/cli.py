@@ -3,8 +3,10 @@ timm and SQLAlchemy happen inside commands, so ``partbench --help`` answers at o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,8 @@ from typing import Any
 import click
 
 from partbench import __version__
-from partbench.errors import PartbenchError
+from partbench.errors import PartbenchError, Terminated
+from partbench.sweep import sweep_options
 
 
 def _console(stderr: bool = False):
@@ -27,6 +30,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
         except PartbenchError as exc:
@@ -35,8 +40,19 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except Terminated:
+            click.echo("Terminated.", err=True)
+            sys.exit(143)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: runs in flight are marked
+    # interrupted instead of being left 'running'.
+    raise Terminated()
 
 
 def _registry():
@@ -52,7 +68,10 @@ def _store(db: str | None):
     from partbench.paths import database_url
     from partbench.store import Store
 
-    return Store(database_url(db))
+    store = Store(database_url(db))
+    for problem in store.problems:  # pending results from an earlier command that could not be stored
+        click.echo(f"Warning: {problem}", err=True)
+    return store
 
 
 db_option = click.option(
@@ -81,8 +100,12 @@ def cli() -> None:
     "-t",
     "tasks",
     multiple=True,
-    required=True,
     help="task name, or part / object / all: every task of that level the dataset supports",
+)
+@click.option(
+    "--suite",
+    "-s",
+    help="every (task, dataset) pair of this suite whose data is present (see `partbench list suites`)",
 )
 @click.option("--dataset", "-d", default="synparts", show_default=True)
 @click.option(
@@ -95,9 +118,27 @@ def cli() -> None:
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="weights file for the encoder",
 )
+@click.option(
+    "--dataset-option",
+    "dataset_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="an option of the dataset's reader (see `partbench list datasets`)",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="images per encoder forward")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 on CUDA, fp32 on a CPU",
+)
+@click.option("--workers", type=int, help="processes decoding images [default: the machine's cores]")
+@click.option(
+    "--compile", "compile_", is_flag=True, help="torch.compile the encoder (compile time kept apart)"
+)
+@click.option("--no-cache", is_flag=True, help="keep features only for this command")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--limit", type=int, help="read at most N images per split, for quick looks")
 @click.option("--repeats", default=1, show_default=True, type=int, help="train each probe with N seeds")
@@ -115,12 +156,17 @@ def cli() -> None:
 def run(
     encoders,
     tasks,
+    suite,
     dataset,
     data_root,
     weights,
+    dataset_options,
     device,
     batch_size,
     precision,
+    workers,
+    compile_,
+    no_cache,
     seed,
     limit,
     repeats,
@@ -134,27 +180,70 @@ def run(
 
     if weights is not None and len(encoders) > 1:
         raise PartbenchError("--weights belongs to one encoder; give a single --encoder with it")
+    if bool(tasks) == bool(suite):
+        raise PartbenchError("give --task (with --dataset) or --suite, not both and not neither")
     reg = _registry()
     store = _store(db)
+    work = [(dataset, list(tasks))]
+    if suite:
+        work = _suite_work(reg, suite, data_root)
     opts = RunOptions(
         dataset=dataset,
         data_root=data_root,
+        dataset_options=dataset_options,
         weights=weights,
         device=device,
         batch_size=batch_size,
         precision=precision,
+        workers=workers,
+        compile=compile_,
+        cache=not no_cache,
         seed=seed,
         limit=limit,
         repeats=repeats,
         force=force,
         options=options,
     )
+    import dataclasses
+
+    from partbench.distributed import World
+
+    main = World.from_env().main  # under torchrun, rank 0 reports for everyone
     err = _console(stderr=True)
-    with _progress(err) as progress:
-        outcomes = run_all(reg, store, encoders, tasks, opts, progress=progress, say=_problem(err))
+    outcomes = []
+    with _progress(err) if main else contextlib.nullcontext() as progress:
+        for ds, ds_tasks in work:
+            outcomes += run_all(
+                reg,
+                store,
+                encoders,
+                ds_tasks,
+                dataclasses.replace(opts, dataset=ds),
+                progress=progress,
+                say=_problem(err) if main else lambda message: None,
+            )
+    if not main:
+        return
     _print_outcomes(outcomes)
     if any(o.status == "failed" for o in outcomes):
         sys.exit(1)
+
+
+def _suite_work(reg, name: str, data_root: Path | None) -> list[tuple[str, list[str]]]:
+    """The suite's pairs grouped by dataset, keeping the datasets whose data is present; the
+    others are listed with where to get them."""
+    from partbench.suites import missing_data, pairs_by_dataset, suite
+
+    if data_root is not None:
+        raise PartbenchError("--data-root names one dataset's folder; with --suite use PARTBENCH_DATA")
+    spec = suite(reg, name)
+    missing = dict(missing_data(reg, spec))
+    for ds, where in missing.items():
+        click.echo(f"{name}: no data for {ds}, skipped (get it: {where})", err=True)
+    work = [(ds, tasks) for ds, tasks in pairs_by_dataset(spec.pairs).items() if ds not in missing]
+    if not work:
+        raise PartbenchError(f"suite '{name}': no dataset of it has its data here")
+    return work
 
 
 def _problem(console) -> Callable[[str], None]:
@@ -166,7 +255,7 @@ def _progress(console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # descriptions carry plugin names
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -176,102 +265,269 @@ def _progress(console):
 
 
 def _print_outcomes(outcomes) -> None:
-    from rich.table import Table
+    from partbench.render.terminal import outcomes_table
 
-    table = Table(title="partbench run", title_justify="left")
-    for col in ("encoder", "task", "metric", "score [95% CI]", "images/s", "run", "status"):
-        table.add_column(col, justify="right" if col in ("score [95% CI]", "images/s", "run") else "left")
-    for o in outcomes:
-        score = "–"
-        if o.value is not None:
-            score = f"{o.value.value:.2f}"
-            if o.value.ci_low is not None:
-                score += f" [{o.value.ci_low:.2f}, {o.value.ci_high:.2f}]"
-        ips = o.timing.get("images_per_second")
-        status = {
-            "done": "[green]done[/]",
-            "skipped": "stored (--force reruns)",
-            "failed": "[red]failed[/] (reason above)",
-        }[o.status]
-        table.add_row(
-            o.encoder,
-            o.task,
-            o.metric,
-            score,
-            f"{ips:.0f}" if ips else "–",
-            str(o.run_id or "–"),
-            status,
-        )
-    _console().print(table)
+    console = _console()
+    console.print(outcomes_table(outcomes, width=console.width))
 
 
 @cli.command("list")
-@click.argument("what", type=click.Choice(["encoders", "tasks", "datasets"]))
+@click.argument("what", type=click.Choice(["encoders", "tasks", "datasets", "suites", "plugins"]))
 @format_option
 @user_errors
 def list_(what: str, fmt: str) -> None:
-    """List the encoders, tasks or datasets that plugins provide."""
+    """List the encoders, tasks, datasets or suites that plugins provide, or the plugins themselves."""
     from partbench.listing import describe, render_table
 
+    if what == "suites":
+        from partbench.suites import describe as describe_suites
+
+        items = describe_suites(_registry())
+        if fmt == "json":
+            click.echo(json.dumps(items, indent=2))
+            return
+        for item in items:
+            pairs = ", ".join(f"{t}@{d}" for t, d in item["pairs"])
+            click.echo(f"{item['name']} (version {item['version']}): {item['description']}\n  {pairs}")
+        return
     items = describe(_registry(), what)
     if fmt == "json":
         click.echo(json.dumps(items, indent=2))
+    elif what == "tasks":  # one option per line, columns chosen for the width
+        from partbench.render.terminal import tasks_table
+
+        console = _console()
+        console.print(tasks_table(items, width=console.width))
     else:
         _console().print(render_table(what, items))
 
 
 @cli.command()
 @click.option("--dataset", "-d", help="only runs on this dataset")
-@click.option("--status", type=click.Choice(["running", "done", "failed"]))
+@click.option("--status", type=click.Choice(["running", "done", "failed", "interrupted", "abandoned"]))
+@click.option("--id", "run_id", type=int, help="everything about one run, its error and traceback included")
+@click.option("--prune", is_flag=True, help="delete abandoned runs (running, but their process is gone)")
+@click.option("--wide", is_flag=True, help="every column (all metrics, errors), however wide")
 @format_option
 @db_option
 @user_errors
-def runs(dataset: str | None, status: str | None, fmt: str, db: str | None) -> None:
+def runs(
+    dataset: str | None,
+    status: str | None,
+    run_id: int | None,
+    prune: bool,
+    wide: bool,
+    fmt: str,
+    db: str | None,
+) -> None:
     """Show the stored runs."""
-    from partbench.listing import render_runs, run_record
+    from partbench.listing import run_record
 
-    records = [run_record(r) for r in _store(db).runs(status=status, dataset=dataset)]
+    store = _store(db)
+    if prune:
+        click.echo(f"Removed {store.prune()} abandoned run(s).")
+        return
+    if run_id is not None:
+        from partbench.store import format_detail
+
+        detail = store.detail(run_id)
+        click.echo(json.dumps(detail, indent=2, default=str) if fmt == "json" else format_detail(detail))
+        return
+    found = store.runs(status=status, dataset=dataset)
+    records = [{**run_record(r), "status": r.state} for r in found]  # state: 'abandoned' shows
     if fmt == "json":
         click.echo(json.dumps(records, indent=2, default=str))
     else:
-        _console().print(render_runs(records))
+        from partbench.render.terminal import runs_table
+
+        console = _console()
+        console.print(runs_table(records, width=console.width, wide=wide))
 
 
 @cli.command()
 @click.option("--level", type=click.Choice(["object", "part", "all"]), default="all", show_default=True)
 @click.option("--dataset", "-d", help="only this dataset [default: every dataset, one table each]")
+@click.option("--suite", "-s", help="rank over exactly this suite's (task, dataset) pairs (e.g. study)")
+@click.option("--wide", is_flag=True, help="one column per task beside the level scores")
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "markdown", "csv", "json", "svg"]),
-    help="svg: object score against part score [default: from --output's extension, else table]",
+    type=click.Choice(["table", "markdown", "csv", "json", "html", "svg"]),
+    help="html: one self-contained page; svg: object score against part score "
+    "[default: from --output's extension, else table]",
 )
 @click.option("--output", "-O", type=click.Path(path_type=Path, dir_okay=False), help="write to FILE")
 @db_option
 @user_errors
 def leaderboard(
-    level: str, dataset: str | None, fmt: str | None, output: Path | None, db: str | None
+    level: str,
+    dataset: str | None,
+    suite: str | None,
+    wide: bool,
+    fmt: str | None,
+    output: Path | None,
+    db: str | None,
 ) -> None:
-    """Rank encoders within each level from the stored runs."""
-    from partbench import leaderboard as lb
+    """Rank encoders within each level from the stored runs; ties come from paired comparisons."""
+    from partbench.render import commands
 
-    boards = lb.build(_store(db).runs(status="done"), level=level, dataset=dataset)
-    if not boards:
-        raise PartbenchError(
-            "no finished runs"
-            + (f" on dataset '{dataset}'" if dataset else "")
-            + " in the store; try: partbench run --encoder random-vit --task all"
+    commands.leaderboard(
+        _store(db),
+        level=level,
+        dataset=dataset,
+        suite=suite,
+        registry=_registry() if suite else None,
+        fmt=fmt,
+        output=output,
+        wide=wide,
+        console=_console(),
+        out=lambda text: click.echo(text, nl=False),
+        note=lambda text: click.echo(text, err=True),
+    )
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--task", "-t", help="only this task")
+@click.option("--dataset", "-d", help="only this dataset [default: every dataset both ran on]")
+@format_option
+@db_option
+@user_errors
+def compare(a: str, b: str, task: str | None, dataset: str | None, fmt: str, db: str | None) -> None:
+    """Paired differences A minus B with 95% intervals, task by task and per level."""
+    from partbench.render import commands
+
+    commands.compare(
+        _store(db),
+        a,
+        b,
+        task=task,
+        dataset=dataset,
+        fmt=fmt,
+        console=_console(),
+        out=lambda text: click.echo(text, nl=False),
+    )
+
+
+@cli.group()
+def cache() -> None:
+    """The feature cache: what encoder passes wrote, reused by every later task."""
+
+
+@cache.command("info")
+@format_option
+@user_errors
+def cache_info(fmt: str) -> None:
+    """Show each cached entry: encoder, dataset, split, outputs and size."""
+    from partbench.cache import FeatureCache, cache_root
+
+    root = cache_root()
+    rows = []
+    for e in FeatureCache(root).entries():
+        info = e.info()
+        rows.append(
+            {
+                "key": e.folder.name,
+                "encoder": info.get("encoder", "?"),
+                "dataset": info.get("dataset", "?"),
+                "split": f"{info.get('split', '?')} {info.get('inputs', '')}".strip(),
+                "outputs": sorted(k for k in e.arrays() if not k.startswith(("masks:", "labels", "sample_"))),
+                "bytes": e.size_bytes(),
+            }
         )
-    fmt = fmt or lb.format_for(output)
-    if fmt == "table" and output is None:
-        _console().print(lb.to_rich(boards))
-    elif output is None:
-        click.echo(lb.render(boards, fmt), nl=False)
-    else:
-        from partbench.files import write_atomic
+    if fmt == "json":
+        click.echo(json.dumps({"root": str(root), "entries": rows}, indent=2))
+        return
+    from rich.markup import escape
+    from rich.table import Table
 
-        write_atomic(output, lb.render(boards, fmt))
-        click.echo(f"Wrote {output}", err=True)
+    table = Table(title=escape(f"feature cache: {root}"), title_justify="left")
+    for col in ("encoder", "dataset", "split", "outputs", "size"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for r in rows:
+        table.add_row(
+            escape(r["encoder"]),
+            escape(r["dataset"]),
+            escape(r["split"]),
+            escape(", ".join(r["outputs"])),
+            _size(r["bytes"]),
+        )
+    _console().print(table)
+    click.echo(f"{len(rows)} entries, {_size(sum(r['bytes'] for r in rows))}")
+
+
+@cache.command("clear")
+@click.option("--encoder", "-e", help="only this encoder's entries")
+@user_errors
+def cache_clear(encoder: str | None) -> None:
+    """Free the cache's space (all of it, or one encoder's)."""
+    from partbench.cache import FeatureCache, cache_root
+
+    count, freed = FeatureCache(cache_root()).clear(encoder)
+    click.echo(f"Removed {count} entries, {_size(freed)}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Move runs between results stores: a laptop's SQLite into a team's PostgreSQL."""
+
+
+@db_group.command("export")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["done", "failed", "interrupted"]),
+    help="only runs of this status (repeatable) [default: done, failed, interrupted]",
+)
+@click.option("--dataset", "-d", help="only runs on this dataset")
+@click.option("--encoder", "-e", "encoders", multiple=True, help="only runs of this encoder (repeatable)")
+@db_option
+@user_errors
+def db_export(
+    file: Path, statuses: tuple[str, ...], dataset: str | None, encoders: tuple[str, ...], db
+) -> None:
+    """Write stored runs to FILE (JSON lines; .gz compresses), with all their provenance."""
+    from partbench.exchange import EXPORTED_STATUSES, export_runs
+
+    report = export_runs(
+        _store(db), file, statuses=statuses or EXPORTED_STATUSES, dataset=dataset, encoders=encoders
+    )
+    click.echo(report.summary())
+
+
+@db_group.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@db_option
+@user_errors
+def db_import(file: Path, db: str | None) -> None:
+    """Add the runs of FILE (from `partbench db export`) to the store; a configuration already
+    done there is skipped."""
+    from partbench.exchange import import_runs
+
+    click.echo(import_runs(_store(db), file).summary())
+
+
+@cli.command()
+@sweep_options
+@db_option
+@user_errors
+def sweep(**kwargs: Any) -> None:
+    """Submit one job per encoder (x dataset) through submitit, locally or on Slurm; --status
+    shows what is queued, running, done and failed."""
+    from partbench.sweep import command
+
+    command(**kwargs, console=_console(), say=lambda message: click.echo(message, err=True))
 
 
 @cli.group()
@@ -370,11 +626,14 @@ def study(which: str, device: str, seed: int, output_dir: Path | None, force: bo
             progress=progress,
             say=_problem(err),
         )
+    from partbench.text import rich_text
+
     out = _console()
     out.print(lb.to_rich([report.board]))
+    colours = {"reproduced": "green", "contradicted": "red", "not decided": "yellow"}
     for claim in report.claims:
-        mark = "[green]reproduced[/]" if claim.reproduced else "[yellow]not reproduced[/]"
-        out.print(f"{mark}  {claim.statement}\n    {claim.evidence}")
+        mark = f"[{colours[claim.verdict]}]{claim.verdict}[/]"
+        out.print(f"{mark}  {rich_text(claim.statement)}\n    {rich_text(claim.evidence)}")
     if output_dir is not None:
         command = "partbench study mini --output-dir " + str(output_dir)
         for path in mini.write(report, output_dir, command):

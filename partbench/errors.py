@@ -31,3 +31,7 @@ class DataError(PartbenchError):
 
 class CheckpointError(PartbenchError):
     """A weights file that cannot be loaded into its encoder."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so runs in flight are marked interrupted."""

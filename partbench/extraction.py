@@ -1,179 +1,726 @@
 """The one place an encoder meets data: views of a dataset in, features out, timed.
 
-A task asks for a View; the runner merges the views of all its tasks so that one pass of the
-encoder over one split serves every task that reads it (and this is where a persistent
-feature cache, mixed precision and a distributed sampler belong).
+Tasks ask for Views; the runner merges the views of all its tasks into Passes, one per
+(inputs, split, transform), so one encoder pass over a split serves every task reading it.
+A pass streams: DataLoader workers decode, crop and resize (the same functions the study's
+transforms are written in, so scores do not depend on the worker count); pinned uint8
+batches go to the device without blocking; the forward runs under autocast; each output is
+checked and appended to a file of the feature cache by a writer thread while the next batch
+runs. Nothing is joined from pieces: the features come back memory-mapped from the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import os
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from partbench.cache import ArrayWriter, Entry
 from partbench.datasets.base import Dataset, Sample
 from partbench.datasets.views import part_crops, resize_for_encoder
-from partbench.encoders.base import Encoder
-from partbench.errors import DataError
-from partbench.timing import ForwardTimer
+from partbench.distributed import World
+from partbench.errors import DataError, PartbenchError
+from partbench.features import FULL, MASK_SOURCES, VIEW_OUTPUTS, Features, View
+from partbench.timing import PassTimer
 
-OUTPUTS = ("cls", "embedding", "projection", "tokens", "blocks")
+# Bump when a change here changes any feature value: it is part of every cache key.
+EXTRACTION_VERSION = "2"
+
+
+def _finer(a: int | None, b: int | None) -> int | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return FULL if FULL in (a, b) else max(a, b)
 
 
 @dataclass(frozen=True)
-class View:
-    """What a task needs from one split of a dataset.
+class Pass:
+    """One encoder pass over one split: the union of the views that read it."""
 
-    source: the dataset capability read ("keypoints" gives part crops; "images",
-    "part-masks" and "object-masks" give whole images). role: "retrieval", "train" or "test".
-    """
+    inputs: str
+    split: str
+    transform: str
+    outputs: frozenset[str]
+    stages: tuple[int, ...]
+    masks: tuple[tuple[str, int], ...]  # (capability, resolution)
 
-    source: str
-    role: str
-    transform: str = "test"
-    outputs: frozenset[str] = frozenset({"cls"})
-    blocks: tuple[int, ...] = ()
+    def array_name(self, output: str) -> str:
+        if output == "stages":
+            return "stages@" + ",".join(map(str, self.stages))
+        return output
 
-    @property
-    def inputs(self) -> str:
-        return "crops" if self.source == "keypoints" else "images"
+    def mask_name(self, source: str, resolution: int) -> str:
+        return f"masks:{source}:{'full' if resolution == FULL else f'x{resolution}'}"
 
-    def merge_key(self, dataset: Dataset) -> tuple[str, str, str]:
-        # Roles that read the same split share one pass (retrieval and test, often).
-        return (self.inputs, dataset.split_for(self.role), self.transform)
-
-
-@dataclass
-class Features:
-    """Encoder outputs for every item of a view, with the labels the item carries."""
-
-    arrays: dict[str, torch.Tensor]  # output name -> (N, ...) on the CPU; token maps in float16
-    labels: np.ndarray  # (N,) class per item: part class for crops, object class for images
-    grid: tuple[int, int]
-    masks: dict[str, list[np.ndarray]] = field(default_factory=dict)  # capability -> label maps
-    timing: dict[str, Any] = field(default_factory=dict)
-    n_images: int = 0
-
-    def __getitem__(self, output: str) -> torch.Tensor:
-        return self.arrays[output]
+    def wanted(self) -> set[str]:
+        names = {self.array_name(o) for o in self.outputs} | {"labels", "sample_index"}
+        return names | {self.mask_name(s, r) for s, r in self.masks}
 
 
-def merge_views(views: Sequence[View], dataset: Dataset) -> dict[tuple[str, str, str], View]:
-    merged: dict[tuple[str, str, str], View] = {}
+def merge_views(views: Sequence[View], dataset: Dataset) -> dict[tuple[str, str, str], Pass]:
+    """Views of one split and transform share one pass; stages within it must agree."""
+    groups: dict[tuple[str, str, str], list[View]] = {}
     for v in views:
-        key = v.merge_key(dataset)
-        if key in merged:
-            m = merged[key]
-            merged[key] = View(
-                source=m.source,
-                role=m.role,
-                transform=m.transform,
-                outputs=m.outputs | v.outputs,
-                blocks=tuple(sorted(set(m.blocks) | set(v.blocks))),
+        bad = set(v.outputs) - VIEW_OUTPUTS
+        if bad:
+            raise PartbenchError(
+                f"a view asks for unknown outputs {sorted(bad)}; known: {sorted(VIEW_OUTPUTS)}"
             )
-        else:
-            merged[key] = v
-    return merged
+        groups.setdefault(v.merge_key(dataset), []).append(v)
+    passes = {}
+    for key, vs in groups.items():
+        stage_sets = {v.stages for v in vs if "stages" in v.outputs}
+        if len(stage_sets) > 1:
+            # Different stage sets in one pass would need two "stages" arrays; no built-in
+            # task asks for that, so it is refused rather than silently merged.
+            raise PartbenchError(f"views of {key} ask for different stages: {sorted(stage_sets)}")
+        masks: dict[str, int | None] = {}
+        for v in vs:
+            if v.masks is not None and v.source in MASK_SOURCES:
+                masks[v.source] = _finer(masks.get(v.source), v.masks)
+        passes[key] = Pass(
+            inputs=key[0],
+            split=key[1],
+            transform=key[2],
+            outputs=frozenset().union(*(v.outputs for v in vs)),
+            stages=next(iter(stage_sets), ()),
+            masks=tuple(sorted((s, r) for s, r in masks.items() if r is not None)),
+        )
+    return passes
 
 
-def _inputs(view: View, sample: Sample, dataset: Dataset, size: int) -> list[tuple[np.ndarray, int]]:
-    if view.inputs == "crops":
+# --- preprocessing, run in DataLoader workers -------------------------------------------
+
+
+def sample_inputs(
+    inputs: str, transform: str, sample: Sample, dataset: Dataset, size: int
+) -> list[tuple[np.ndarray, int]]:
+    """The encoder inputs one sample gives: its part crops, or the whole image."""
+    if inputs == "crops":
         if sample.keypoints is None:
             raise DataError(f"{dataset.name}: {sample.key} has no keypoints")
         return [
-            (resize_for_encoder(crop, size, view.transform), part)
+            (resize_for_encoder(crop, size, transform), part)
             for crop, part in part_crops(sample, dataset.crop_bounds)
         ]
     label = -1 if sample.label is None else sample.label
-    return [(resize_for_encoder(sample.image, size, view.transform), label)]
+    return [(resize_for_encoder(sample.image, size, transform), label)]
 
 
-def extract(
-    encoder: Encoder,
+class _Items(torch.utils.data.Dataset):
+    """Sample i -> (images k x S x S x 3 uint8, labels, sample index, label maps).
+
+    Label maps leave the worker as uint8 tensors, and those a loss reads are sampled down
+    there (to at most ``loss_grid`` times their resolution), so that only what is kept
+    crosses between processes."""
+
+    def __init__(self, dataset: Dataset, p: Pass, size: int, indices: range, grid: tuple[int, int]):
+        self.dataset, self.p, self.size, self.indices, self.grid = dataset, p, size, indices, grid
+        self._samples: Sequence[Sample] | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> Any:
+        try:
+            return self._item(k)
+        except Exception as exc:
+            # Carried to the main process as one line: a DataLoader would wrap it in the
+            # worker's traceback.
+            return _Failure(str(exc) if isinstance(exc, PartbenchError) else f"{type(exc).__name__}: {exc}")
+
+    def _item(self, k: int) -> tuple[np.ndarray, np.ndarray, int, dict[str, np.ndarray]]:
+        if self._samples is None:  # built in the worker, so nothing unpicklable crosses over
+            self._samples = self.dataset.samples(self.p.split)
+        i = self.indices[k]
+        sample = self._samples[i]
+        pairs = sample_inputs(self.p.inputs, self.p.transform, sample, self.dataset, self.size)
+        images = (
+            np.stack([im for im, _ in pairs])
+            if pairs
+            else np.zeros((0, self.size, self.size, 3), dtype=np.uint8)
+        )
+        labels = np.asarray([lab for _, lab in pairs], dtype=np.int64)
+        masks = {}
+        for source, resolution in self.p.masks:
+            mask = sample.part_mask if source == "part-masks" else sample.object_mask
+            if mask is None:
+                raise DataError(f"{self.dataset.name}: {sample.key} has no {source}")
+            mask = np.asarray(mask)
+            if mask.size and (mask.min() < 0 or mask.max() > 255):
+                raise DataError(f"{self.dataset.name}: {sample.key}: label values must lie in 0..255")
+            if resolution != FULL:
+                mask = _loss_size(mask, self.grid, resolution)
+            masks[source] = mask.astype(np.uint8, copy=False)
+        return images, labels, i, masks
+
+
+@dataclass
+class _Load:
+    """What one DataLoader batch of samples gives, joined in the worker: one tensor of
+    images, their labels and sample indices, and each sample's label maps."""
+
+    images: torch.Tensor  # (n, S, S, 3) uint8
+    labels: np.ndarray
+    sample_index: np.ndarray
+    masks: dict[str, list[torch.Tensor]]
+    samples: int
+
+    def pin_memory(self) -> _Load:  # called by the DataLoader's pinning thread
+        self.images = self.images.pin_memory()
+        return self
+
+
+@dataclass
+class _Failure:
+    message: str
+
+
+def _collate(batch: list) -> _Load | _Failure:
+    failed = next((b for b in batch if isinstance(b, _Failure)), None)
+    if failed is not None:
+        return failed
+    images = [torch.from_numpy(im) for im, _, _, _ in batch]
+    return _Load(
+        images=torch.cat(images) if len(images) > 1 else images[0],
+        labels=np.concatenate([lab for _, lab, _, _ in batch]),
+        sample_index=np.concatenate([np.full(len(lab), i, dtype=np.int64) for _, lab, i, _ in batch]),
+        masks={
+            source: [torch.from_numpy(np.ascontiguousarray(m[source])) for _, _, _, m in batch]
+            for source in (batch[0][3] if batch else {})
+        },
+        samples=len(batch),
+    )
+
+
+def _loader(items: _Items, samples_per_load: int, workers: int, pin: bool):
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs = {"prefetch_factor": 2, "persistent_workers": False}
+        # fork keeps the dataset object as it is; spawn would pickle it.
+        if "fork" in torch.multiprocessing.get_all_start_methods():
+            kwargs["multiprocessing_context"] = "fork"
+    return torch.utils.data.DataLoader(
+        items,
+        batch_size=samples_per_load,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin,
+        **kwargs,
+    )
+
+
+def expected_grid(encoder: Any, p: Pass) -> tuple[int, int]:
+    """The feature grid a pass's label maps are sampled down against, known before any
+    forward: the one grid of the stages asked for (see stage_grid), else the final stage's."""
+    stages = p.stages if "stages" in p.outputs and p.stages else (len(encoder.stages) - 1,)
+    strides = [encoder.stages[i].stride for i in stages]
+    cells = [-(-encoder.input_size // s) for s in strides]  # ceil: padded borders count
+    if len(set(cells)) == 1:
+        return (cells[0], cells[0])
+    best = min(range(len(strides)), key=lambda k: (abs(strides[k] - 16), strides[k]))
+    return (cells[best], cells[best])
+
+
+class _Staging:
+    """Pinned host buffers that batches are cut into, so that every copy to the GPU is
+    asynchronous; a buffer is reused only once its last copy has finished."""
+
+    def __init__(self, shape: tuple[int, ...], depth: int = 3):
+        self.buffers = [torch.empty(shape, dtype=torch.uint8).pin_memory() for _ in range(depth)]
+        self.events: list[Any] = [None] * depth
+        self.k = 0
+
+    def fill(self, pieces: list[torch.Tensor], n: int) -> tuple[torch.Tensor, int]:
+        k = self.k
+        self.k = (self.k + 1) % len(self.buffers)
+        if self.events[k] is not None:
+            self.events[k].synchronize()
+        out = self.buffers[k][:n]
+        torch.cat(pieces, out=out) if len(pieces) > 1 else out.copy_(pieces[0])
+        return out, k
+
+    def copied(self, k: int) -> None:
+        self.events[k] = torch.cuda.Event()
+        self.events[k].record()
+
+
+# --- outputs: checked, converted, written ------------------------------------------------
+
+
+class OutputError(PartbenchError):
+    """An encoder returned something other than what its interface promises."""
+
+
+def _check(cond: bool, who: str, what: str) -> None:
+    if not cond:
+        raise OutputError(f"{who}: {what}")
+
+
+def _tensor(t: Any, who: str, name: str, ndim: int, batch: int) -> torch.Tensor:
+    _check(isinstance(t, torch.Tensor), who, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _check(
+        t.dtype in (torch.float32, torch.float16, torch.bfloat16),
+        who,
+        f"{name} must be float32, float16 or bfloat16, got {t.dtype}",
+    )
+    _check(t.ndim == ndim, who, f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    _check(t.shape[0] == batch, who, f"{name} has {t.shape[0]} items for a batch of {batch}")
+    return t
+
+
+def stage_grid(maps: Sequence[torch.Tensor], strides: Sequence[int]) -> tuple[int, int]:
+    """The one grid stage maps are resampled to: theirs when they agree, else the grid of the
+    stage whose stride is nearest 16 (the finer on a tie), the study's ViT-B/16 resolution."""
+    grids = {tuple(m.shape[-2:]) for m in maps}
+    if len(grids) == 1:
+        return next(iter(grids))  # type: ignore[return-value]
+    best = min(range(len(maps)), key=lambda i: (abs(strides[i] - 16), strides[i]))
+    return tuple(maps[best].shape[-2:])  # type: ignore[return-value]
+
+
+def _to_grid(m: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    if tuple(m.shape[-2:]) == grid:
+        return m
+    if m.shape[-2] >= grid[0] and m.shape[-1] >= grid[1]:
+        return F.adaptive_avg_pool2d(m.float(), grid).to(m.dtype)  # area: every cell counted
+    return F.interpolate(m.float(), size=grid, mode="bilinear", align_corners=False).to(m.dtype)
+
+
+def _cells(m: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C). For a map that is a transposed token view this gives back
+    the tokens' own layout, so values and reductions match the token-based code exactly."""
+    return m.flatten(2).transpose(1, 2)
+
+
+def encoder_outputs(
+    out: Any, encoder: Any, p: Pass, batch: int, who: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str], tuple[int, int]]:
+    """The pass's outputs from one forward, each validated; a bad one becomes an error."""
+    from partbench.encoders.base import EncoderOutput
+
+    if not isinstance(out, EncoderOutput):
+        msg = f"{who}: forward must return an EncoderOutput, got {type(out).__name__}"
+        return {}, {o: msg for o in p.outputs}, (0, 0)
+    result: dict[str, torch.Tensor] = {}
+    errors: dict[str, str] = {}
+    grid = (0, 0)
+    try:
+        final = _tensor(out.final, who, "final", 4, batch)
+        grid = (int(final.shape[-2]), int(final.shape[-1]))
+        tokens = _cells(final)
+    except OutputError as exc:
+        final = tokens = None
+        err = str(exc)
+    for name in sorted(p.outputs):
+        try:
+            if name == "cls":
+                t = _tensor(out.pooled, who, "pooled", 2, batch)
+            elif name == "projection":
+                _check(out.projection is not None, who, "has no projection head; choose cls or embedding")
+                t = _tensor(out.projection, who, "projection", 2, batch)
+            elif name in ("embedding", "tokens"):
+                if tokens is None:
+                    raise OutputError(err)
+                if name == "embedding":
+                    t = tokens.mean(dim=1)
+                else:
+                    t = tokens
+                    if out.prefix is not None:
+                        prefix = _tensor(out.prefix, who, "prefix", 3, batch)
+                        _check(
+                            prefix.shape[-1] == tokens.shape[-1],
+                            who,
+                            f"prefix width {prefix.shape[-1]} differs from final width {tokens.shape[-1]}",
+                        )
+                        t = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
+            else:  # stages
+                maps = []
+                for i in p.stages:
+                    _check(i in out.stages, who, f"stage {i} was asked for and not returned")
+                    m = _tensor(out.stages[i], who, f"stage {i}", 4, batch)
+                    want = encoder.stages[i].channels
+                    _check(m.shape[1] == want, who, f"stage {i} has {m.shape[1]} channels, declared {want}")
+                    maps.append(m)
+                target = stage_grid(maps, [encoder.stages[i].stride for i in p.stages])
+                t = torch.cat([_cells(_to_grid(m, target)) for m in maps], dim=-1)
+                result["@stages_grid"] = torch.tensor(target)
+            result[name] = t
+        except OutputError as exc:
+            errors[name] = str(exc)
+    return result, errors, grid
+
+
+def _loss_size(mask: np.ndarray, grid: tuple[int, int], factor: int) -> np.ndarray:
+    """Nearest sampling down to at most ``factor`` times the grid (what a loss reads)."""
+    size = (min(mask.shape[0], factor * grid[0]), min(mask.shape[1], factor * grid[1]))
+    if size == tuple(mask.shape):
+        return mask
+    t = torch.as_tensor(mask.astype(np.int64))[None, None].float()
+    return F.interpolate(t, size=size, mode="nearest")[0, 0].to(torch.uint8).numpy()
+
+
+class _Writer:
+    """Writes each batch's outputs from a thread, so the device runs the next batch while the
+    host copies and writes this one; a bounded queue keeps memory to a few batches."""
+
+    def __init__(self, folder, names: Sequence[str]):
+        self.writers = {n: ArrayWriter(folder, n) for n in names}
+        self.q: queue.Queue = queue.Queue(maxsize=3)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                for name, t in item.items():
+                    if name in self.writers:
+                        self.writers[name].append(t.cpu().numpy())
+            except BaseException as exc:  # reported by finish()
+                self.error = exc
+
+    def put(self, arrays: dict[str, torch.Tensor]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(arrays)
+
+    def finish(self) -> dict[str, tuple]:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            self.discard()
+            raise self.error
+        return {n: w.close() for n, w in self.writers.items()}
+
+    def discard(self) -> None:
+        for w in self.writers.values():
+            w.discard()
+
+
+@dataclass
+class PassResult:
+    errors: dict[str, str]  # output -> why it failed (the tasks reading it fail)
+    timing: dict[str, Any]
+
+
+def run_pass(
+    encoder: Any,
     dataset: Dataset,
-    view: View,
+    p: Pass,
+    entry: Entry,
     *,
     device: torch.device,
     batch_size: int,
     precision: str,
     limit: int | None,
+    workers: int,
+    compiled: Callable | None = None,
+    who: str = "",
     progress: Any | None = None,
-) -> Features:
-    split = dataset.split_for(view.role)
-    samples = dataset.samples(split)
+    world: World | None = None,
+) -> PassResult:
+    """Stream one split through the encoder and write the pass's arrays into ``entry``.
+
+    Under several processes (``world``), each encodes its block of samples; rank 0 joins the
+    blocks' files in rank order and commits them, so the entry is the one a single process
+    would have written."""
+    world = world or World()
+    who = who or f"encoder '{encoder.name}'"
+    n = len(dataset.samples(p.split))
     if limit is not None:
-        samples = samples[: min(limit, len(samples))]
+        n = min(n, limit)
+    failure: str | None = None
+    local: dict[str, Any] = {}
+    try:
+        local = _encode_block(
+            encoder, dataset, p, entry, world.block(n),
+            device=device, batch_size=batch_size, precision=precision, workers=workers,
+            compiled=compiled, who=who, progress=progress,
+        )  # fmt: skip
+    except Exception as exc:
+        if world.size == 1:
+            raise
+        failure = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PartbenchError) else str(exc)
+    blocks = world.gather({**local, "failure": failure})
+    if any(b["failure"] for b in blocks):
+        for b in blocks:
+            for path, *_ in b.get("files", {}).values():
+                Path(path).unlink(missing_ok=True)
+        raise PartbenchError(next(b["failure"] for b in blocks if b["failure"]))
+    errors: dict[str, str] = {}
+    for b in blocks:
+        for name, msg in b["errors"].items():
+            errors.setdefault(name, msg)
+    total = sum(b["items"] for b in blocks)
+    if total == 0:
+        raise DataError(f"{dataset.name}: the {p.split} split gave no {p.inputs} to evaluate")
+    for name in p.outputs:
+        bad = sum(b["nonfinite"].get(name, 0) for b in blocks)
+        if bad and name not in errors:
+            errors[name] = (
+                f"{who} produced non-finite values (NaN or infinity) in output '{name}' "
+                f"for {bad} of {total} items"
+            )
+    if world.main:
+        files = _join_blocks(entry, [b["files"] for b in blocks])
+        files = {k: v for k, v in files.items() if _output_of(k) not in errors}
+        grid = blocks[0]["grid"]
+        entry.commit(files, {"grid": list(grid), "stages_grid": blocks[0]["stages_grid"] or list(grid)})
+    world.gather(None)  # rank 0 has committed: every rank may read the entry now
+    timing = dict(blocks[0]["timing"])
+    if world.size > 1:
+        timing["world_size"] = world.size
+        timing["images"] = total
+    return PassResult(errors=errors, timing=timing)
+
+
+def _encode_block(
+    encoder: Any,
+    dataset: Dataset,
+    p: Pass,
+    entry: Entry,
+    indices: range,
+    *,
+    device: torch.device,
+    batch_size: int,
+    precision: str,
+    workers: int,
+    compiled: Callable | None,
+    who: str,
+    progress: Any | None,
+) -> dict[str, Any]:
+    """Encode the samples ``indices`` of the pass's split into temporary files of ``entry``."""
+    cuda = device.type == "cuda"
+    items = _Items(dataset, p, encoder.input_size, indices, expected_grid(encoder, p))
+    per_sample = 4 if p.inputs == "crops" else 1  # a rough guess: loads stay near one batch
+    loader = _loader(items, max(1, batch_size // per_sample), workers if len(indices) > 1 else 0, pin=cuda)
     mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    timer = ForwardTimer(device)
-    chunks: dict[str, list[torch.Tensor]] = {k: [] for k in view.outputs}
-    labels: list[int] = []
-    masks: dict[str, list[np.ndarray]] = {"part-masks": [], "object-masks": []}
+    forward = compiled or encoder.forward
+    stages = p.stages if "stages" in p.outputs else ()
+
+    keep = {o: (torch.float16 if o in ("tokens", "stages") else torch.float32) for o in p.outputs}
+    writer = _Writer(entry.folder, [p.array_name(o) for o in sorted(p.outputs)])
+    timer = PassTimer(device)
+    errors: dict[str, str] = {}
+    nonfinite = {o: torch.zeros((), dtype=torch.long, device=device) for o in p.outputs}
+    labels: list[np.ndarray] = []
+    sample_index: list[np.ndarray] = []
+    # Label maps stream to their files as they arrive; only their shapes stay in memory.
+    mask_files = {source: ArrayWriter(entry.folder, p.mask_name(source, r)) for source, r in p.masks}
+    mask_shapes: dict[str, list[tuple[int, int]]] = {source: [] for source, _ in p.masks}
+    staging = _Staging((batch_size, encoder.input_size, encoder.input_size, 3)) if cuda else None
     grid: tuple[int, int] = (0, 0)
+    stages_grid: list[int] = []
     task_id = (
-        progress.add_task(f"{encoder.name} · {split} {view.inputs}", total=len(samples)) if progress else None
+        progress.add_task(f"{encoder.name} · {p.split} {p.inputs}", total=len(indices)) if progress else None
     )
 
-    def run_batch(batch: list[np.ndarray]) -> None:
+    def forward_batch(pieces: list[torch.Tensor], real: int) -> None:
         nonlocal grid
-        x = torch.from_numpy(np.stack(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
+        if staging is not None:
+            x_u8, slot = staging.fill(pieces, real)
+            x_dev = x_u8.to(device, non_blocking=True)
+            staging.copied(slot)
+        else:
+            x_dev = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        if compiled is not None and real < batch_size:
+            # A compiled graph is specialised to the batch size: pad, then drop the padding.
+            # Exact, because every encoder treats the items of a batch independently.
+            x_dev = torch.cat([x_dev, x_dev[-1:].expand(batch_size - real, *x_dev.shape[1:])])
+        x = x_dev.permute(0, 3, 1, 2).float().div_(255)
         x = (x - mean) / std
 
-        def forward():
+        def call():
             with (
                 torch.inference_mode(),
                 torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
             ):
-                return encoder.forward(x, blocks=view.blocks if "blocks" in view.outputs else ())
+                return forward(x, stages=stages)
 
-        out = timer(forward, len(batch))
-        grid = out.grid
-        for name in view.outputs:
-            if name == "cls":
-                t = out.cls
-            elif name == "embedding":
-                t = out.embedding
-            elif name == "projection":
-                if out.projection is None:
-                    raise DataError(f"{encoder.name} has no projection head; choose cls or embedding")
-                t = out.projection
-            elif name == "tokens":
-                t = torch.cat([out.cls[:, None], out.patch_tokens], dim=1)
-            else:  # blocks: patch tokens of the asked blocks, concatenated channel-wise
-                t = torch.cat([out.blocks[b] for b in view.blocks], dim=-1)
-            # Token maps dominate memory (items x tokens x width): they are kept in half
-            # precision, which probes read back as float32; pooled vectors stay float32.
-            keep = torch.float16 if name in ("tokens", "blocks") else torch.float32
-            chunks[name].append(t.to(keep).cpu())
+        out = timer.forward(call, real)
+        if real < len(x):
+            out = _trim(out, real)
+        arrays, errs, g = encoder_outputs(out, encoder, p, real, who)
+        grid = g or grid
+        if "@stages_grid" in arrays:
+            stages_grid[:] = arrays.pop("@stages_grid").tolist()
+        for name, msg in errs.items():
+            errors.setdefault(name, msg)
+        batch_out = {}
+        for name, t in arrays.items():
+            if name in errors:
+                continue
+            nonfinite[name] += (~torch.isfinite(t)).flatten(1).any(1).sum()
+            batch_out[p.array_name(name)] = t.to(keep[name])
+        writer.put(batch_out)
 
-    batch: list[np.ndarray] = []
-    for sample in samples:
-        for cap, mask in (("part-masks", sample.part_mask), ("object-masks", sample.object_mask)):
-            if mask is not None:
-                masks[cap].append(mask)
-        for image, label in _inputs(view, sample, dataset, encoder.input_size):
-            batch.append(image)
-            labels.append(label)
-            if len(batch) == batch_size:
-                run_batch(batch)
-                batch = []
+    # Batches are cut from the loads as they come: every forward but the last has exactly
+    # batch_size items, whatever the number of crops per sample.
+    pending: list[torch.Tensor] = []
+    buffered = 0
+    try:
+        timer.start()
+        for load in loader:
+            if isinstance(load, _Failure):
+                raise DataError(load.message)
+            labels.append(load.labels)
+            sample_index.append(load.sample_index)
+            for source, maps in load.masks.items():
+                for m in maps:
+                    mask_files[source].append(m.numpy().reshape(-1))
+                    mask_shapes[source].append(tuple(m.shape))
+            if len(load.images):
+                pending.append(load.images)
+                buffered += len(load.images)
+            while buffered >= batch_size:
+                take, rest, need = [], [], batch_size
+                for piece in pending:
+                    if need >= len(piece):
+                        take.append(piece)
+                        need -= len(piece)
+                    elif need > 0:
+                        take.append(piece[:need])
+                        rest.append(piece[need:])
+                        need = 0
+                    else:
+                        rest.append(piece)
+                forward_batch(take, batch_size)
+                pending, buffered = rest, buffered - batch_size
+            if progress:
+                progress.advance(task_id, load.samples)
+            if p.outputs and set(errors) >= set(p.outputs):
+                break  # every output failed: no use reading on
+        if buffered:
+            forward_batch(pending, buffered)
+        written = writer.finish()
+        timing = timer.summary()
+    except BaseException:
+        writer.discard()
+        for w in mask_files.values():
+            w.discard()
+        raise
+    finally:
         if progress:
-            progress.advance(task_id)
-    if batch:
-        run_batch(batch)
-    if progress:
-        progress.remove_task(task_id)
-    if not labels:
-        raise DataError(f"{dataset.name}: the {split} split gave no {view.inputs} to evaluate")
-    return Features(
-        arrays={k: torch.cat(v) for k, v in chunks.items()},
-        labels=np.asarray(labels),
-        grid=grid,
-        masks={k: v for k, v in masks.items() if v},
-        timing=timer.summary(),
-        n_images=len(samples),
+            progress.remove_task(task_id)
+
+    all_labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    files = dict(written)
+    files |= _array_files(entry, "labels", all_labels)
+    files |= _array_files(
+        entry, "sample_index", np.concatenate(sample_index) if sample_index else np.zeros(0, np.int64)
     )
+    for source, resolution in p.masks:
+        name = p.mask_name(source, resolution)
+        if mask_files[source].rows == 0:
+            mask_files[source].append(np.zeros(0, dtype=np.uint8))
+        files[name] = mask_files[source].close()
+        shapes = np.asarray(mask_shapes[source], dtype=np.int64).reshape(-1, 2)
+        files |= _array_files(entry, name + ":shapes", shapes)
+    if stages_grid and tuple(stages_grid) != items.grid and p.masks:
+        # The maps a loss reads were sampled against the grid the stages declared; say so
+        # when the encoder's real grid differs (a padded CNN border, say).
+        timing["loss_grid"] = list(items.grid)
+    return {
+        "files": {k: (str(path), np.dtype(dt).str, tuple(shape)) for k, (path, dt, shape) in files.items()},
+        "errors": errors,
+        "nonfinite": {k: int(v) for k, v in nonfinite.items()},
+        "items": len(all_labels),
+        "grid": grid,
+        "stages_grid": stages_grid,
+        "timing": timing,
+    }
+
+
+def _join_blocks(entry: Entry, blocks: list[dict[str, tuple]]) -> dict[str, tuple]:
+    """One file per array from the ranks' files, joined in rank order by streaming copies."""
+    if len(blocks) == 1:
+        return {k: (Path(path), np.dtype(dt), shape) for k, (path, dt, shape) in blocks[0].items()}
+    out = {}
+    for name in blocks[0]:
+        parts = [b[name] for b in blocks if name in b]
+        filled = [part for part in parts if part[2][0] > 0]
+        dtype = np.dtype(filled[0][1] if filled else parts[0][1])
+        row = tuple(filled[0][2][1:]) if filled else tuple(parts[0][2][1:])
+        writer = ArrayWriter(entry.folder, name)
+        for path, _, shape in parts:
+            writer.append_file(Path(path), shape[0])
+            Path(path).unlink(missing_ok=True)
+        writer.close()
+        out[name] = (writer.path, dtype, (writer.rows, *row))
+    return out
+
+
+def _output_of(array_name: str) -> str:
+    return array_name.split("@", 1)[0]
+
+
+def _trim(out: Any, n: int) -> Any:
+    """The first n items of every tensor in an EncoderOutput (after a padded batch)."""
+    import dataclasses
+
+    def cut(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v[:n]
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        return v
+
+    if not dataclasses.is_dataclass(out):
+        return out
+    return dataclasses.replace(out, **{f.name: cut(getattr(out, f.name)) for f in dataclasses.fields(out)})
+
+
+def _array_files(entry: Entry, name: str, array: np.ndarray) -> dict[str, tuple]:
+    w = ArrayWriter(entry.folder, name)
+    w.append(array)
+    return {name: w.close()}
+
+
+def read_masks(entry: Entry, name: str) -> list[np.ndarray]:
+    flat = entry.read(name)
+    shapes = entry.read(name + ":shapes")
+    out, start = [], 0
+    for h, w in shapes.tolist():
+        out.append(np.asarray(flat[start : start + h * w]).reshape(h, w))
+        start += h * w
+    return out
+
+
+def features_from(entry: Entry, p: Pass, view: View, timing: Mapping[str, Any]) -> Features:
+    """A view's features, memory-mapped from the pass's cache entry."""
+    info = entry.info()
+    grid = tuple(info.get("stages_grid" if "stages" in view.outputs else "grid", (0, 0)))
+    arrays = {o: torch.from_numpy(entry.read(p.array_name(o))) for o in view.outputs}
+    masks = {}
+    if view.masks is not None and view.source in MASK_SOURCES:
+        resolution = dict(p.masks)[view.source]
+        masks[view.source] = read_masks(entry, p.mask_name(view.source, resolution))
+    return Features(
+        arrays=arrays,
+        labels=np.asarray(entry.read("labels")),
+        grid=grid,  # type: ignore[arg-type]
+        masks=masks,
+        timing=dict(timing),
+        sample_index=np.asarray(entry.read("sample_index")),
+    )
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,4 +1,9 @@
-"""The hooks a partbench plugin implements. Each hands the plugin a ``register`` callback."""
+"""The hooks a partbench plugin implements. Each hands the plugin a ``register`` callback.
+
+The registry (partbench.plugins) calls each plugin's implementation on its own, through
+pluggy, so PARTBENCH_TRACE_PLUGINS=1 shows every call. Names built into partbench cannot be
+taken, and a name two plugins register goes to neither: both are named in a warning.
+"""
 
 from __future__ import annotations
 
@@ -24,3 +29,8 @@ def register_tasks(register: Callable[[Any], None]) -> None:
 @hookspec
 def register_datasets(register: Callable[[Any], None]) -> None:
     """Register datasets by calling register(DatasetSpec(...)) once per dataset."""
+
+
+@hookspec
+def register_suites(register: Callable[[Any], None]) -> None:
+    """Register suites by calling register(SuiteSpec(...)) once per suite (partbench.suites)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from partbench.paths import data_root
-from partbench.plugins import Registry
+from partbench.plugins import BUILTIN, Registry
 
 
 def _present(check, *args) -> bool | None:
@@ -16,11 +16,27 @@ def _present(check, *args) -> bool | None:
 
 
 def describe(reg: Registry, what: str) -> list[dict[str, Any]]:
+    if what == "plugins":
+        return [
+            {
+                "name": dist,
+                "version": reg.versions.get(dist, ""),
+                "builtin": dist == BUILTIN,
+                "encoders": [s.display_name for s in reg.encoders.values() if s.plugin == dist],
+                "tasks": [s.name for s in reg.tasks.values() if s.plugin == dist],
+                "datasets": [s.name for s in reg.datasets.values() if s.plugin == dist],
+                "suites": [s.name for s in reg.suites.values() if s.plugin == dist],
+                "problems": list(reg.plugin_problems.get(dist, [])),
+            }
+            for dist in reg.plugins()
+        ]
     if what == "encoders":
         return [
             {
                 "name": s.display_name,
                 "plugin": s.plugin,
+                "plugin_version": reg.plugin_version(s),
+                "version": getattr(s, "version", None),
                 "family": s.family,
                 "weights": s.weights_source,
                 "weights_present": _present(s.weights_present),
@@ -33,6 +49,8 @@ def describe(reg: Registry, what: str) -> list[dict[str, Any]]:
             {
                 "name": s.name,
                 "plugin": s.plugin,
+                "plugin_version": reg.plugin_version(s),
+                "version": getattr(s, "version", None),
                 "level": s.level,
                 "metric": s.metric,
                 "requires": s.requires,
@@ -40,6 +58,8 @@ def describe(reg: Registry, what: str) -> list[dict[str, Any]]:
                     k: {
                         "default": o.default,
                         "choices": list(o.choices) if o.choices else None,
+                        # type and range, where the option declares them (partbench.specs.TaskOption)
+                        "accepts": o.describe() if hasattr(o, "describe") else None,
                         "help": o.help,
                     }
                     for k, o in s.options.items()
@@ -52,6 +72,8 @@ def describe(reg: Registry, what: str) -> list[dict[str, Any]]:
         {
             "name": s.name,
             "plugin": s.plugin,
+            "plugin_version": reg.plugin_version(s),
+            "version": getattr(s, "version", None),
             "levels": list(s.levels),
             "capabilities": sorted(s.capabilities),
             "data_present": True if s.builtin_data else _present(s.data_present, data_root(s.name)),
@@ -72,11 +94,35 @@ def _short(source: str) -> str:
     return source if len(source) <= 60 else source[:57] + "..."
 
 
+def _cell(value: Any):
+    """A table cell that rich prints as it is: names and messages come from plugins, datasets
+    and the database, and a '[/bold]' in them is text, never markup."""
+    from rich.text import Text
+
+    return Text("" if value is None else str(value))
+
+
 def render_table(what: str, items: list[dict[str, Any]]):
     from rich.table import Table
 
     table = Table(title=f"partbench {what}", title_justify="left")
-    if what == "encoders":
+    if what == "plugins":
+        cols = ("plugin", "version", "registers", "problems")
+        rows = [
+            (
+                i["name"],
+                i["version"] or "–",
+                "; ".join(
+                    f"{kind} {', '.join(i[kind])}"
+                    for kind in ("encoders", "tasks", "datasets", "suites")
+                    if i[kind]
+                )
+                or "nothing",
+                "\n".join(i["problems"]) or "–",
+            )
+            for i in items
+        ]
+    elif what == "encoders":
         # The table names the weights file; the full source and description are in --format json.
         cols = ("name", "family", "weights", "present", "plugin")
         rows = [
@@ -110,9 +156,9 @@ def render_table(what: str, items: list[dict[str, Any]]):
             for i in items
         ]
     for c in cols:
-        table.add_column(c, no_wrap=c == "name")
+        table.add_column(c, no_wrap=c in ("name", "plugin", "version"))
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(_cell(v) for v in r))
     return table
 
 
@@ -169,14 +215,19 @@ def render_runs(records: list[dict[str, Any]]):
         ips = (r["timing"] or {}).get("images_per_second")
         status = r["status"] if r["status"] != "failed" else f"failed: {r['error']}"
         table.add_row(
-            str(r["id"]),
-            r["encoder"],
-            r["task"],
-            r["dataset"],
-            status,
-            metrics or "–",
-            str(r["n_items"] or "–"),
-            f"{ips:.0f}" if ips else "–",
-            r["device"],
+            *(
+                _cell(v)
+                for v in (
+                    r["id"],
+                    r["encoder"],
+                    r["task"],
+                    r["dataset"],
+                    status,
+                    metrics or "–",
+                    r["n_items"] or "–",
+                    f"{ips:.0f}" if ips else "–",
+                    r["device"],
+                )
+            )
         )
     return table

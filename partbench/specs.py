@@ -6,17 +6,21 @@ called, so listing plugins and answering ``--help`` stay fast.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 # "both" is contrastive plus masked image modeling; "none" is random init; "unknown" is for
 # arbitrary timm weights whose training is not declared.
-FAMILIES = ("supervised", "contrastive", "masked-image-modeling", "both", "none", "unknown")
-LEVELS = ("object", "part")
+Family = Literal["supervised", "contrastive", "masked-image-modeling", "both", "none", "unknown"]
+Level = Literal["object", "part"]
 # What a dataset can provide; a task names the one it needs.
-CAPABILITIES = ("images", "keypoints", "part-masks", "object-masks")
+Capability = Literal["images", "keypoints", "part-masks", "object-masks"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+LEVELS: tuple[str, ...] = get_args(Level)
+CAPABILITIES: tuple[str, ...] = get_args(Capability)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class EncoderSpec:
     weights_source: str = ""  # where the weights come from, in words or as a URL
     weights_present: Callable[[], bool | None] | None = None  # None: not applicable
     plugin: str = ""  # filled in by the registry
+    version: str = "1"  # bump when the loader changes features: it enters the configuration hash
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -53,11 +58,69 @@ class EncoderSpec:
         return self.name + "<model>" if self.is_prefix else self.name
 
 
+class OptionError(ValueError):
+    """A task option value that is not of its type or outside its range."""
+
+
 @dataclass(frozen=True)
 class TaskOption:
+    """One typed option of a task: its default fixes the type (bool, int, float or str)."""
+
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
+    minimum: float | None = None  # inclusive
+    maximum: float | None = None  # inclusive
+    positive: bool = False  # strictly above 0
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def parse(self, raw: str) -> Any:
+        """The value of ``raw`` as this option's type, checked against its range and choices."""
+        kind = self.type
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return self.check(True)
+            if low in ("0", "false", "no", "off"):
+                return self.check(False)
+            raise OptionError(f"expected true or false, got '{raw}'")
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise OptionError(
+                f"expected {'an' if kind is int else 'a'} {kind.__name__}, got '{raw}'"
+            ) from None
+        return self.check(value)
+
+    def check(self, value: Any) -> Any:
+        """Raise OptionError when ``value`` is outside what this option accepts."""
+        if self.choices is not None and value not in self.choices:
+            raise OptionError(f"'{value}' is not one of " + ", ".join(map(str, self.choices)))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"{value} is not a finite number")
+        if self.positive and value <= 0:
+            raise OptionError(f"must be above 0, got {value}")
+        if self.minimum is not None and value < self.minimum:
+            raise OptionError(f"must be at least {self.minimum:g}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise OptionError(f"must be at most {self.maximum:g}, got {value}")
+        return value
+
+    def describe(self) -> str:
+        """The accepted values in words, for `partbench list tasks`."""
+        if self.choices is not None:
+            return " | ".join(map(str, self.choices))
+        parts = [self.type.__name__]
+        if self.positive:
+            parts.append("> 0")
+        if self.minimum is not None:
+            parts.append(f">= {self.minimum:g}")
+        if self.maximum is not None:
+            parts.append(f"<= {self.maximum:g}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -66,10 +129,14 @@ class TaskSpec:
     level: str  # "object" or "part"
     metric: str  # the headline metric, as stored
     requires: str  # the dataset capability the task consumes
-    create: Callable[[], Any]  # returns a partbench.tasks.Task
+    create: Callable[[Mapping[str, Any]], Any]  # create(options) returns a partbench.api.Task
     description: str = ""
     options: Mapping[str, TaskOption] = field(default_factory=dict)
     plugin: str = ""
+    version: str = "1"  # bump when scoring changes: it enters the configuration hash
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: o.default for k, o in self.options.items()}
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -88,6 +155,7 @@ class DatasetSpec:
     builtin_data: bool = False  # True when the data is generated, needing no folder
     data_present: Callable[[Path | None], bool] | None = None
     plugin: str = ""
+    version: str = "1"  # bump when the reader changes what it yields: it enters the configuration hash
 
     def __post_init__(self) -> None:
         unknown = set(self.capabilities) - set(CAPABILITIES)
@@ -102,3 +170,12 @@ class DatasetSpec:
         if self.capabilities & {"keypoints", "part-masks"}:
             levels.append("part")
         return tuple(levels)
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """A score in percent with its 95% interval (None where no interval applies)."""
+
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None

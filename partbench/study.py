@@ -1,8 +1,10 @@
 """The study in miniature: every shipped mini encoder on every SynParts task, and the study's
 four claims checked against what came out.
 
-The claims (paper-protocol.md) are tested as plain comparisons of the stored scores; each is
-reported with its numbers and intervals, reproduced or not, never assumed.
+Each claim (paper-protocol.md) is decided on paired evidence: the bootstrap interval of the
+difference between two encoders over the items both were scored on. A claim is reproduced
+when every difference it needs lies clear of 0 in its direction, contradicted when one lies
+clear of 0 the other way, and otherwise not decided at this size.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from partbench import leaderboard as lb
 from partbench.plugins import Registry
 from partbench.runner import Outcome, RunOptions, run
-from partbench.store import MetricValue, Store
+from partbench.store import Store
 
 SUPERVISED = "mini-supervised"
 CONTRASTIVE = ("mini-mocov3", "mini-dino")
@@ -25,13 +27,44 @@ MASKED = ("mini-mae",)
 BOTH = ("mini-ibot",)
 WITH_PROJECTION = ("mini-mocov3", "mini-dino", "mini-ibot")
 MINI_ENCODERS = (SUPERVISED, *CONTRASTIVE, *MASKED, *BOTH, "mini-random")
+DATASET = "synparts"
+
+REPRODUCED, CONTRADICTED, UNDECIDED = "reproduced", "contradicted", "not decided"
 
 
 @dataclass
 class Claim:
     statement: str
-    reproduced: bool
+    verdict: str  # reproduced, contradicted or not decided
     evidence: str
+
+    @property
+    def reproduced(self) -> bool:
+        return self.verdict == REPRODUCED
+
+
+@dataclass
+class Difference:
+    """a minus b, with the paired 95% interval of the difference."""
+
+    a: str
+    b: str
+    diff: float
+    low: float | None
+    high: float | None
+
+    @property
+    def sign(self) -> int:
+        """+1 or -1 when the interval lies clear of 0, else 0."""
+        if self.low is not None and self.low > 0:
+            return 1
+        if self.high is not None and self.high < 0:
+            return -1
+        return 0
+
+    def text(self) -> str:
+        ci = f" [{self.low:+.1f}, {self.high:+.1f}]" if self.low is not None and self.high is not None else ""
+        return f"{self.a} − {self.b} {self.diff:+.1f}{ci}"
 
 
 @dataclass
@@ -41,66 +74,80 @@ class StudyReport:
     outcomes: list[Outcome]
 
 
-def _fmt(m: MetricValue | None) -> str:
-    if m is None:
-        return "–"
-    return f"{m.value:.1f} [{m.ci_low:.1f}, {m.ci_high:.1f}]" if m.ci_low is not None else f"{m.value:.1f}"
+def level_difference(runs: Sequence[Any], store: Store, a: str, b: str, level: str) -> Difference:
+    for c in lb.compare(runs, a, b, dataset=DATASET, items=store):
+        if c.level == level and c.metric == "score":
+            return Difference(a, b, c.diff, c.low, c.high)
+    raise ValueError(f"no {level}-level comparison of {a} and {b}")
 
 
-def check_claims(board: lb.Board, projection: dict[str, dict[str, MetricValue]]) -> list[Claim]:
-    rows = {r.encoder: r for r in board.rows}
+def _decide(diffs: Sequence[Difference], need: str) -> str:
+    """``need``: "all" (every difference positive) or "most" (more than half positive)."""
+    ups = sum(d.sign > 0 for d in diffs)
+    downs = sum(d.sign < 0 for d in diffs)
+    if need == "all":
+        return REPRODUCED if ups == len(diffs) else CONTRADICTED if downs else UNDECIDED
+    half = len(diffs) / 2
+    return REPRODUCED if ups > half else CONTRADICTED if downs >= half else UNDECIDED
 
-    def score(enc: str, level: str) -> float:
-        value = getattr(rows[enc], f"{level}_score")
-        return float("-inf") if value is None else value
 
-    def show(encs: Sequence[str], level: str) -> str:
-        def one(e: str) -> str:
-            s = rows[e].score(level)
-            if s is None:
-                return f"{e} –"
-            return f"{e} {s.value:.1f}" + (f" [{s.low:.1f}, {s.high:.1f}]" if s.low is not None else "")
-
-        return ", ".join(one(e) for e in encs)
+def check_claims(runs: Sequence[Any], store: Store, projection: dict[str, dict[str, int]]) -> list[Claim]:
+    """The four claims from paired differences; ``projection`` maps an encoder to the run ids
+    of its part retrieval with the projection output and with the class token."""
+    from partbench.metrics import paired_bootstrap
 
     ssl = (*CONTRASTIVE, *MASKED, *BOTH)
-    beaten = [e for e in (*CONTRASTIVE, *MASKED) if score(e, "part") > score(SUPERVISED, "part")]
-    claims = [
+    one = [level_difference(runs, store, SUPERVISED, e, "object") for e in ssl]
+    two = [level_difference(runs, store, e, SUPERVISED, "part") for e in (*CONTRASTIVE, *MASKED)]
+    three = [level_difference(runs, store, BOTH[0], e, "part") for e in (*CONTRASTIVE, *MASKED)]
+    four = []
+    for enc, ids in projection.items():
+        if "projection" in ids and "cls" in ids:
+            diff, low, high = paired_bootstrap("mAP", store.items(ids["projection"]), store.items(ids["cls"]))
+            four.append(Difference(f"{enc} projection", "cls", diff, low, high))
+
+    def listing(diffs: Sequence[Difference]) -> str:
+        return "; ".join(d.text() for d in diffs) or "no runs to compare"
+
+    return [
         Claim(
             "1. The supervised encoder beats every self-supervised one at the object level.",
-            all(score(SUPERVISED, "object") > score(e, "object") for e in ssl),
-            f"object scores: {show((SUPERVISED, *ssl), 'object')}",
+            _decide(one, "all"),
+            "object score differences: " + listing(one),
         ),
         Claim(
             "2. Most contrastive and MIM encoders beat the supervised one at the part level.",
-            len(beaten) * 2 > len(CONTRASTIVE) + len(MASKED),
-            f"part scores: {show((SUPERVISED, *CONTRASTIVE, *MASKED), 'part')}; "
-            f"above supervised: {', '.join(beaten) or 'none'}",
+            _decide(two, "most"),
+            "part score differences: " + listing(two),
         ),
         Claim(
             "3. The encoder combining contrastive learning and MIM does best on parts.",
-            all(score(BOTH[0], "part") >= score(e, "part") for e in (*CONTRASTIVE, *MASKED)),
-            f"part scores: {show((*BOTH, *CONTRASTIVE, *MASKED), 'part')}",
+            _decide(three, "all"),
+            "part score differences: " + listing(three),
         ),
-    ]
-    worse = [e for e, m in projection.items() if m["projection"].value < m["cls"].value]
-    claims.append(
         Claim(
             "4. For contrastive encoders the projection output is worse for parts than the "
             "encoder's class token.",
-            len(worse) * 2 > len(projection),
-            "part-retrieval mAP, projection vs cls: "
-            + "; ".join(f"{e} {_fmt(m['projection'])} vs {_fmt(m['cls'])}" for e, m in projection.items()),
-        )
-    )
-    return claims
+            _decide(
+                [dataclasses.replace(d, diff=-d.diff, low=_neg(d.high), high=_neg(d.low)) for d in four],
+                "most",
+            )
+            if four
+            else UNDECIDED,
+            "part-retrieval mAP differences: " + listing(four),
+        ),
+    ]
+
+
+def _neg(v: float | None) -> float | None:
+    return None if v is None else -v
 
 
 def run_mini_study(
     registry: Registry, store: Store, opts: RunOptions, progress: Any = None, say: Any = print
 ) -> StudyReport:
     outcomes = run(registry, store, MINI_ENCODERS, ["all"], opts, progress=progress, say=say)
-    projection: dict[str, dict[str, MetricValue]] = {}
+    projection: dict[str, dict[str, int]] = {}
     for feature in ("cls", "projection"):
         variant = dataclasses.replace(opts, options=(*opts.options, f"part-retrieval.feature={feature}"))
         for o in run(
@@ -113,16 +160,17 @@ def run_mini_study(
             say=say,
         ):
             outcomes.append(o)
-            if o.value is not None:
-                projection.setdefault(o.encoder, {})[feature] = o.value
-    boards = lb.build(
-        [r for r in store.runs(status="done") if r.encoder in MINI_ENCODERS], dataset="synparts"
-    )
-    board = boards[0]
-    return StudyReport(board, check_claims(board, projection), outcomes)
+            if o.run_id is not None and o.status in ("done", "skipped"):
+                projection.setdefault(o.encoder, {})[feature] = o.run_id
+    runs = [r for r in store.runs(status="done") if r.encoder in MINI_ENCODERS]
+    board = lb.build(runs, dataset=DATASET, registry=registry, items=store)[0]
+    return StudyReport(board, check_claims(runs, store, projection), outcomes)
 
 
 def to_markdown(report: StudyReport, command: str) -> str:
+    from partbench.render.markdown import md
+    from partbench.render.markdown import render as boards_markdown
+
     lines = [
         "# The study in miniature",
         "",
@@ -135,26 +183,28 @@ def to_markdown(report: StudyReport, command: str) -> str:
         "",
         "## The study's claims, checked",
         "",
-        "A claim counts as reproduced when the point estimates order as the study says; the",
-        "intervals beside them show whether that order is more than noise.",
+        "Each claim is decided on paired differences (a − b, in points, with the 95% interval of a",
+        "paired bootstrap over the items both encoders were scored on): reproduced when every",
+        "difference the claim needs is clear of 0 in its direction, contradicted when one is clear",
+        "of 0 the other way, otherwise not decided at this size.",
         "",
-        "| claim | reproduced | evidence (score [95% interval]) |",
+        "| claim | verdict | evidence |",
         "|---|---|---|",
     ]
     for c in report.claims:
-        lines.append(f"| {c.statement} | {'yes' if c.reproduced else 'no'} | {c.evidence} |")
-    lines += ["", "## Leaderboard", "", lb.to_markdown([report.board]).replace("### ", "#### ")]
+        lines.append(f"| {md(c.statement)} | {c.verdict} | {md(c.evidence)} |")
+    lines += ["", "## Leaderboard", "", boards_markdown([report.board]).replace("### ", "#### ")]
     return "\n".join(lines)
 
 
-def write(report: StudyReport, out_dir: Path, command: str) -> list[Path]:
-    from partbench.files import write_atomic
-
-    files = {
-        "mini.md": to_markdown(report, command),
-        "mini.json": lb.to_json([report.board]),
-        "mini.svg": lb.to_svg([report.board]),
-    }
-    for name, text in files.items():
-        write_atomic(out_dir / name, text)
-    return [out_dir / n for n in files]
+def write(report: StudyReport, out_dir: Path, command: str, screenshot: bool = True) -> list[Path]:
+    """mini.md (the claims and the board), mini.json, mini.svg, mini.html and its screenshot."""
+    return lb.write_all(
+        [report.board],
+        out_dir,
+        command,
+        stem="mini",
+        title="partbench: the study in miniature",
+        markdown=to_markdown(report, command),
+        screenshot=screenshot,
+    )

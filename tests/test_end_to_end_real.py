@@ -100,4 +100,5 @@ def test_every_study_encoder_runs_from_a_full_size_official_file(tmp_path, encod
     assert result.exit_code == 0, result.output
     run = stored(db)["part-retrieval"]
     assert run["status"] == "done" and run["weights_id"].startswith("sha256:")
-    assert run["config"]["encoder"]["embed_dim"] == 768 and run["config"]["encoder"]["depth"] == 12
+    stages = run["config"]["encoder"]["stages"]
+    assert len(stages) == 12 and {s[1] for s in stages} == {768}

@@ -1,9 +1,15 @@
-"""A stranger's plugin: installed from its own pyproject, found through its entry point, run."""
+"""A stranger's plugin: installed from its own pyproject, found through its entry point, run.
+
+The example plugin imports only ``partbench.api`` and registers an encoder, a task, a dataset
+and a suite; each is run through ``partbench run`` beside the built-in ones.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +17,14 @@ from pathlib import Path
 import pytest
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "partbench-example-encoder"
+PACKAGE = PLUGIN / "partbench_example_encoder"
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
+    # Built from a copy, as a stranger's checkout: the build writes nothing into this tree.
+    source = tmp_path_factory.mktemp("src") / PLUGIN.name
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [
@@ -28,7 +38,7 @@ def installed(tmp_path_factory) -> Path:
             "--no-index",
             "--target",
             str(target),
-            str(PLUGIN),
+            str(source),
         ],
         check=True,
         capture_output=True,
@@ -36,43 +46,180 @@ def installed(tmp_path_factory) -> Path:
     return target
 
 
-def _partbench(site: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
+def _env(site: Path, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PARTBENCH_LOAD_PLUGINS"}
-    env.update(PYTHONPATH=str(site), PARTBENCH_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "partbench", *args], env=env, capture_output=True, text=True)
+    env.update(PYTHONPATH=str(site), PARTBENCH_HOME=str(home), OMP_NUM_THREADS="1")
+    return env
 
 
-def test_the_example_plugin_is_listed_and_runs(installed, tmp_path):
-    listed = _partbench(installed, tmp_path, "list", "encoders", "--format", "json")
-    assert listed.returncode == 0, listed.stderr
-    encoders = {e["name"]: e for e in json.loads(listed.stdout)}
-    assert encoders["example-hog"]["plugin"] == "partbench-example-encoder"
-    assert encoders["random-vit"]["plugin"] == "partbench"
+def _partbench(site: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "partbench", *args], env=_env(site, home), capture_output=True, text=True
+    )
 
+
+def _listed(site: Path, home: Path, what: str) -> dict[str, dict]:
+    result = _partbench(site, home, "list", what, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return {e["name"]: e for e in json.loads(result.stdout)}
+
+
+def test_the_plugin_imports_partbench_api_only() -> None:
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("partbench"):
+                assert node.module in ("partbench.api",) or node.module.startswith(
+                    "partbench_example_encoder"
+                ), f"{path.name} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("partbench.") for a in node.names), path.name
+
+
+def test_importing_the_api_and_the_plugin_loads_no_torch(installed: Path) -> None:
+    code = (
+        "import sys, partbench.api, partbench_example_encoder; "
+        "print(sorted(m for m in ('torch', 'numpy', 'timm') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(installed, installed),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"
+    every = (
+        "import partbench.api as a; [getattr(a, n) for n in a.__all__]; print(sorted(a.__all__) == dir(a))"
+    )
+    done = subprocess.run([sys.executable, "-c", every], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
+
+
+def test_encoder_task_dataset_and_suite_are_listed(installed: Path, tmp_path: Path) -> None:
+    plugin = "partbench-example-encoder"
+    assert _listed(installed, tmp_path, "encoders")["example-hog"]["plugin"] == plugin
+    assert _listed(installed, tmp_path, "encoders")["random-vit"]["plugin"] == "partbench"
+    task = _listed(installed, tmp_path, "tasks")["example-ncm"]
+    assert task["plugin"] == plugin and task["level"] == "object" and task["metric"] == "top1"
+    assert task["options"]["feature"]["choices"] == ["cls", "embedding"]
+    assert _listed(installed, tmp_path, "datasets")["example-shapes"]["plugin"] == plugin
+    plugins = {
+        p["name"]: p
+        for p in json.loads(_partbench(installed, tmp_path, "list", "plugins", "--format", "json").stdout)
+    }
+    assert plugins[plugin]["suites"] == ["example"] and plugins[plugin]["problems"] == []
+
+
+def test_plugin_encoder_task_and_dataset_run_beside_builtin_ones(installed: Path, tmp_path: Path) -> None:
+    quick = ("--limit", "12", "-o", "iterations=10", "-o", "epochs=3")
+    # The plugin's task and a built-in one on the plugin's dataset, with the plugin's encoder and
+    # a built-in one; then the plugin's encoder on the built-in SynParts.
     ran = _partbench(
+        installed,
+        tmp_path,
+        "run",
+        *("-e", "example-hog", "-e", "random-vit", "-d", "example-shapes"),
+        *("-t", "example-ncm", "-t", "object-retrieval", "-t", "object-seg"),
+        *quick,
+    )
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+    ran = _partbench(installed, tmp_path, "run", "-e", "example-hog", "-t", "part-retrieval", *quick)
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+
+    runs = json.loads(_partbench(installed, tmp_path, "runs", "--format", "json").stdout)
+    got = {(r["encoder"], r["task"], r["dataset"]): r for r in runs}
+    assert {k for k, r in got.items() if r["status"] == "done"} == {
+        (e, t, "example-shapes")
+        for e in ("example-hog", "random-vit")
+        for t in ("example-ncm", "object-retrieval", "object-seg")
+    } | {("example-hog", "part-retrieval", "synparts")}
+    ncm = got[("example-hog", "example-ncm", "example-shapes")]
+    assert ncm["weights_id"] == "hand-crafted:hog-v2" and ncm["n_items"] == 12
+    assert ncm["items_per_class"] == {"disc": 3, "square": 3, "triangle": 3, "cross": 3}
+    encoder = ncm["config"]["encoder"]
+    assert encoder["stages"] == [["cells4", 12, 4], ["cells8", 12, 8]] and encoder["pooled_kind"] == "avgpool"
+    assert ncm["config"]["task"]["options"] == {"feature": "embedding"}
+    assert ncm["headline"] == "top1" and 0 <= ncm["metrics"]["top1"]["value"] <= 100
+
+
+def test_the_task_scores_what_it_should(installed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nearest-class-mean task on features built to a known answer."""
+    monkeypatch.syspath_prepend(str(installed))
+    import numpy as np
+    import torch
+    from partbench_example_encoder import ncm, shapes
+
+    from partbench.api import Features
+
+    rng = np.random.default_rng(0)
+    train_labels, test_labels = np.arange(40) % 4, np.array([0, 1, 2, 3, 3, 3])
+    centres = torch.eye(4) * 5
+
+    def features(labels: np.ndarray, shift: int = 0) -> Features:
+        x = centres[(labels + shift) % 4] + torch.from_numpy(rng.normal(0, 0.5, (len(labels), 4))).float()
+        return Features(arrays={"embedding": x}, labels=labels, grid=(1, 1))
+
+    task = ncm.NearestClassMean({"feature": "embedding"})
+    dataset = shapes.Shapes(train=40, test=6)
+    assert {v.role: v.outputs for v in task.views(dataset, None).values()} == {
+        "train": frozenset({"embedding"}),
+        "test": frozenset({"embedding"}),
+    }
+    right = task.evaluate(
+        {"train": features(train_labels), "test": features(test_labels)},
+        dataset,
+        device=torch.device("cpu"),
+        seed=0,
+    )
+    assert right.metrics["top1"].value == 100 and right.items["correct"].tolist() == [1.0] * 6
+    assert right.chance == {"top1": 25.0} and right.items_per_class == {
+        "disc": 1,
+        "square": 1,
+        "triangle": 1,
+        "cross": 3,
+    }
+    # Test vectors one class along: every prediction is the next class, so none is right.
+    wrong = task.evaluate(
+        {"train": features(train_labels), "test": features(test_labels, 1)},
+        dataset,
+        device=torch.device("cpu"),
+        seed=0,
+    )
+    assert wrong.metrics["top1"].value == 0 and wrong.items["label"].tolist() == test_labels.tolist()
+
+
+def test_a_bad_dataset_option_is_one_line(installed: Path, tmp_path: Path) -> None:
+    result = _partbench(
         installed,
         tmp_path,
         "run",
         "-e",
         "example-hog",
+        "-d",
+        "example-shapes",
         "-t",
-        "part-retrieval",
-        "-t",
-        "object-seg",
-        "--limit",
-        "12",
-        "-o",
-        "iterations=10",
+        "example-ncm",
+        "--dataset-option",
+        "colour=red",
     )
-    assert ran.returncode == 0, ran.stderr + ran.stdout
-    runs = json.loads(_partbench(installed, tmp_path, "runs", "--format", "json").stdout)
-    assert {(r["encoder"], r["task"], r["status"]) for r in runs} == {
-        ("example-hog", "part-retrieval", "done"),
-        ("example-hog", "object-seg", "done"),
-    }
-    assert runs[0]["config_hash"] and runs[0]["weights_id"] == "hand-crafted:hog-v1"
+    assert result.returncode != 0 and "example-shapes: unknown option colour" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_without_the_plugin_the_name_is_unknown(tmp_path):
+def test_without_the_plugin_the_name_is_unknown(tmp_path: Path) -> None:
     result = _partbench(tmp_path, tmp_path, "run", "-e", "example-hog", "-t", "part-retrieval")
     assert result.returncode == 1 and "unknown encoder 'example-hog'" in result.stderr
+
+
+def test_the_readme_examples_are_the_plugins_files() -> None:
+    """The README's three examples (and the hooks) are the tested plugin, word for word."""
+    readme = (PLUGIN.parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Writing a plugin") : readme.index("## Architecture")]
+    shown = {}
+    for block in section.split("```python\n")[1:]:
+        header, _, body = block.split("```\n")[0].partition("\n")
+        assert header.startswith("# partbench_example_encoder/"), header
+        shown[header.removeprefix("# partbench_example_encoder/")] = body
+    assert sorted(shown) == sorted(p.name for p in PACKAGE.glob("*.py"))
+    for name, body in shown.items():
+        assert body == (PACKAGE / name).read_text(), f"README's {name} differs from the plugin's"

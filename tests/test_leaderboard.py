@@ -1,93 +1,598 @@
-"""Ranking and rendering, on stored runs whose scores are chosen by hand."""
+"""Ranking and rendering, on stored runs whose per-item results are made by hand.
+
+Every run here goes through the store's API (claim, finish with items), and every headline
+score is computed from its items by partbench.metrics, as the tasks do.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 
+import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from partbench import leaderboard as lb
+from partbench import metrics
+from partbench.cli import cli
+from partbench.render import terminal
 from partbench.store import MetricValue, Store
 from partbench.study import check_claims
 
-TASKS = {"part-retrieval": "part", "part-linear": "part", "object-linear": "object"}
+N = 300  # items per task: big enough for paired tests to see a 4-point gain, small enough to be fast
+RESAMPLES = 300  # bootstrap draws in these tests (the default is 1,000)
+LEVEL = {
+    "part-retrieval": "part",
+    "part-linear": "part",
+    "object-linear": "object",
+    "object-seg": "object",
+    "object-retrieval": "object",
+}
+METRIC = {
+    "part-retrieval": "mAP",
+    "part-linear": "top1",
+    "object-linear": "top1",
+    "object-seg": "mIoU",
+    "object-retrieval": "mAP",
+}
 
 
-def add(store, encoder, task, value, ci=2.0, family="contrastive", default=True, limit=None):
-    run_id = store.start(
+def base_items(task: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """A middling encoder's items on ``task``: the same items (labels) for every encoder."""
+    rng = np.random.default_rng(seed)
+    label = np.arange(N) % 6
+    metric = METRIC[task]
+    if metric == "mAP":
+        return {"ap": rng.beta(2, 3, N), "label": label}
+    if metric == "top1":
+        return {"correct": (rng.random(N) < 0.55).astype(np.float64), "label": label}
+    union = rng.integers(50, 100, (N, 5)).astype(np.float64)
+    return {"intersection": np.floor(union * rng.uniform(0.2, 0.7, (N, 5))), "union": union}
+
+
+def better(items: dict[str, np.ndarray], amount: float, seed: int = 1) -> dict[str, np.ndarray]:
+    """The same items, a little better on a share ``amount`` of them and never worse: a
+    paired comparison sees the gain even where the marginal intervals overlap."""
+    rng = np.random.default_rng(seed)
+    out = {k: v.copy() for k, v in items.items()}
+    pick = rng.random(N) < amount
+    if "ap" in out:
+        out["ap"][pick] = np.minimum(1.0, out["ap"][pick] + 0.5)
+    elif "correct" in out:
+        out["correct"][pick] = 1.0
+    else:
+        out["intersection"][pick] = out["union"][pick] * 0.9
+    return out
+
+
+def noisy(items: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """The same items with small symmetric changes: no real difference."""
+    rng = np.random.default_rng(seed)
+    out = {k: v.copy() for k, v in items.items()}
+    pick = rng.random(N) < 0.04
+    if "ap" in out:
+        out["ap"][pick] = rng.permutation(out["ap"][pick])
+    elif "correct" in out:
+        out["correct"][pick] = 1.0 - out["correct"][pick]
+    else:
+        out["intersection"][pick] = np.floor(out["union"][pick] * rng.uniform(0.2, 0.7, (pick.sum(), 5)))
+    return out
+
+
+_HASH = iter(range(10**9))
+
+
+def add(
+    store: Store,
+    encoder: str,
+    task: str,
+    items: dict[str, np.ndarray] | None = None,
+    *,
+    value: float | None = None,
+    ci: float = 3.0,
+    family: str = "contrastive",
+    dataset: str = "synparts",
+    default: bool = True,
+    limit: int | None = None,
+    level: str | None = None,
+    metric: str | None = None,
+) -> int:
+    """Store one finished run; its score is computed from ``items`` (else ``value`` is taken,
+    as a run stored before per-item results were kept)."""
+    metric = metric or METRIC[task]
+    run_id = store.claim(
+        f"h{next(_HASH)}",
         encoder=encoder,
         encoder_plugin="p",
         family=family,
-        weights_id="w",
+        weights_id=f"sha256:{encoder}",
         task=task,
         task_plugin="p",
-        level=TASKS[task],
-        dataset="synparts",
-        dataset_fingerprint="f",
-        config={"task": {"default_options": default}, "limit": limit},
-        config_hash=f"{encoder}{task}{value}",
-        headline_metric="top1",
+        level=level or LEVEL[task],
+        dataset=dataset,
+        dataset_fingerprint="fp",
+        config={"task": {"options": {}, "default_options": default}, "limit": limit},
+        headline_metric=metric,
         device="cpu",
-        versions={},
+        versions={"partbench": "test"},
         seed=0,
     )
-    store.finish(run_id, {"top1": MetricValue(value, value - ci, value + ci)}, n_items=10)
+    assert run_id is not None
+    if items is not None:
+        value = metrics.score_from_items(metric, items)
+        _, lo, hi = metrics.level_bootstrap([(metric, items)], n_resamples=200)
+    else:
+        lo, hi = value - ci, value + ci  # type: ignore[operator]
+    store.finish(
+        run_id,
+        {metric: MetricValue(value, lo, hi)},
+        n_items=N,
+        items=items,  # type: ignore[arg-type]
+    )
     return run_id
 
 
+TASKS = ("part-retrieval", "part-linear", "object-linear", "object-seg")
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory):
+    """a: clearly better than b on every task (paired), though their intervals overlap;
+    c: b with noise (tied with b); d: lacks part-linear. Built once; each test gets a copy."""
+    folder = tmp_path_factory.mktemp("template")
+    s = Store(f"sqlite:///{folder / 'lb.db'}", pending_dir=folder / "pending")
+    for i, task in enumerate(TASKS):
+        b = base_items(task, seed=i)
+        add(s, "b", task, b, family="masked-image-modeling")
+        add(s, "c", task, noisy(b, seed=10 + i), family="supervised")
+        add(s, "a", task, better(b, 0.06, seed=20 + i))
+        if task != "part-linear":
+            add(s, "d", task, better(b, 0.5, seed=30 + i), family="none")
+    s.engine.dispose()
+    return folder / "lb.db"
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'lb.db'}")
-    for enc, (pr, pl, ol) in {"a": (60, 70, 50), "b": (50, 40, 80), "c": (59, 69, 30)}.items():
-        add(s, enc, "part-retrieval", pr)
-        add(s, enc, "part-linear", pl)
-        add(s, enc, "object-linear", ol)
-    add(s, "d", "part-retrieval", 99)  # no part-linear, no object task
-    return s
+def store(template_db, tmp_path):
+    shutil.copy(template_db, tmp_path / "lb.db")
+    return Store(f"sqlite:///{tmp_path / 'lb.db'}")
 
 
-def test_levels_rank_by_mean_score_and_mark_missing_and_overlaps(store):
-    (part,) = lb.build(store.runs(), level="part")
-    assert [r.encoder for r in part.rows] == ["a", "c", "b", "d"]  # d is incomplete: last
-    a = part.rows[0]
-    assert a.part_score == pytest.approx(65) and a.part_ci == [pytest.approx(63), pytest.approx(67)]
-    assert part.rows[3].missing == ["object-linear", "part-linear"]
-    assert a.overlaps_with == ["c"] and "b" not in a.overlaps_with  # 65 vs 64: not separable
-    (obj,) = lb.build(store.runs(), level="object")
-    assert [r.encoder for r in obj.rows] == ["b", "a", "c"]
-    assert obj.rows[0].part_awareness == 1 - 3  # object rank 1, part rank 3
+def boards(store, level="all", **kw):
+    return lb.build(store.runs(), level=level, items=store, n_resamples=RESAMPLES, **kw)
 
 
-def test_all_level_averages_the_two_levels(store):
-    (board,) = lb.build(store.runs(), level="all")
-    top = board.rows[0]
-    assert top.encoder == "b" and top.rank == 1
-    assert top.score("all").value == pytest.approx((45 + 80) / 2)
-    assert [r.encoder for r in board.rows][-1] == "d"  # no object score: not ranked overall
-    assert board.rows[-1].rank is None
-    rows = json.loads(lb.to_json([board]))
-    assert {"rank", "encoder", "object_score", "part_score", "tasks"} <= set(rows[0])
-    assert rows[0]["tasks"]["object-linear"] == 80
+# --------------------------------------------------------------------------- honest ranks
+
+
+def test_level_interval_is_resampled_over_every_tasks_items(store):
+    (board,) = boards(store)
+    a = next(r for r in board.rows if r.encoder == "a")
+    runs = {r.task: r for r in store.runs() if r.encoder == "a"}
+    for level in ("object", "part"):
+        tasks = [(METRIC[t], store.items(runs[t].id)) for t in sorted(runs) if LEVEL[t] == level]
+        mean, lo, hi = metrics.level_bootstrap(tasks, n_resamples=RESAMPLES)
+        s = a.scores[level]
+        assert s.paired and s.value == pytest.approx(mean)
+        assert (s.low, s.high) == (pytest.approx(lo), pytest.approx(hi))
+        # not the mean of the tasks' bounds: averaging resampled tasks narrows the interval
+        widths = [runs[t].headline.ci_high - runs[t].headline.ci_low for t in runs if LEVEL[t] == level]
+        assert hi - lo < np.mean(widths)
+
+
+def test_neighbours_are_compared_paired_and_ties_share_a_rank(store):
+    (part,) = boards(store, "part")
+    order = [r.encoder for r in part.rows]
+    assert order[0] == "a" and set(order[1:3]) == {"b", "c"} and order[3] == "d"
+    a, second, third, d = part.rows
+    # a's interval overlaps b's, yet the paired difference says a is higher
+    assert a.scores["part"].overlaps(second.scores["part"])
+    first = part.comparisons[0]
+    assert first.paired and first.low > 0 and not first.tie
+    ids = {(r.encoder, r.task): r.id for r in store.runs()}
+    side = [
+        [(METRIC[t], store.items(ids[(e, t)])) for t in ("part-linear", "part-retrieval")]
+        for e in ("a", first.b)
+    ]
+    diff, lo, hi = metrics.paired_level_bootstrap(*side, n_resamples=RESAMPLES)
+    assert (first.diff, first.low, first.high) == (pytest.approx(diff), pytest.approx(lo), pytest.approx(hi))
+    assert a.rank_text("part") == "1"
+    assert second.rank_text("part") == third.rank_text("part") == "2="
+    assert second.standings["part"].tied_with == [third.encoder]
+    assert d.rank == 4 and d.rank_text("part") == "4*"  # lacks part-linear: ranked after, no tie claimed
+    assert part.comparisons[1].tie and len(part.comparisons) == 2  # b/c vs d: different columns
+    text = " ".join(lb.notes(part))
+    assert "2= (b, c)" in text or "2= (c, b)" in text
+    assert "*:" in text
+
+
+def test_overall_rank_weighs_levels_equally_and_awareness_uses_shared_ranks(store):
+    (board,) = boards(store)
+    a = board.rows[0]
+    assert a.encoder == "a" and a.rank == 1
+    assert a.scores["all"].value == pytest.approx((a.object_score + a.part_score) / 2)
+    assert a.scores["all"].paired and a.scores["all"].low < a.scores["all"].value < a.scores["all"].high
+    assert board.rows[-1].encoder == "d" and board.rows[-1].rank_text("all").endswith("*")
+    for r in board.rows:
+        if r.object_rank is not None and r.part_rank is not None:
+            assert r.part_awareness == r.object_rank - r.part_rank
+
+
+def test_runs_without_items_fall_back_and_are_marked_not_paired(store):
+    for task in TASKS:
+        add(store, "old", task, None, value=60.0, ci=4.0)
+    (part,) = boards(store, "part")
+    old = next(r for r in part.rows if r.encoder == "old")
+    assert not old.scores["part"].paired and old.scores["part"].ci == [56.0, 64.0]
+    assert old.rank_text("part").endswith("†")
+    comp = next(c for c in part.comparisons if "old" in (c.a, c.b))
+    assert not comp.paired and "no per-item results" in comp.reason
+    assert any(line.startswith("†") for line in lb.notes(part))
+
+
+def test_runs_on_other_items_are_not_paired(store):
+    add(store, "e", "part-retrieval", base_items("part-retrieval", 0), limit=50)
+    runs = {r.encoder: r for r in store.runs() if r.task == "part-retrieval"}
+    assert (
+        lb._pairable(runs["e"], runs["b"], store.items(runs["e"].id), store.items(runs["b"].id))
+        == "different --limit"
+    )
 
 
 def test_default_options_and_full_runs_win_over_variants(store):
-    add(store, "a", "part-linear", 10, default=False)  # a later run with non-default options
-    add(store, "a", "object-linear", 5, limit=8)  # and a later quick look
-    (board,) = lb.build(store.runs(), level="all")
+    add(store, "a", "part-linear", None, value=10.0, default=False)  # later, non-default options
+    add(store, "a", "object-linear", None, value=5.0, limit=8)  # and a later quick look
+    (board,) = boards(store)
     a = next(r for r in board.rows if r.encoder == "a")
-    assert a.tasks["part-linear"] == 70 and a.tasks["object-linear"] == 50
+    assert a.tasks["part-linear"] > 50 and a.tasks["object-linear"] > 50
 
 
-def test_renderings_escape_and_carry_every_encoder(store):
-    add(store, "<b>&evil", "part-retrieval", 40)
-    add(store, "<b>&evil", "object-linear", 40)
-    boards = lb.build(store.runs())
-    svg = lb.to_svg(boards)
-    assert "&lt;b&gt;&amp;evil" in svg and "<b>" not in svg and svg.startswith("<svg")
-    md = lb.to_markdown(boards)
-    assert md.count("\n| ") >= 5 and "≈" in md
-    assert lb.to_csv(boards).count("\n") == 6
-    assert lb.format_for(None) == "table" and lb.render(boards, "table").count("synparts") == 1
+def test_compare_prints_paired_differences_task_by_task_and_per_level(store):
+    comps = lb.compare(store.runs(), "a", "b", items=store, n_resamples=RESAMPLES)
+    tasks = [c.columns[0] for c in comps if c.metric != "score"]
+    assert tasks == ["object-linear", "object-seg", "part-linear", "part-retrieval"]
+    for c in comps:
+        assert c.paired and c.low is not None and c.low <= c.diff <= c.high
+        assert c.verdict == "a higher"
+    levels = [c for c in comps if c.metric == "score"]
+    assert [c.level for c in levels] == ["object", "part"]
+    one = lb.compare(store.runs(), "b", "c", task="part-linear", items=store, n_resamples=RESAMPLES)
+    assert len(one) == 1 and one[0].tie and one[0].verdict == "no clear difference"
+    with pytest.raises(lb.PartbenchError, match="no finished runs of encoder 'zz'"):
+        lb.compare(store.runs(), "a", "zz", items=store)
+    out = terminal.render_text(terminal.comparison(comps, "a", "b"), 80)
+    assert "part-retrieval" in out and "a higher" in out
+    assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
+
+
+# --------------------------------------------------------------------------- object-only data
+
+
+def test_an_object_only_dataset_is_ranked_in_the_default_view(store):
+    for enc, amount in (("a", 0.3), ("b", 0.0)):
+        add(store, enc, "object-linear", better(base_items("object-linear", 7), amount), dataset="cifar10")
+    by_name = {b.name: b for b in boards(store)}
+    cifar = by_name["cifar10"]
+    assert cifar.levels == ("object",) and [r.rank for r in cifar.rows] == [1, 2]
+    assert "object level only (no part tasks)" in lb.to_markdown([cifar])
+    svg = lb.to_svg(list(by_name.values()))
+    assert "cifar10: object level only (no part tasks), not plotted." in svg
+    table = terminal.render_text(lb.to_rich([cifar]), 80)
+    assert "object level only" in table and "part score" not in table
+    assert [b.name for b in boards(store, "part")] == ["synparts"]
+    assert [b.name for b in boards(store, "object")] == ["cifar10", "synparts"]
+
+
+# --------------------------------------------------------------------------- terminal tables
+
+
+def _fits(text: str, width: int = 80) -> None:
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+
+
+@pytest.mark.parametrize(
+    ("level", "wide"), [("all", False), ("part", False), ("object", False), ("all", True)]
+)
+def test_terminal_tables_fit_80_columns(store, level, wide):
+    add(store, "timm:vit_base_patch14_dinov2.lvd142m", "part-retrieval", base_items("part-retrieval"))
+    bs = boards(store, level)
+    text = terminal.render_text(lb.to_rich(bs, width=80, wide=wide), 80)
+    _fits(text)
+    assert "vit_base_patch14_dinov2.lvd142m" in text.replace("\n", "").replace(" ", "") or "timm:" in text
+    shown = ("object", "part") if level == "all" else (level,)
+    for r in bs[0].rows:
+        for lv in shown:
+            if lv in r.scores:
+                assert f"{r.scores[lv].value:.1f}" in text and f"{r.scores[lv].low:.1f}–" in text
+    if level != "all" or wide:  # one column per task
+        assert all(c.task.split("-")[-1] in text for c in bs[0].shown_columns)
+
+
+def test_runs_and_tasks_tables_fit_80_columns(store):
+    from partbench.listing import describe, run_record
+    from partbench.plugins import registry
+
+    records = [run_record(r) for r in store.runs()]
+    text = terminal.render_text(terminal.runs_table(records, width=80), 80)
+    _fits(text)
+    assert "part-retrieval" in text and "object-seg" in text and "--wide" in text and "--id N" in text
+    tasks = terminal.render_text(terminal.tasks_table(describe(registry(), "tasks"), width=80), 80)
+    _fits(tasks)
+    assert "feature=embedding" in tasks and "include_self=true" in tasks
+    from types import SimpleNamespace as Outcome
+
+    common = {"dataset": "synparts", "cached": False}
+    outcomes = [
+        Outcome(
+            encoder="timm:vit_base_patch14_dinov2.lvd142m",
+            task="part-retrieval",
+            status="done",
+            run_id=7,
+            metric="mAP",
+            value=MetricValue(41.25, 39.5, 43.0),
+            error=None,
+            timing={"end_to_end_images_per_second": 812.0},
+            **common,
+        ),
+        Outcome(
+            encoder="mini-mae",
+            task="object-seg",
+            status="failed",
+            run_id=8,
+            metric="mIoU",
+            value=None,
+            error="boom",
+            timing={},
+            **common,
+        ),
+    ]
+    ran = terminal.render_text(terminal.outcomes_table(outcomes, width=80), 80)
+    _fits(ran)
+    assert "mAP 41.2" in ran and "39.5–43.0" in ran and "failed (reason above)" in ran
+
+
+# --------------------------------------------------------------------------- formats agree
+
+
+class _Cells(HTMLParser):
+    """The rows of the page's tables of results: (data-encoder, [each cell's data-sort])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[str, list[str | None]]] = []
+        self.tables: list[str] = []  # "board" or "other", innermost last
+
+    def _in_board(self) -> bool:
+        return self.tables == ["board"]
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self.tables.append("board" if "board" in (a.get("class") or "").split() else "other")
+        elif self._in_board() and tag == "tr" and "data-encoder" in a:
+            self.rows.append((a["data-encoder"], []))
+        elif self._in_board() and tag == "td" and self.rows:
+            self.rows[-1][1].append(a.get("data-sort"))
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.tables.pop()
+
+
+def test_every_format_agrees_on_ranks_and_scores(store):
+    add(store, "old", "part-retrieval", None, value=40.0)
+    bs = boards(store)
+    (board,) = bs
+    truth = [(r.encoder, r.rank_text("all"), r.object_score, r.part_score) for r in board.rows]
+
+    data = json.loads(lb.render(bs, "json"))
+    assert [(d["encoder"], d["rank_text"], d["object_score"], d["part_score"]) for d in data] == truth
+
+    rows = list(csv.DictReader(io.StringIO(lb.render(bs, "csv"))))
+    got = [(r["encoder"], r["rank_text"], r["object_score"], r["part_score"]) for r in rows]
+    assert got == [(e, t, "" if o is None else repr(o), "" if p is None else repr(p)) for e, t, o, p in truth]
+
+    md_rows = [
+        line.split(" | ") for line in lb.render(bs, "markdown").splitlines() if re.match(r"\| \d|\| –", line)
+    ]
+    assert [(c[0][2:], c[1], c[3].split()[0], c[4].split()[0]) for c in md_rows] == [
+        (t, e, _one(o), _one(p)) for e, t, o, p in truth
+    ]
+
+    parser = _Cells()
+    parser.feed(lb.render(bs, "html"))
+    html_rows = [(enc, cells[0], cells[3], cells[4]) for enc, cells in parser.rows]
+    assert [(e, r.rank) for e, r in zip([h[0] for h in html_rows], board.rows, strict=True)] == [
+        (r.encoder, r.rank) for r in board.rows
+    ]
+    assert [(h[0], h[2], h[3]) for h in html_rows] == [
+        (e, "" if o is None else repr(o), "" if p is None else repr(p)) for e, _, o, p in truth
+    ]
+
+    svg = ET.fromstring(lb.render(bs, "svg"))
+    points = {
+        g.get("data-encoder"): (g.get("data-rank"), float(g.get("data-object")), float(g.get("data-part")))
+        for g in svg.iter("{http://www.w3.org/2000/svg}g")
+    }
+    assert points == {e: (t, o, p) for e, t, o, p in truth if o is not None and p is not None}
+
+    table = terminal.render_text(lb.to_rich(bs, width=80), 80)
+    for e, t, o, p in truth:
+        line = next(line for line in table.splitlines() if re.search(rf"\s{re.escape(e)}\s", line))
+        assert line.split()[0] == t and _one(o) in line and _one(p) in line
+
+
+def _one(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+# --------------------------------------------------------------------------- escaping
+
+HOSTILE = "<img src=x onerror=alert(1)>|=cmd\x01\n*b*"
+
+
+def test_names_from_the_database_are_text_in_every_format(store):
+    add(store, HOSTILE, "part-retrieval", base_items("part-retrieval"), family="none")
+    add(store, HOSTILE, "object-linear", base_items("object-linear"), family="none")
+    add(store, "=HYPERLINK(1)", "object-linear", base_items("object-linear"), family="none")
+    bs = boards(store)
+    md = lb.render(bs, "markdown")
+    assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;\\|=cmd" in md
+    assert all(
+        line.count(" | ") == md.splitlines()[2].count(" | ")
+        for line in md.splitlines()
+        if "alert" in line and line.startswith("|")
+    )
+    cells = [row for row in csv.reader(io.StringIO(lb.render(bs, "csv")))]
+    encoders = [row[2] for row in cells[1:]]
+    assert "'=HYPERLINK(1)" in encoders and not any(e.startswith(("=", "+", "@")) for e in encoders)
+    svg = lb.render(bs, "svg")
+    root = ET.fromstring(svg)  # well-formed: the \x01 is dropped
+    assert not [e for e in root.iter() if e.tag.endswith("img")]
+    assert "\x01" not in svg
+    html = lb.render(bs, "html")
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    json_rows = json.loads(lb.render(bs, "json"))
+    assert HOSTILE in [r["encoder"] for r in json_rows]
+    _fits(terminal.render_text(lb.to_rich(bs, width=80), 80))
+
+
+def test_write_all_writes_the_committed_set(store, tmp_path):
+    written = lb.write_all(boards(store), tmp_path / "out", "partbench study mini --output-dir leaderboard")
+    assert sorted(p.name for p in written) == ["mini.html", "mini.json", "mini.md", "mini.svg"]
+    assert "partbench study mini --output-dir leaderboard" in (tmp_path / "out" / "mini.md").read_text()
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_leaderboard_compare_and_formats(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTBENCH_DB", store.url)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["leaderboard", "--level", "part"], env={"COLUMNS": "80"})
+    assert out.exit_code == 0, out.output
+    assert "2=" in out.output and "…" not in out.output
+    for fmt in ("markdown", "csv", "json", "html", "svg"):
+        target = tmp_path / f"lb.{fmt}"
+        res = runner.invoke(cli, ["leaderboard", "--format", fmt, "--output", str(target)])
+        assert res.exit_code == 0, res.output
+        assert target.stat().st_size > 100
+    res = runner.invoke(cli, ["leaderboard", "--output", str(tmp_path / "x.html")])
+    assert res.exit_code == 0 and (tmp_path / "x.html").read_text().startswith("<!DOCTYPE html>")
+    res = runner.invoke(cli, ["compare", "a", "b", "--task", "part-linear"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert "a higher" in res.output and "part-linear" in res.output
+    res = runner.invoke(cli, ["compare", "a", "nobody"])
+    assert res.exit_code == 1 and "no finished runs of encoder 'nobody'" in res.output
+
+
+# --------------------------------------------------------------------------- suites
+
+
+def test_builtin_suites_name_only_pairs_their_datasets_support():
+    from partbench import suites
+    from partbench.plugins import registry
+
+    reg = registry()
+    assert suites.suites(reg)["synparts"].plugin == "partbench"
+    assert suites.suite_pairs(reg, "synparts") == [(t, "synparts") for t in suites.BUILTIN_TASKS]
+    study = suites.suite_pairs(reg, "study")
+    assert ("part-retrieval", "coco-keypoints") in study and ("object-seg", "pascal-object") in study
+    for task, dataset in study:  # suite() checked this too; say it here in plain terms
+        assert reg.tasks[task].requires in reg.datasets[dataset].capabilities
+    missing = dict(suites.missing_data(reg, "study"))
+    assert set(missing) == set(suites.STUDY.datasets)  # no real data in a test's PARTBENCH_HOME
+    assert "partbench data fetch cub200" in missing["cub200"]
+    assert "cocodataset.org" in missing["coco-keypoints"] and "--data-root" in missing["lip"]
+    assert suites.missing_data(reg, "synparts") == []
+    with pytest.raises(lb.PartbenchError, match=r"unknown suite 'stdy'.*did you mean 'study'"):
+        suites.suite_pairs(reg, "stdy")
+
+
+class _Dist:
+    name, version = "suite-plugin", "0.1"
+
+
+class _EntryPoint:
+    """A third party's entry point in the ``partbench`` group, as installed metadata shows it."""
+
+    name, dist = "suites", _Dist()
+
+    def __init__(self, module):
+        self.module = module
+
+    def load(self):
+        return self.module
+
+
+def _suite_plugin(monkeypatch, *suites_):
+    import types
+
+    from partbench import plugins
+    from partbench.hookspecs import hookimpl
+
+    module = types.ModuleType("suite_plugin")
+
+    @hookimpl
+    def register_suites(register):
+        for spec in suites_:
+            register(spec)
+
+    module.register_suites = register_suites
+    real = plugins.entry_points
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [*real(group=group), _EntryPoint(module)])
+    monkeypatch.setenv("PARTBENCH_LOAD_PLUGINS", "partbench,suite-plugin")
+    plugins.reset_registry()
+    return plugins.registry()
+
+
+def test_a_plugin_suite_ranks_over_exactly_its_pairs(store, monkeypatch, tmp_path):
+    from partbench.suites import SuiteSpec, suite
+
+    mine = SuiteSpec(
+        "mine",
+        "2",
+        (("part-retrieval", "synparts"), ("part-linear", "synparts"), ("object-linear", "synparts")),
+    )
+    reg = _suite_plugin(monkeypatch, mine)
+    spec = suite(reg, "mine")
+    assert spec.plugin == "suite-plugin"
+    (board,) = lb.build(store.runs(), suite=spec, registry=reg, items=store, n_resamples=RESAMPLES)
+    assert board.kind == "suite" and board.title == "mine v2"
+    assert [c.key for c in board.columns] == [
+        "part-retrieval@synparts",
+        "part-linear@synparts",
+        "object-linear@synparts",
+    ]
+    assert all("object-seg" not in r.tasks for r in board.rows)
+    d = next(r for r in board.rows if r.encoder == "d")
+    assert d.missing == ["part-linear@synparts"] and d.rank_text("all").endswith("*")
+    assert "d lacks 1 of 3: part-linear@synparts." in lb.notes(board)
+    monkeypatch.setenv("PARTBENCH_DB", store.url)
+    res = CliRunner().invoke(cli, ["leaderboard", "--suite", "mine"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert "suite mine v2" in res.output and "d lacks 1 of 3" in res.output
+    _fits(res.output)
+    res = CliRunner().invoke(cli, ["leaderboard", "--suite", "study"])
+    assert res.exit_code == 1 and "no finished runs in suite 'study'" in res.output
+
+
+def test_a_suite_with_a_pair_its_dataset_cannot_serve_is_refused(monkeypatch):
+    from partbench.suites import SuiteSpec, suite
+
+    reg = _suite_plugin(monkeypatch, SuiteSpec("bad", "1", (("part-seg", "cifar10"),)))
+    with pytest.raises(lb.PartbenchError, match=r"\(part-seg, cifar10\): the task reads part-masks"):
+        suite(reg, "bad")
+
+
+# --------------------------------------------------------------------------- the study's claims
 
 
 def test_study_claims_follow_the_scores(tmp_path):
@@ -100,8 +605,8 @@ def test_study_claims_follow_the_scores(tmp_path):
         "mini-ibot": (55, 65),
     }
     for enc, (part, obj) in scores.items():
-        add(s, enc, "part-retrieval", part)
-        add(s, enc, "object-linear", obj)
+        add(s, enc, "part-retrieval", None, value=part)
+        add(s, enc, "object-linear", None, value=obj)
     (board,) = lb.build(s.runs())
     proj = {
         e: {"projection": MetricValue(1.0), "cls": MetricValue(2.0)} for e in ("mini-mocov3", "mini-dino")

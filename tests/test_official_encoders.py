@@ -187,13 +187,19 @@ CASES: dict[str, tuple[str, Case]] = {
 }
 
 
+def tokens_of(out) -> torch.Tensor:
+    """The final map's cells as (B, N, D) tokens, in the order of a ViT's patch tokens."""
+    return out.final.flatten(2).transpose(1, 2)
+
+
 def assert_same_tokens(encoder, reference: nn.Module, images: torch.Tensor) -> None:
     with torch.no_grad():
         out = encoder.forward(images)
         ref = reference.forward_features(images)
     prefix = reference.num_prefix_tokens
-    torch.testing.assert_close(out.cls, ref[:, 0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.patch_tokens, ref[:, prefix:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.pooled, ref[:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tokens_of(out), ref[:, prefix:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.prefix, ref[:, :prefix], rtol=1e-5, atol=1e-5)
 
 
 # --- every encoder: strict load, same output as the hand-loaded reference ----------------
@@ -215,6 +221,48 @@ def test_official_format_loads_strictly_and_matches_reference(
     assert_same_tokens(encoder, reference(obj), images)
     patch = 14 if name.startswith("dinov2") else 16
     assert encoder.forward(images[:1]).grid == (224 // patch, 224 // patch)
+    assert [(s.name, s.channels, s.stride) for s in encoder.stages] == [
+        (f"blocks.{i}", SMALL["embed_dim"], patch) for i in range(SMALL["depth"])
+    ]
+    assert encoder.pooled_kind == "cls"
+    assert encoder.num_registers == (4 if name == "dinov2-reg4" else 0)
+
+
+def old_wrapper_outputs(model: nn.Module, images: torch.Tensor, blocks: tuple[int, ...]) -> dict:
+    """What the ViT-only wrapper computed before stages existed (partbench 0.1's TimmEncoder):
+    class token and patch tokens from forward_features, 1-based blocks from
+    forward_intermediates(norm=False) as tokens."""
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    if blocks:
+        final, inter = model.forward_intermediates(
+            images, indices=[b - 1 for b in blocks], norm=False, output_fmt="NLC"
+        )
+    else:
+        final, inter = model.forward_features(images), []
+    patches = final[:, prefix:]
+    return {"cls": final[:, 0], "patch_tokens": patches, "blocks": dict(zip(blocks, inter, strict=True))}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_new_outputs_equal_the_old_wrappers_exactly(case: str, tmp_path: Path, images: torch.Tensor) -> None:
+    """Scores stay unchanged: class token, patch tokens, their mean and the blocks the study reads
+    are bit for bit what the ViT-only wrapper gave, the blocks now as stages (block b = stage b-1)."""
+    name, (make, _) = CASES[case]
+    encoder = build_encoder(OFFICIAL[name], save(make(), tmp_path / f"{case}.pth"), geometry=SMALL)
+    x = images[:1]
+    with torch.no_grad():
+        old = old_wrapper_outputs(encoder.model, x, (1, 2))
+        plain = encoder.forward(x)
+        staged = encoder.forward(x, stages=(encoder.stage_at(0.5), encoder.stage_at(1.0)))
+    for out in (plain, staged):
+        assert torch.equal(out.pooled, old["cls"])
+        assert torch.equal(tokens_of(out), old["patch_tokens"])
+        assert torch.equal(out.embedding, old["patch_tokens"].mean(dim=1))
+    assert sorted(staged.stages) == [0, 1] and plain.stages == {}
+    for block, tokens in old["blocks"].items():
+        assert torch.equal(staged.stages[block - 1].flatten(2).transpose(1, 2), tokens)
+    if encoder.has_projection:
+        assert torch.equal(staged.projection, encoder.module.head(old["cls"]))
 
 
 def test_all_eight_are_registered_with_family_and_weights_status(_isolated_home: Path) -> None:
@@ -251,9 +299,9 @@ def test_intermediate_blocks_match_reference(tmp_path: Path, images: torch.Tenso
         encoder = build_encoder(OFFICIAL[name], save(obj, tmp_path / f"{name}.pth"), geometry=SMALL)
         ref = reference(obj)
         with torch.no_grad():
-            out = encoder.forward(images, blocks=(1, 2))
-            _, inter = ref.forward_intermediates(images, indices=[0, 1], norm=False, output_fmt="NLC")
-        for got, want in zip((out.blocks[1], out.blocks[2]), inter, strict=True):
+            out = encoder.forward(images, stages=(0, 1))
+            _, inter = ref.forward_intermediates(images, indices=[0, 1], norm=False, output_fmt="NCHW")
+        for got, want in zip((out.stages[0], out.stages[1]), inter, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -262,7 +310,7 @@ def test_intermediate_blocks_match_reference(tmp_path: Path, images: torch.Tenso
 
 def _cls(encoder, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return encoder.forward(images).cls
+        return encoder.forward(images).pooled
 
 
 @pytest.mark.parametrize("name", ["dino", "ibot"])
@@ -322,7 +370,7 @@ def test_mocov3_projection_is_the_projector_in_eval_mode(tmp_path: Path, images:
     encoder.eval()
     with torch.no_grad():
         out = encoder.forward(images)
-    h = out.cls
+    h = out.pooled
     h = torch.relu(_bn_eval(h @ sd["0.weight"].T, sd, "1."))
     h = torch.relu(_bn_eval(h @ sd["3.weight"].T, sd, "4."))
     h = _bn_eval(h @ sd["6.weight"].T, sd, "7.")
@@ -340,7 +388,7 @@ def test_dino_and_ibot_projection_is_the_teacher_head(
     sd = strip(obj["teacher"], "head.")
     with torch.no_grad():
         out = encoder.forward(images)
-    h = F.gelu(out.cls @ sd["mlp.0.weight"].T + sd["mlp.0.bias"])
+    h = F.gelu(out.pooled @ sd["mlp.0.weight"].T + sd["mlp.0.bias"])
     h = F.gelu(h @ sd["mlp.2.weight"].T + sd["mlp.2.bias"])
     h = h @ sd["mlp.4.weight"].T + sd["mlp.4.bias"]
     h = h / h.norm(dim=1, keepdim=True)
@@ -465,7 +513,7 @@ def _cache(home: Path) -> Path:
     return home / "weights"
 
 
-def _no_download(url: str, dest: Path, **_: object) -> str:
+def _no_download(url: str, dest: Path, *_: object, **__: object) -> str:
     raise AssertionError(f"unexpected download of {url}")
 
 
@@ -583,6 +631,29 @@ def test_unreachable_host_is_a_clear_error(_isolated_home: Path) -> None:
     assert "--weights" in str(err.value)
 
 
+def test_a_download_that_does_not_build_is_discarded(
+    _isolated_home: Path, http_root: tuple[str, Path, list[str]]
+) -> None:
+    url, root, _ = http_root
+    save(cf.mae_file(), root / "dino_vitbase16_pretrain_full_checkpoint.pth")  # not a DINO file
+    with pytest.raises(PartbenchError, match=r"dino: weights not found.*discarded.*expected a 'teacher'"):
+        load_official(_served_entry("dino", url), EncoderRequest(name="dino"), geometry=SMALL)
+    assert list((_isolated_home / "weights").iterdir()) == []
+
+
+def test_a_downloaded_file_changed_since_is_refused(
+    _isolated_home: Path, http_root: tuple[str, Path, list[str]]
+) -> None:
+    url, root, _ = http_root
+    save(cf.mae_file(), root / "mae_pretrain_vit_base.pth")
+    entry = _served_entry("mae", url)
+    cached = resolve_weights(entry)
+    assert load_official(entry, EncoderRequest(name="mae"), geometry=SMALL).weights_id.startswith("sha256:")
+    save(cf.mae_file(seed=9), cached)  # replaced after the download was verified
+    with pytest.raises(CheckpointError, match=r"differs from the .* recorded when it was downloaded"):
+        load_official(entry, EncoderRequest(name="mae"), geometry=SMALL)
+
+
 def test_download_checks_the_hash_in_the_file_name(
     _isolated_home: Path, http_root: tuple[str, Path, list[str]]
 ) -> None:
@@ -607,13 +678,11 @@ def test_full_size_dinov2_through_the_registered_loader(tmp_path: Path) -> None:
     path = save(obj, tmp_path / "dinov2_vitb14_pretrain.pth")
     del obj
     encoder = specs["dinov2"].load(EncoderRequest(name="dinov2", weights=path))
-    assert (encoder.embed_dim, encoder.depth, encoder.num_heads, encoder.patch_size) == (
-        768,
-        12,
-        12,
-        14,
-    )
-    assert encoder.describe()["parameters"] == pytest.approx(86.6e6, rel=0.01)
+    described = encoder.describe()
+    assert described["stages"] == [[f"blocks.{i}", 768, 14] for i in range(12)]
+    assert (described["input_size"], described["pooled_kind"], described["num_registers"]) == (224, "cls", 0)
+    assert described["parameters"] == pytest.approx(86.6e6, rel=0.01)
+    assert [encoder.stage_at(f) for f in (1 / 3, 1 / 2, 2 / 3, 1)] == [3, 5, 7, 11]  # blocks 4, 6, 8, 12
     with torch.no_grad():
         out = encoder.forward(torch.randn(1, 3, 224, 224))
-    assert out.grid == (16, 16) and out.patch_tokens.shape == (1, 256, 768)
+    assert out.grid == (16, 16) and out.final.shape == (1, 768, 16, 16) and out.pooled.shape == (1, 768)

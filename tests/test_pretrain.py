@@ -128,7 +128,7 @@ def test_same_seed_same_run_and_checkpoint_loads(method, data, tmp_path):
     assert encoder.has_projection == (mini.head_kind is not None)
     with torch.no_grad():
         out = encoder.forward(torch.randn(2, 3, 64, 64))
-    assert out.cls.shape == (2, 128) and out.patch_tokens.shape == (2, 64, 128)
+    assert out.pooled.shape == (2, 128) and out.final.shape == (2, 128, 8, 8)
     assert out.grid == (8, 8)
     if mini.head_kind is not None:
         assert out.projection is not None and out.projection.shape[0] == 2

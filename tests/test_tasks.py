@@ -8,10 +8,14 @@ import torch
 from torch import nn
 
 from partbench.datasets.base import IGNORE, Dataset
-from partbench.extraction import Features
+from partbench.errors import PartbenchError
+from partbench.features import Features
+from partbench.metrics import score_from_items
 from partbench.tasks.probes import AttentivePooler, Probe, attention_heads
 from partbench.tasks.retrieval import Retrieval
-from partbench.tasks.segmentation import Segmentation, scaled_blocks
+from partbench.tasks.segmentation import Segmentation, study_stages
+
+CPU = torch.device("cpu")
 
 
 class Named(Dataset):
@@ -32,20 +36,31 @@ def _features(x, labels, **extra):
 
 
 def test_retrieval_scores_separable_features_perfectly_and_noise_lower():
-    task, ds = Retrieval("keypoints"), Named()
     opts = {"feature": "embedding", "include_self": True}
+    task, ds = Retrieval("keypoints", opts), Named()
     x, y = _clustered(60, 3, 0.1, 0)
-    res = task.evaluate({"gallery": _features(x, y)}, ds, opts, seed=0)
+    res = task.evaluate({"gallery": _features(x, y)}, ds, device=CPU, seed=0)
     assert res.metrics["mAP"].value == pytest.approx(100.0)
     assert res.n_items == 60 and res.items_per_class == {"a": 20, "b": 20, "c": 20}
-    noisy = task.evaluate({"gallery": _features(*_clustered(60, 3, 8.0, 0))}, ds, opts, seed=0)
+    # Per-item results recompute the headline score; chance is that of random features.
+    assert score_from_items("mAP", res.items) == pytest.approx(res.metrics["mAP"].value)
+    assert res.items["ap"].shape == (60,) and 0 < res.chance["mAP"] < 50
+    noisy = task.evaluate({"gallery": _features(*_clustered(60, 3, 8.0, 0))}, ds, device=CPU, seed=0)
     m = noisy.metrics["mAP"]
     assert m.value < 90 and m.ci_low < m.value < m.ci_high
     # Leaving the query out of its gallery can only lower AP when positives are scarce.
-    out = task.evaluate(
-        {"gallery": _features(*_clustered(60, 3, 8.0, 0))}, ds, {**opts, "include_self": False}, seed=0
+    out = Retrieval("keypoints", {**opts, "include_self": False}).evaluate(
+        {"gallery": _features(*_clustered(60, 3, 8.0, 0))}, ds, device=CPU, seed=0
     )
     assert out.metrics["mAP"].value < m.value
+    assert out.chance["mAP"] < res.chance["mAP"]
+
+
+def test_retrieval_with_no_positive_anywhere_is_an_error_not_a_nan():
+    x, y = _clustered(3, 3, 0.1, 0)
+    task = Retrieval("keypoints", {"feature": "embedding", "include_self": False})
+    with pytest.raises(PartbenchError, match="no query has a positive"):
+        task.evaluate({"gallery": _features(x, y)}, Named(), device=CPU, seed=0)
 
 
 def test_attentive_pooler_equals_multihead_attention():
@@ -73,14 +88,17 @@ PROBE_OPTS = {"feature": "cls", "epochs": 30, "lr": 0.1, "batch_size": 64, "repo
 def test_linear_probe_learns_separable_features_and_repeats_report_spread():
     x, y = _clustered(90, 3, 0.5, 1)
     xt, yt = _clustered(60, 3, 0.5, 2)
-    task = Probe("keypoints", "linear")
+    task = Probe("keypoints", "linear", PROBE_OPTS)
     feats = {"train": _features(x, y), "test": _features(xt, yt)}
-    res = task.evaluate(feats, Named(), PROBE_OPTS, seed=0, repeats=3)
+    res = task.evaluate(feats, Named(), device=CPU, seed=0, repeats=3)
     assert res.metrics["top1"].value == pytest.approx(100.0)
     assert len(res.details["top1_repeats"]) == 3 and "top1_std" in res.details
+    assert score_from_items("top1", res.items) == pytest.approx(100.0)
+    assert res.chance["top1"] == pytest.approx(100 / 3)
     # Labels unrelated to the features: near chance, with an interval that says so.
     shuffled = {"train": _features(x, np.random.default_rng(0).permutation(y)), "test": _features(xt, yt)}
-    res = task.evaluate(shuffled, Named(), {**PROBE_OPTS, "report": "last"}, seed=0)
+    last = Probe("keypoints", "linear", {**PROBE_OPTS, "report": "last"})
+    res = last.evaluate(shuffled, Named(), device=CPU, seed=0)
     assert res.metrics["top1"].value < 75
     assert res.metrics["top1"].ci_high - res.metrics["top1"].ci_low > 5
 
@@ -98,7 +116,7 @@ def test_attentive_probe_finds_the_token_that_carries_the_class():
     (tr, ytr), (te, yte) = tokens(300, 3), tokens(90, 4)
     feats = {"train": Features({"tokens": tr}, ytr, (1, 1)), "test": Features({"tokens": te}, yte, (1, 1))}
     opts = {"epochs": 40, "lr": 0.05, "batch_size": 64, "report": "best"}
-    res = Probe("keypoints", "attentive").evaluate(feats, Named(), opts, seed=0)
+    res = Probe("keypoints", "attentive", opts).evaluate(feats, Named(), device=CPU, seed=0)
     assert res.metrics["top1"].value > 85
     assert res.details["heads"] == 8
 
@@ -113,14 +131,18 @@ def test_segmentation_probe_maps_patch_features_to_pixels_and_ignores_255():
             m[:2] = IGNORE
         x = torch.nn.functional.one_hot(torch.as_tensor(grids.reshape(n, 16)), 3).float()
         return Features(
-            {"blocks": x + 0.05 * torch.randn_like(x)}, np.zeros(n), (4, 4), masks={"part-masks": masks}
+            {"stages": x + 0.05 * torch.randn_like(x)}, np.zeros(n), (4, 4), masks={"part-masks": masks}
         )
 
     opts = {"iterations": 200, "lr": 0.05, "batch_size": 8}
-    res = Segmentation("part-masks").evaluate({"train": make(40), "test": make(20)}, Named(), opts, seed=0)
+    task = Segmentation("part-masks", opts)
+    res = task.evaluate({"train": make(40), "test": make(20)}, Named(), device=CPU, seed=0)
     m = res.metrics["mIoU"]
     assert m.value > 80 and m.ci_low <= m.value <= m.ci_high
     assert res.n_items == 20 and set(res.items_per_class) == {"a", "b", "c"}
+    assert res.items["intersection"].shape == (20, 3) == res.items["union"].shape
+    assert score_from_items("mIoU", res.items) == pytest.approx(m.value)
+    assert 0 < res.chance["mIoU"] < m.value
 
 
 def test_channel_stats_match_torch_on_half_precision_features():
@@ -133,7 +155,27 @@ def test_channel_stats_match_torch_on_half_precision_features():
     assert torch.allclose(std, ref.std(0, unbiased=False), atol=1e-4)
 
 
-def test_segmentation_blocks_scale_with_depth():
-    assert scaled_blocks(12) == (4, 6, 8, 12)
-    assert scaled_blocks(6) == (2, 3, 4, 6)
-    assert scaled_blocks(1) == (1,)
+class _Staged:
+    def __init__(self, depth: int):
+        self.stages = tuple(range(depth))
+
+    def stage_at(self, fraction: float) -> int:
+        return max(0, round(fraction * len(self.stages)) - 1)
+
+
+def test_segmentation_reads_the_study_blocks_as_shares_of_the_depth():
+    # Blocks 4, 6, 8, 12 of a ViT-B (0-based 3, 5, 7, 11); 2, 3, 4, 6 of the 6-block mini.
+    assert study_stages(_Staged(12)) == (3, 5, 7, 11)
+    assert study_stages(_Staged(6)) == (1, 2, 3, 5)
+    assert study_stages(_Staged(1)) == (0,)
+
+
+def test_upsampling_channels_last_gives_the_same_values():
+    from partbench.tasks.segmentation import _logits
+
+    head = nn.Linear(8, 5)
+    x = torch.randn(2, 16, 8)
+    plain = torch.nn.functional.interpolate(
+        head(x).transpose(1, 2).reshape(2, 5, 4, 4), size=(37, 29), mode="bilinear", align_corners=False
+    )
+    assert torch.equal(_logits(head, x, (4, 4), (37, 29)), plain)

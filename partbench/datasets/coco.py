@@ -108,6 +108,14 @@ class COCOKeypoints(Dataset):
                 raise DataError(f"{where}: expected an object")
             where += f" (id {ann.get('id')})"
             image_id = ann.get("image_id")
+            # Checked by type, not only by lookup: 1.0 and True hash like 1 and would find an
+            # image they do not name.
+            if "image_id" not in ann:
+                raise DataError(f"{where}: 'image_id' is missing")
+            if not isinstance(image_id, int) or isinstance(image_id, bool):
+                raise DataError(
+                    f"{where}: 'image_id' must be an integer, found {image_id!r} ({type(image_id).__name__})"
+                )
             if image_id not in images:
                 raise DataError(f"{where}: image_id {image_id!r} is not in 'images'")
             if ann.get("category_id") != PERSON:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from partbench.errors import DataError
+
+# Python's int() and float() also take '1_000' and non-ASCII digits; no annotation table
+# holds those, so they are malformed here.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.I)
 
 
 class Line:
@@ -22,6 +28,8 @@ class Line:
 
     def int(self, i: int, what: str, low: int | None = None, high: int | None = None) -> int:
         raw = self.fields[i]
+        if not _INT.fullmatch(raw):
+            raise self.fail(f"{what} '{raw}' is not an integer")
         try:
             value = int(raw)
         except ValueError:
@@ -33,6 +41,8 @@ class Line:
 
     def float(self, i: int, what: str) -> float:
         raw = self.fields[i]
+        if not _FLOAT.fullmatch(raw):
+            raise self.fail(f"{what} '{raw}' is not a number")
         try:
             value = float(raw)
         except ValueError:

@@ -1,54 +1,90 @@
-"""The encoder interface: a batch of normalised images in; class token, patch tokens with their
-grid, an optional projection and optional intermediate blocks out."""
+"""The encoder interface: a batch of normalised images in; a pooled vector, the final feature map,
+the prefix tokens (class token, registers) where there are any, an optional projection and the
+feature maps of the stages asked for out.
+
+An encoder declares what it really has: its stages (channels and stride of each, in the spirit
+of timm's ``feature_info``), what its pooled vector is, how many registers it has, whether it
+has a projection head. Nothing here is ViT-only, and this module imports no torch (only for type
+checking), so that ``partbench.api`` and plugins stay light at import.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+POOLED_KINDS = ("cls", "avgpool")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One feature stage: where its map is read from, its width and its stride."""
+
+    index: int  # 0-based position among the encoder's stages, shallow to deep
+    name: str  # the module it is read from: "blocks.3", "stages.2", "layer4"
+    channels: int
+    stride: int  # input pixels per cell of this stage's map
 
 
 @dataclass
 class EncoderOutput:
-    cls: torch.Tensor  # (B, D), after the final norm
-    patch_tokens: torch.Tensor  # (B, N, D), after the final norm, prefix tokens removed
-    grid: tuple[int, int]  # N = grid[0] * grid[1]
-    projection: torch.Tensor | None = None  # (B, P), the projection head on the class token
-    blocks: dict[int, torch.Tensor] = field(default_factory=dict)  # 1-based block -> (B, N, D)
+    pooled: torch.Tensor  # (B, D): class token after the final norm where there is one, else final's mean
+    final: torch.Tensor  # (B, D, H, W): the final feature map after the final norm (ViT: patch tokens)
+    prefix: torch.Tensor | None = None  # (B, P, D): class token and registers after the final norm
+    projection: torch.Tensor | None = None  # (B, P'): the projection head on the pooled vector
+    stages: dict[int, torch.Tensor] = field(default_factory=dict)  # stage index -> (B, C, h, w), pre-norm
 
     @property
     def embedding(self) -> torch.Tensor:
-        """The study's 'embedding' feature: the mean of the patch tokens."""
-        return self.patch_tokens.mean(dim=1)
+        """The study's 'embedding' feature: the mean of the final map over its cells."""
+        return self.final.mean(dim=(-2, -1))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (int(self.final.shape[-2]), int(self.final.shape[-1]))
 
 
 class Encoder:
-    """What every encoder declares and does. Subclasses implement ``forward``."""
+    """What every encoder declares and does. Subclasses set the attributes and implement ``forward``."""
 
     name: str
     family: str
-    weights_id: str  # "sha256:<hex>" of the weights file, or "random-init:seed=<n>"
+    weights_id: str  # "sha256:<hex>" of the weights file, "random-init:seed=<n>", or what says where from
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: int
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
+    stages: tuple[Stage, ...]  # shallow to deep; the last is where ``final`` comes from
+    pooled_kind: str  # "cls" or "avgpool": what ``pooled`` is
+    num_registers: int = 0
     module: nn.Module  # everything with parameters, so that .to() and .eval() reach it
+    version: str = "1"  # bump when the wrapper changes its features; enters the configuration hash
 
     @property
     def has_projection(self) -> bool:
         return False
 
-    def forward(self, images: torch.Tensor, blocks: Sequence[int] = ()) -> EncoderOutput:
+    def forward(self, images: torch.Tensor, stages: Sequence[int] = ()) -> EncoderOutput:
         raise NotImplementedError
+
+    def stage_at(self, fraction: float) -> int:
+        """The stage at ``fraction`` of the depth: the study's blocks 4, 6, 8, 12 of 12 are
+        fractions 1/3, 1/2, 2/3, 1, giving stages 3, 5, 7, 11 of a 12-block ViT."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"a stage fraction is between 0 and 1, not {fraction}")
+        return max(0, round(fraction * len(self.stages)) - 1)
+
+    def check_stages(self, stages: Sequence[int]) -> None:
+        """A ValueError naming the valid range when ``stages`` asks for one the encoder lacks."""
+        bad = [s for s in stages if not 0 <= s < len(self.stages)]
+        if bad:
+            raise ValueError(f"{self.name} has stages 0..{len(self.stages) - 1}; asked for {bad}")
 
     def to(self, device: torch.device | str) -> Encoder:
         self.module.to(device)
@@ -67,76 +103,20 @@ class Encoder:
             "mean": list(self.mean),
             "std": list(self.std),
             "input_size": self.input_size,
-            "patch_size": self.patch_size,
-            "embed_dim": self.embed_dim,
-            "depth": self.depth,
+            "stages": [[s.name, s.channels, s.stride] for s in self.stages],
+            "pooled_kind": self.pooled_kind,
+            "num_registers": self.num_registers,
             "has_projection": self.has_projection,
             "parameters": sum(p.numel() for p in self.module.parameters()),
+            "version": self.version,
         }
 
 
-class _Bundle(nn.Module):
-    def __init__(self, backbone: nn.Module, head: nn.Module | None):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
+def __getattr__(name: str):
+    # TimmEncoder moved to timm_adapter (it imports torch; this module does not); the old
+    # import path keeps working without importing torch until it is used.
+    if name == "TimmEncoder":
+        from partbench.encoders.timm_adapter import TimmEncoder
 
-
-class TimmEncoder(Encoder):
-    """Any timm ViT-style model (VisionTransformer, Beit, Eva) with an optional projection head."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        name: str,
-        family: str,
-        weights_id: str,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        projection: nn.Module | None = None,
-    ):
-        self.module = _Bundle(model, projection)
-        self.name, self.family, self.weights_id = name, family, weights_id
-        self.mean, self.std = tuple(mean), tuple(std)  # type: ignore[assignment]
-        patch = model.patch_embed.patch_size
-        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-        img = model.patch_embed.img_size
-        self.input_size = int(img[0] if isinstance(img, (tuple, list)) else img)
-        self.embed_dim = int(model.embed_dim)
-        self.depth = len(model.blocks)
-        self.num_heads = int(model.blocks[0].attn.num_heads)
-        self.prefix = int(getattr(model, "num_prefix_tokens", 1))
-        self.has_cls = getattr(model, "cls_token", None) is not None
-
-    @property
-    def model(self) -> nn.Module:
-        return self.module.backbone
-
-    @property
-    def has_projection(self) -> bool:
-        return self.module.head is not None
-
-    def forward(self, images: torch.Tensor, blocks: Sequence[int] = ()) -> EncoderOutput:
-        if blocks:
-            bad = [b for b in blocks if not 1 <= b <= self.depth]
-            if bad:
-                raise ValueError(f"{self.name} has blocks 1..{self.depth}; asked for {bad}")
-            final, inter = self.model.forward_intermediates(
-                images, indices=[b - 1 for b in blocks], norm=False, output_fmt="NLC"
-            )
-            block_tokens = dict(zip(blocks, inter, strict=True))
-        else:
-            final, block_tokens = self.model.forward_features(images), {}
-        patches = final[:, self.prefix :]
-        cls = final[:, 0] if self.has_cls else patches.mean(dim=1)
-        h = images.shape[-2] // self.patch_size
-        w = images.shape[-1] // self.patch_size
-        head = self.module.head
-        return EncoderOutput(
-            cls=cls,
-            patch_tokens=patches,
-            grid=(h, w),
-            projection=head(cls) if head is not None else None,
-            blocks=block_tokens,
-        )
+        return TimmEncoder
+    raise AttributeError(f"module 'partbench.encoders.base' has no attribute '{name}'")

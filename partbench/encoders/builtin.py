@@ -8,12 +8,6 @@ from partbench.hookspecs import hookimpl
 from partbench.specs import EncoderRequest, EncoderSpec
 
 
-def _random_vit(request: EncoderRequest):
-    from partbench.encoders.vit import load_mini_vit
-
-    return load_mini_vit(request.name, "none", weights=request.weights, seed=request.seed)
-
-
 def _timm(request: EncoderRequest):
     from partbench.encoders.timm_adapter import load_timm
 
@@ -24,19 +18,10 @@ def _timm(request: EncoderRequest):
 def register_encoders(register: Callable[[EncoderSpec], None]) -> None:
     register(
         EncoderSpec(
-            name="random-vit",
-            load=_random_vit,
-            family="none",
-            description="tiny ViT (64 px, patch 8, width 128, 6 blocks), random init: the floor",
-            weights_source="random init from --seed",
-        )
-    )
-    register(
-        EncoderSpec(
             name="timm:",
             load=_timm,
             family="unknown",
-            description="any timm model: timm:<model name>[.<pretrained tag>]",
+            description="any timm model with stage maps (ViT, ResNet, ConvNeXt, Swin, ...): timm:<model>",
             weights_source="Hugging Face cache, or --weights",
         )
     )
@@ -45,8 +30,11 @@ def register_encoders(register: Callable[[EncoderSpec], None]) -> None:
 
     for spec in official_specs():
         register(spec)
-    # The mini encoders pretrained on SynParts, shipped in partbench/weights; no torch here either.
-    from partbench.encoders.mini import mini_encoder_specs
+    # The mini encoders pretrained on SynParts, shipped in partbench/weights, and the untrained
+    # floor (mini-random, alias random-vit); no torch here either.
+    from partbench.encoders.mini import mini_encoder_specs, random_vit_alias
 
     for spec in mini_encoder_specs():
         register(spec)
+        if spec.name == "mini-random":
+            register(random_vit_alias(spec))

@@ -1,15 +1,19 @@
-"""Projection heads of the contrastive encoders, built to the shapes of the checkpoint's tensors.
+"""Projection heads: the one module for both the official checkpoints' heads and the mini
+recipes' heads (``partbench.pretrain`` trains these same classes).
 
-The sizes come from the file (MoCo v3 768->4096->4096->256; DINO 768->2048->2048->256->65536;
-iBOT the same to 8192), so a head is never invented: it exists only when the file holds one,
-and every one of its tensors is loaded strictly.
+Loaded from a file, a head is built to the shapes of the file's tensors (MoCo v3
+768->4096->4096->256; DINO 768->2048->2048->256->65536; iBOT the same to 8192), so a head is never
+invented: it exists only when the file holds one, and every one of its tensors is loaded strictly.
+Key names are the official ones: MoCo v3's ``0.weight``, ``1.running_mean``, ...; DINO's
+``mlp.0.weight``, ..., ``last_layer.weight_g`` / ``last_layer.weight_v``.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -26,13 +30,23 @@ class WeightNormLinear(nn.Module):
     """A bias-free linear layer stored as direction ``weight_v`` and per-row scale ``weight_g``.
 
     Equivalent to ``nn.utils.weight_norm(nn.Linear(i, o, bias=False))`` with the same key names,
-    written out so that the weight is W = g * v / ||v|| row by row, in plain sight.
+    written out so that the weight is W = g * v / ||v|| row by row, in plain sight. DINO's
+    ``norm_last_layer`` is ``fixed_norm``: g stays at 1, a buffer that neither the optimiser nor
+    an EMA teacher update touches.
     """
 
-    def __init__(self, in_features: int, out_features: int):
+    weight_g: torch.Tensor
+
+    def __init__(self, in_features: int, out_features: int, *, fixed_norm: bool = False):
         super().__init__()
-        self.weight_g = nn.Parameter(torch.ones(out_features, 1))
+        if fixed_norm:
+            self.register_buffer("weight_g", torch.ones(out_features, 1))
+        else:
+            self.weight_g = nn.Parameter(torch.ones(out_features, 1))
         self.weight_v = nn.Parameter(torch.empty(out_features, in_features))
+        # As nn.Linear initialises its weight (and drawing the same random numbers, so that a
+        # recipe seeded before and after heads were unified builds the same head).
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
 
     @property
     def weight(self) -> torch.Tensor:
@@ -43,9 +57,11 @@ class WeightNormLinear(nn.Module):
 
 
 class DinoHead(nn.Module):
-    """DINO / iBOT class-token head: MLP, L2-normalised bottleneck, weight-normalised last layer."""
+    """DINO / iBOT class-token head: a GELU MLP to a bottleneck, L2 normalisation, then a
+    weight-normalised layer onto the prototypes. iBOT's patch-token prototypes are a second such
+    layer, ``last_layer2`` (trained by the iBOT recipe, never a projection)."""
 
-    def __init__(self, dims: list[int], out_dim: int):
+    def __init__(self, dims: Sequence[int], out_dim: int, *, patch_out: int = 0, fixed_norm: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(itertools.pairwise(dims)):
@@ -53,10 +69,56 @@ class DinoHead(nn.Module):
                 layers.append(nn.GELU())
             layers.append(nn.Linear(a, b))
         self.mlp = nn.Sequential(*layers)
-        self.last_layer = WeightNormLinear(dims[-1], out_dim)
+        self.last_layer = WeightNormLinear(dims[-1], out_dim, fixed_norm=fixed_norm)
+        self.last_layer2 = WeightNormLinear(dims[-1], patch_out, fixed_norm=fixed_norm) if patch_out else None
+
+    @classmethod
+    def for_training(
+        cls, in_dim: int, hidden: int, bottleneck: int, out_dim: int, patch_out: int = 0
+    ) -> DinoHead:
+        """DINO's head as its recipe builds it: 3 layers, truncated-normal init (std 0.02), zero
+        biases, prototype norms fixed at 1 (``norm_last_layer``)."""
+        head = cls([in_dim, hidden, hidden, bottleneck], out_dim, patch_out=patch_out, fixed_norm=True)
+        head.apply(_trunc_normal_init)
+        return head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
+
+    def forward_patches(self, x: torch.Tensor) -> torch.Tensor:
+        if self.last_layer2 is None:
+            raise ValueError("this head has no patch-token prototypes (patch_out=0)")
+        return self.last_layer2(F.normalize(self.mlp(x), dim=-1, p=2))
+
+    def class_token_state(self) -> dict[str, torch.Tensor]:
+        """What a projection is: the MLP and ``last_layer``, without the patch-token layer."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("last_layer2.")}
+
+
+def _trunc_normal_init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, WeightNormLinear):
+        nn.init.trunc_normal_(m.weight_v, std=0.02)
+
+
+class MocoMLP(nn.Sequential):
+    """MoCo v3's MLP (projector and predictor): Linear layers, each but the last followed by
+    BatchNorm and ReLU; the last followed by BatchNorm without affine parameters. Linear layers
+    are bias-free, as in MoCo v3, unless ``bias``."""
+
+    def __init__(self, dims: Sequence[int], *, bias: bool = False, last_affine: bool = False):
+        layers: list[nn.Module] = []
+        pairs = list(itertools.pairwise(dims))
+        for i, (a, b) in enumerate(pairs):
+            last = i == len(pairs) - 1
+            layers.append(nn.Linear(a, b, bias=bias))
+            layers.append(nn.BatchNorm1d(b, affine=last_affine if last else True))
+            if not last:
+                layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
 
 
 def _linear_indices(state: Mapping[str, torch.Tensor], prefix: str = "") -> list[int]:
@@ -75,16 +137,8 @@ def _moco_projector(state: Mapping[str, torch.Tensor], in_dim: int, source: str)
             f"{source}: MoCo v3 projector layout not recognised (linear layers at {linears}, "
             "expected head.0, head.3, head.6)"
         )
-    layers: list[nn.Module] = []
-    dim = in_dim
-    for n, i in enumerate(linears):
-        out = state[f"{i}.weight"].shape[0]
-        layers.append(nn.Linear(dim, out, bias=f"{i}.bias" in state))
-        layers.append(nn.BatchNorm1d(out, affine=f"{i + 1}.weight" in state))
-        if n < len(linears) - 1:
-            layers.append(nn.ReLU())
-        dim = out
-    return nn.Sequential(*layers)
+    dims = [in_dim] + [state[f"{i}.weight"].shape[0] for i in linears]
+    return MocoMLP(dims, bias="0.bias" in state, last_affine=f"{linears[-1] + 1}.weight" in state)
 
 
 def _dino_head(state: dict[str, torch.Tensor], in_dim: int, source: str) -> nn.Module:

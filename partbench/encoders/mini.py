@@ -8,7 +8,7 @@ stays fast; the loaders import it when called.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +22,7 @@ HEAD_PREFIX = "head."
 class Mini:
     method: str
     family: str
-    head_kind: str | None  # how partbench.pretrain.heads rebuilds the projection head
+    head_kind: str | None  # the heads.HEAD_KINDS entry its projection head is, if it has one
     description: str
 
 
@@ -36,26 +36,44 @@ MINI: dict[str, Mini] = {
     "mini-mocov3": Mini(
         "mocov3",
         "contrastive",
-        "mocov3",
+        "moco-projector",
         "mini ViT, MoCo v3 on SynParts; projection: 256-d projector",
     ),
     "mini-dino": Mini(
-        "dino", "contrastive", "dino", "mini ViT, DINO teacher on SynParts; projection: DINO head"
+        "dino", "contrastive", "dino-head", "mini ViT, DINO teacher on SynParts; projection: DINO head"
     ),
     "mini-mae": Mini("mae", "masked-image-modeling", None, "mini ViT, MAE encoder on SynParts"),
-    "mini-ibot": Mini("ibot", "both", "dino", "mini ViT, iBOT teacher on SynParts; projection: iBOT head"),
+    "mini-ibot": Mini(
+        "ibot", "both", "dino-head", "mini ViT, iBOT teacher on SynParts; projection: iBOT head"
+    ),
 }
+RANDOM_DESCRIPTION = "mini ViT (64 px, patch 8, width 128, 6 blocks), random init from --seed: the floor"
 
 
 def shipped_weights(method: str) -> Path:
     return WEIGHTS_DIR / f"mini-{method}.safetensors"
 
 
+def _head_keys_of_first_ship(state: dict) -> dict:
+    """Head keys as the first shipped files name them, in the official layouts heads.py reads:
+    MoCo v3's ``layers.N.*`` are ``N.*``; DINO's ``last.weight`` is the direction of a last layer
+    whose norms are fixed at 1 (``last_layer.weight_v``, ``weight_g`` = 1)."""
+    import torch
+
+    out = {k[len("layers.") :] if k.startswith("layers.") else k: v for k, v in state.items()}
+    if "last.weight" in out:
+        v = out.pop("last.weight")
+        out["last_layer.weight_v"] = v
+        out["last_layer.weight_g"] = torch.ones(v.shape[0], 1, dtype=v.dtype)
+    return out
+
+
 def load_mini(request: EncoderRequest, mini: Mini):
     """The mini ViT with the shipped (or ``--weights``) backbone and, where the file has
     ``head.*`` keys, the projection head rebuilt from them."""
-    from partbench.encoders.base import TimmEncoder
     from partbench.encoders.checkpoints import load_strict, read_checkpoint, sha256_file
+    from partbench.encoders.heads import build_head
+    from partbench.encoders.timm_adapter import TimmEncoder
     from partbench.encoders.vit import build_mini_vit
     from partbench.errors import CheckpointError
 
@@ -74,16 +92,11 @@ def load_mini(request: EncoderRequest, mini: Mini):
     load_strict(model, backbone_state, path)
     projection = None
     if head_state:
-        from partbench.pretrain.heads import head_from_state
-
         if mini.head_kind is None:
             raise CheckpointError(
                 f"{path}: '{request.name}' has no projection head, but the file has head.* keys"
             )
-        try:
-            projection = head_from_state(mini.head_kind, head_state).eval()
-        except (KeyError, RuntimeError, IndexError) as exc:
-            raise CheckpointError(f"{path}: head.* keys do not form a {mini.head_kind} head ({exc})") from exc
+        projection = build_head(mini.head_kind, _head_keys_of_first_ship(head_state), model.embed_dim, path)
     return TimmEncoder(
         model.eval(),
         name=request.name,
@@ -93,7 +106,8 @@ def load_mini(request: EncoderRequest, mini: Mini):
     )
 
 
-def _load_random(request: EncoderRequest):
+def load_random(request: EncoderRequest):
+    """``mini-random`` (and its alias ``random-vit``): the mini ViT from --seed, or --weights."""
     from partbench.encoders.vit import load_mini_vit
 
     return load_mini_vit(request.name, "none", weights=request.weights, seed=request.seed)
@@ -116,13 +130,18 @@ def mini_encoder_specs() -> list[EncoderSpec]:
     specs.append(
         EncoderSpec(
             name="mini-random",
-            load=_load_random,
+            load=load_random,
             family="none",
-            description="mini ViT, random init from --seed (same architecture): the floor",
+            description=RANDOM_DESCRIPTION,
             weights_source="random init from --seed",
         )
     )
     return specs
+
+
+def random_vit_alias(mini_random: EncoderSpec) -> EncoderSpec:
+    """``random-vit``: ``mini-random`` under the name the quick start uses (one loader)."""
+    return replace(mini_random, name="random-vit", description="alias of mini-random: " + RANDOM_DESCRIPTION)
 
 
 def _exists(path: Path) -> Callable[[], bool]:

@@ -29,13 +29,9 @@ Choices worth knowing (see also checkpoints.md and paper-protocol.md in the refe
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import re
 import sys
-import tempfile
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,10 +44,9 @@ from partbench.specs import EncoderRequest, EncoderSpec
 if TYPE_CHECKING:
     from torch import nn
 
-    from partbench.encoders.base import TimmEncoder
+    from partbench.encoders.timm_adapter import TimmEncoder
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-VIT_B = {"embed_dim": 768, "depth": 12, "num_heads": 12}
 CAE_DRIVE = "https://drive.google.com/drive/folders/1wwhg7nj2GQuU9uthVuQLkEEXEjx90G7g"
 
 
@@ -313,39 +308,36 @@ def _hash_in_name(filename: str) -> str | None:
     return m.group(1) if m else None
 
 
-def download(url: str, dest: Path, *, timeout: float = 60.0) -> str:
-    """Fetch ``url`` to ``dest`` through a temporary file renamed into place; return its sha256.
+def download(url: str, dest: Path, validate: Callable[[Path], Any] | None = None) -> str:
+    """Fetch ``url`` to ``dest`` through partbench's one verified download
+    (:func:`partbench.encoders.checkpoints.download_weights`); return its sha256.
 
-    The sha256 is also written next to the file (``<name>.sha256``). A partial download never
-    takes the final name.
+    The file takes its name only when it is complete, its sha256 matches the hash in its name
+    where it has one (torch.hub's convention, as the DeiT file does) and ``validate(path)``
+    (building the encoder from it) passes; the sha256 is recorded beside it (``<name>.sha256``).
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digest, size = hashlib.sha256(), 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            expected_size = resp.headers.get("Content-Length")
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-        if expected_size is not None and size != int(expected_size):
-            raise OSError(f"connection closed after {size} of {expected_size} bytes")
-        hexdigest = digest.hexdigest()
-        prefix = _hash_in_name(dest.name)
-        if prefix is not None and not hexdigest.startswith(prefix):
-            raise OSError(f"sha256 {hexdigest[:16]}... does not match the {prefix} in the file name")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dest.with_name(dest.name + ".sha256").write_text(f"{hexdigest}  {dest.name}\n")
-    return hexdigest
+    from partbench.encoders.checkpoints import download_weights
+
+    return download_weights(
+        url,
+        dest,
+        validate or (lambda path: None),
+        sha256_prefix=_hash_in_name(Path(dest).name),
+        progress=sys.stderr.isatty(),
+    )
 
 
-def resolve_weights(entry: OfficialEncoder, explicit: Path | None = None) -> Path:
-    """--weights, else the weights cache, else a download into the cache, else a clear error."""
+def resolve_weights(
+    entry: OfficialEncoder,
+    explicit: Path | None = None,
+    *,
+    validate: Callable[[Path], Any] | None = None,
+) -> Path:
+    """--weights, else the weights cache, else a download into the cache, else a clear error.
+
+    A cached file that was downloaded is checked against the sha256 recorded then; ``validate``
+    checks a download before it takes its place in the cache.
+    """
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
@@ -354,6 +346,9 @@ def resolve_weights(entry: OfficialEncoder, explicit: Path | None = None) -> Pat
     cache = weights_cache()
     for candidate in entry.files:
         if (cache / candidate.filename).is_file():
+            from partbench.encoders.checkpoints import cached_weights
+
+            cached_weights(cache / candidate.filename)
             return cache / candidate.filename
     target = entry.download_file
     if target is None:
@@ -365,8 +360,8 @@ def resolve_weights(entry: OfficialEncoder, explicit: Path | None = None) -> Pat
     dest = cache / target.filename
     print(f"partbench: downloading {entry.name} weights from {target.url} to {dest}", file=sys.stderr)
     try:
-        download(target.url or "", dest)
-    except (OSError, ValueError) as exc:
+        download(target.url or "", dest, validate)
+    except PartbenchError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PartbenchError(
             f"{entry.name}: weights not found at {dest}, and downloading {target.url} failed "
@@ -399,9 +394,9 @@ def build_encoder(
     ``role`` picks another network of a multi-network file (e.g. "student", "momentum");
     ``geometry`` is for tests that use the same key layout at a small width.
     """
-    from partbench.encoders.base import TimmEncoder
     from partbench.encoders.checkpoints import load_strict, read_checkpoint, sha256_file
     from partbench.encoders.heads import build_head
+    from partbench.encoders.timm_adapter import TimmEncoder
 
     role = role or entry.default_role
     if role not in entry.roles:
@@ -414,7 +409,8 @@ def build_encoder(
     head = None
     if entry.head is not None and found.head:
         head = build_head(entry.head, found.head, int(model.embed_dim), path, drop=entry.head_drop)
-    encoder = TimmEncoder(
+    # DINOv2's model is built at its stored 518 px; partbench feeds the study's 224 px crops.
+    return TimmEncoder(
         model.eval(),
         name=name or entry.name,
         family=entry.family,
@@ -422,10 +418,8 @@ def build_encoder(
         mean=entry.mean,
         std=entry.std,
         projection=head,
+        input_size=entry.input_size,
     )
-    # DINOv2's model is built at its stored 518 px; partbench feeds the study's 224 px crops.
-    encoder.input_size = entry.input_size
-    return encoder
 
 
 def load_official(
@@ -435,8 +429,15 @@ def load_official(
     geometry: Mapping[str, int] | None = None,
 ) -> TimmEncoder:
     """What ``partbench run --encoder <name>`` calls: resolve the weights, then build."""
-    path = resolve_weights(entry, request.weights)
-    return build_encoder(entry, path, geometry=geometry, name=request.name)
+    built: list[TimmEncoder] = []
+
+    def validate(path: Path) -> None:
+        # A download is kept only if the encoder builds from it; that encoder is the one returned
+        # (its weights_id is the content's sha256, wherever the file lies).
+        built.append(build_encoder(entry, path, geometry=geometry, name=request.name))
+
+    path = resolve_weights(entry, request.weights, validate=validate)
+    return built[-1] if built else build_encoder(entry, path, geometry=geometry, name=request.name)
 
 
 def official_specs() -> list[EncoderSpec]:

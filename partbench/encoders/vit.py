@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from partbench.encoders.base import TimmEncoder
 from partbench.encoders.checkpoints import load_strict, read_checkpoint, sha256_file
+from partbench.encoders.timm_adapter import TimmEncoder
 
 # 64 px input, patch 8 (an 8 x 8 grid), width 128, 6 blocks: about 1.2 M parameters.
 MINI_VIT = dict(img_size=64, patch_size=8, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0)

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from partbench.encoders.heads import DinoHead
 from partbench.encoders.vit import build_mini_vit
 from partbench.pretrain.backbone import encode
 from partbench.pretrain.data import multi_crop
-from partbench.pretrain.heads import DINOHead
 from partbench.pretrain.train import Hyper, Recipe
 
 
@@ -78,7 +78,7 @@ class DINORecipe(Recipe):
         super().__init__(seed, steps)
         self.backbone = build_mini_vit(seed)
         width = self.backbone.embed_dim
-        self.head = DINOHead(width, 512, 128, out_dim, patch_out=patch_out)
+        self.head = DinoHead.for_training(width, 512, 128, out_dim, patch_out=patch_out)
         self.teacher_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
         self.centering = Centering(out_dim)
@@ -89,10 +89,7 @@ class DINORecipe(Recipe):
 
     def after_backward(self, step: int) -> None:
         if step < self.freeze_last_steps:
-            self.head.last.weight.grad = None
-
-    def teacher_temperature(self, step: int) -> float:
-        return self.teacher_temp
+            self.head.last_layer.weight_v.grad = None
 
     def loss(self, images, labels, gen, step):
         device = labels.device
@@ -104,7 +101,7 @@ class DINORecipe(Recipe):
         if locals_:
             s.append(self.head(encode(self.backbone, torch.cat(locals_).to(device))[:, 0]))
         student = list(torch.cat(s).chunk(2 + len(locals_)))
-        probs = list(self.centering.probs(t, self.teacher_temperature(step)).chunk(2))
+        probs = list(self.centering.probs(t, self.teacher_temp).chunk(2))
         loss = cross_view_loss(student, probs, self.student_temp)
         self.centering.update(t)
         return loss
@@ -113,9 +110,3 @@ class DINORecipe(Recipe):
         state = dict(self.teacher_backbone.state_dict())
         state.update({f"head.{k}": v for k, v in self.teacher_head.class_token_state().items()})
         return state
-
-
-def warm_temperature(step: int, steps: int, start: float, end: float, warm: float) -> float:
-    """Linear warm-up of a teacher temperature over the first ``warm`` fraction of steps."""
-    n = max(1, int(warm * steps))
-    return end if step >= n else start + (end - start) * step / n

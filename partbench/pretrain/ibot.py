@@ -12,7 +12,7 @@ from torch import nn
 
 from partbench.pretrain.backbone import encode
 from partbench.pretrain.data import multi_crop
-from partbench.pretrain.dino import Centering, DINORecipe, cross_view_loss, warm_temperature
+from partbench.pretrain.dino import Centering, DINORecipe, cross_view_loss
 
 
 def block_masks(
@@ -61,21 +61,17 @@ class IBOTRecipe(DINORecipe):
     warm-up 0.04 -> 0.07 left both losses flat near ln K in short runs, so the teacher
     temperature stays at 0.01 for both token types."""
 
-    method, family, head_kind = "ibot", "both", "dino"  # hyper: inherited from DINO
-    teacher_temp_start, teacher_temp_end = 0.01, 0.01
+    method, family, head_kind = "ibot", "both", "dino"  # hyper and temperatures: inherited from DINO
 
     def __init__(self, seed: int, steps: int, out_dim: int = 256, patch_out: int = 256):
         super().__init__(seed, steps, out_dim=out_dim, patch_out=patch_out)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))
         self.patch_centering = Centering(patch_out)
 
-    def teacher_temperature(self, step: int) -> float:
-        return warm_temperature(step, self.steps, self.teacher_temp_start, self.teacher_temp_end, 0.1)
-
     def after_backward(self, step: int) -> None:
         if step < self.freeze_last_steps:
-            self.head.last.weight.grad = None
-            self.head.last_patch.weight.grad = None
+            self.head.last_layer.weight_v.grad = None
+            self.head.last_layer2.weight_v.grad = None
 
     def loss(self, images, labels, gen, step):
         device = labels.device
@@ -84,7 +80,7 @@ class IBOTRecipe(DINORecipe):
         side = globals_[0].shape[-1] // int(self.backbone.patch_embed.patch_size[0])
         mask = torch.cat([block_masks(b, side, gen) for _ in globals_]).to(device)
         g = torch.cat(globals_).to(device)
-        temp = self.teacher_temperature(step)
+        temp = self.teacher_temp
 
         with torch.no_grad():
             t_tokens = encode(self.teacher_backbone, g)

@@ -7,9 +7,9 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from partbench.encoders.heads import MocoMLP
 from partbench.encoders.vit import build_mini_vit
 from partbench.pretrain.data import GLOBAL_SIZE, ssl_view
-from partbench.pretrain.heads import MoCoMLP
 from partbench.pretrain.train import Hyper, Recipe
 
 
@@ -39,8 +39,8 @@ class MoCoV3Recipe(Recipe):
         self.backbone = build_mini_vit(seed)
         self.backbone.patch_embed.proj.requires_grad_(False)
         width = self.backbone.embed_dim
-        self.projector = MoCoMLP([width, hidden, hidden, dim])
-        self.predictor = MoCoMLP([dim, hidden, dim])
+        self.projector = MocoMLP([width, hidden, hidden, dim])
+        self.predictor = MocoMLP([dim, hidden, dim])
         self.momentum_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
 

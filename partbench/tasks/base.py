@@ -1,4 +1,10 @@
-"""The task interface: say which views of a dataset you need, then score their features."""
+"""The task interface: say which views of a dataset you need, then score their features.
+
+A task is created with its options already typed and checked (``TaskSpec.create(options)``);
+it never calls the encoder and never touches the store. ``evaluate`` runs on the run's device
+and returns metrics with intervals, the chance level of the headline metric on the same
+items, and the per-item results that let scores be recomputed and compared later.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from partbench.datasets.base import Dataset
 from partbench.encoders.base import Encoder
-from partbench.extraction import Features, View
-from partbench.store import MetricValue
+from partbench.features import Features, View
+from partbench.specs import MetricValue
 
 
 @dataclass
@@ -20,6 +27,10 @@ class TaskResult:
     n_items: int  # test items (or queries) the headline metric was computed over
     items_per_class: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # Per-item results, in the dataset's item order (see partbench.metrics.score_from_items):
+    # mAP: ap, label; top1: correct, label; mIoU: intersection, union (items x classes).
+    items: dict[str, np.ndarray] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)  # metric -> chance level, percent
 
 
 class Task:
@@ -27,15 +38,18 @@ class Task:
 
     source: str
 
-    def views(self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]) -> dict[str, View]:
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        self.options: dict[str, Any] = dict(options or {})
+
+    def views(self, dataset: Dataset, encoder: Encoder) -> dict[str, View]:
         raise NotImplementedError
 
     def evaluate(
         self,
         features: Mapping[str, Features],
         dataset: Dataset,
-        options: Mapping[str, Any],
         *,
+        device: torch.device,
         seed: int,
         repeats: int = 1,
     ) -> TaskResult:

@@ -21,9 +21,9 @@ def _retrieval_options() -> dict[str, TaskOption]:
 
 def _probe_options(lr: float, feature: bool) -> dict[str, TaskOption]:
     opts = {
-        "epochs": TaskOption(90, "training epochs"),
-        "lr": TaskOption(lr, "base learning rate, scaled by batch_size / 256"),
-        "batch_size": TaskOption(1024, "probe batch size"),
+        "epochs": TaskOption(90, "training epochs", minimum=1),
+        "lr": TaskOption(lr, "base learning rate, scaled by batch_size / 256", positive=True),
+        "batch_size": TaskOption(1024, "probe batch size", minimum=1),
         "report": TaskOption("best", "top-1 of the best epoch (the study) or the last", ("best", "last")),
     }
     if feature:
@@ -33,35 +33,35 @@ def _probe_options(lr: float, feature: bool) -> dict[str, TaskOption]:
 
 def _seg_options() -> dict[str, TaskOption]:
     return {
-        "iterations": TaskOption(500, "head training iterations (the study: 160k)"),
-        "lr": TaskOption(4e-4, "AdamW learning rate"),
-        "batch_size": TaskOption(16, "images per iteration"),
+        "iterations": TaskOption(500, "head training iterations (the study: 160k)", minimum=1),
+        "lr": TaskOption(4e-4, "AdamW learning rate", positive=True),
+        "batch_size": TaskOption(16, "images per iteration", minimum=1),
     }
 
 
 def _retrieval(source: str):
-    def create():
+    def create(options):
         from partbench.tasks.retrieval import Retrieval
 
-        return Retrieval(source)
+        return Retrieval(source, options)
 
     return create
 
 
 def _probe(source: str, kind: str):
-    def create():
+    def create(options):
         from partbench.tasks.probes import Probe
 
-        return Probe(source, kind)
+        return Probe(source, kind, options)
 
     return create
 
 
 def _seg(source: str):
-    def create():
+    def create(options):
         from partbench.tasks.segmentation import Segmentation
 
-        return Segmentation(source)
+        return Segmentation(source, options)
 
     return create
 

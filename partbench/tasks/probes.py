@@ -15,8 +15,8 @@ from torch import nn
 
 from partbench.datasets.base import Dataset
 from partbench.encoders.base import Encoder
-from partbench.extraction import Features, View
-from partbench.metrics import bootstrap_ci
+from partbench.features import Features, View
+from partbench.metrics import bootstrap_ci, chance_top1
 from partbench.tasks.base import Task, TaskResult, counts_by_class, percent
 
 
@@ -71,6 +71,17 @@ def attention_heads(dim: int, wanted: int = 12) -> int:
     return next(h for h in range(wanted, 0, -1) if dim % h == 0)
 
 
+def _device_copy(x: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """The features on the device, once, when they fit in half its free memory; else None,
+    and batches are copied as they are drawn."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    if x.numel() * x.element_size() > free // 2:
+        return None
+    return x.to(device)
+
+
 def train_probe(
     make_head: Callable[[], nn.Module],
     x_train: torch.Tensor,
@@ -83,30 +94,44 @@ def train_probe(
     batch_size: int,
     seed: int,
     report: str = "best",
+    device: torch.device | str = "cpu",
 ) -> tuple[float, np.ndarray, list[float]]:
     """SGD (momentum 0.9, no weight decay), lr = base_lr * batch / 256, cosine decay per epoch.
 
+    Trains on ``device``; features may be memory-mapped half-precision arrays on the host.
     Returns the reported top-1 (best over epochs, as the study, or the last), the per-item
     correctness at that epoch, and the top-1 of every epoch.
     """
+    device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = make_head()
-    gen = torch.Generator().manual_seed(seed)
+    head.to(device)
+    gen = torch.Generator().manual_seed(seed)  # on the host: the same order on every device
     opt = torch.optim.SGD(head.parameters(), lr=base_lr * batch_size / 256, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     loss_fn = nn.CrossEntropyLoss()
     n = len(x_train)
+    resident_train, resident_test = _device_copy(x_train, device), _device_copy(x_test, device)
+    y_train_d, y_test_d = y_train.to(device), y_test.to(device)
+    has_bn = any(isinstance(m, nn.BatchNorm1d) for m in head.modules())
+
+    def rows(x: torch.Tensor, resident: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+        if resident is not None:
+            return resident[idx.to(device)].float()
+        return x[idx].to(device, non_blocking=True).float()
+
     curve: list[float] = []
     best_acc, best_correct = -1.0, np.zeros(len(y_test), bool)
+    test_order = torch.arange(len(x_test))
     for _ in range(epochs):
         head.train()
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
-            if len(idx) < 2 and any(isinstance(m, nn.BatchNorm1d) for m in head.modules()):
+            if len(idx) < 2 and has_bn:
                 continue  # BatchNorm cannot normalise a single item
-            loss = loss_fn(head(x_train[idx].float()), y_train[idx])
+            loss = loss_fn(head(rows(x_train, resident_train, idx)), y_train_d[idx.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -114,9 +139,12 @@ def train_probe(
         head.eval()
         with torch.no_grad():
             pred = torch.cat(
-                [head(x_test[i : i + 1024].float()).argmax(1) for i in range(0, len(x_test), 1024)]
+                [
+                    head(rows(x_test, resident_test, test_order[i : i + 1024])).argmax(1)
+                    for i in range(0, len(x_test), 1024)
+                ]
             )
-        correct = (pred == y_test).numpy()
+        correct = (pred == y_test_d).cpu().numpy()
         acc = float(correct.mean())
         curve.append(acc)
         if report == "last" or acc > best_acc:
@@ -127,14 +155,15 @@ def train_probe(
 class Probe(Task):
     """A classifier trained on the train split's features and scored on the test split's."""
 
-    def __init__(self, source: str, kind: str):
+    def __init__(self, source: str, kind: str, options: Mapping[str, Any] | None = None):
+        super().__init__(options)
         self.source, self.kind = source, kind  # kind: "linear" or "attentive"
 
-    def _feature(self, options: Mapping[str, Any]) -> str:
-        return "tokens" if self.kind == "attentive" else options["feature"]
+    def _feature(self) -> str:
+        return "tokens" if self.kind == "attentive" else self.options["feature"]
 
-    def views(self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]) -> dict[str, View]:
-        out = frozenset({self._feature(options)})
+    def views(self, dataset: Dataset, encoder: Encoder) -> dict[str, View]:
+        out = frozenset({self._feature()})
         return {
             "train": View(self.source, "train", "train", out),
             "test": View(self.source, "test", "test", out),
@@ -144,12 +173,13 @@ class Probe(Task):
         self,
         features: Mapping[str, Features],
         dataset: Dataset,
-        options: Mapping[str, Any],
         *,
+        device: torch.device,
         seed: int,
         repeats: int = 1,
     ) -> TaskResult:
-        feat = self._feature(options)
+        options = self.options
+        feat = self._feature()
         train, test = features["train"], features["test"]
         names = dataset.classes_for(self.source)
         classes = len(names)
@@ -181,6 +211,7 @@ class Probe(Task):
                 batch_size=options["batch_size"],
                 seed=seed + r,
                 report=options["report"],
+                device=device,
             )
             accs.append(acc)
             correct.append(ok)
@@ -194,9 +225,12 @@ class Probe(Task):
             details["top1_std"] = float(100 * np.std(accs, ddof=1))
         details["top1_per_epoch"] = [round(100 * a, 3) for a in curves[0]]
         details["train_items"] = len(y_tr)
+        details["interval"] = "test items resampled"
         return TaskResult(
             metrics=metrics,
             n_items=len(y_te),
             items_per_class=counts_by_class(test.labels, names),
             details=details,
+            items={"correct": per_item.astype(np.float64), "label": np.asarray(test.labels, dtype=np.int64)},
+            chance={"top1": chance_top1(train.labels, test.labels)},
         )

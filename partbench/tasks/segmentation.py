@@ -1,5 +1,6 @@
-"""Segmentation probes: patch tokens of blocks 4, 6, 8 and 12 (scaled to the encoder's depth)
-concatenated, a linear per-pixel classifier, logits upsampled to the label map; mIoU.
+"""Segmentation probes: the feature maps at 1/3, 1/2, 2/3 and all of the encoder's depth (a
+ViT-B's blocks 4, 6, 8 and 12) on one grid, concatenated, a linear per-pixel classifier,
+logits upsampled to the label map; mIoU. Training and scoring run on the run's device.
 
 The head trains on cached patch features, without the study's photometric and geometric
 augmentation and for far fewer iterations (the study runs 160k); features are standardised
@@ -21,21 +22,36 @@ from torch import nn
 
 from partbench.datasets.base import IGNORE, Dataset
 from partbench.encoders.base import Encoder
-from partbench.extraction import Features, View
-from partbench.metrics import bootstrap_ci, intersection_union, miou_from_counts
+from partbench.features import FULL, Features, View
+from partbench.metrics import bootstrap_ci, chance_miou, miou_from_counts
 from partbench.tasks.base import Task, TaskResult, percent
 
-STUDY_BLOCKS = (4, 6, 8, 12)  # of a 12-block ViT-B
+# The study reads blocks 4, 6, 8 and 12 of a 12-block ViT-B: these shares of the depth.
+STUDY_DEPTHS = (4 / 12, 6 / 12, 8 / 12, 12 / 12)
+LOSS_RESOLUTION = 4  # the loss reads label maps at most 4 times the feature grid
 
 
-def scaled_blocks(depth: int) -> tuple[int, ...]:
-    return tuple(sorted({max(1, round(b * depth / 12)) for b in STUDY_BLOCKS}))
+def study_stages(encoder: Encoder) -> tuple[int, ...]:
+    return tuple(sorted({encoder.stage_at(f) for f in STUDY_DEPTHS}))
 
 
 def _logits(head: nn.Module, feats: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]):
     b = feats.shape[0]
     out = head(feats).transpose(1, 2).reshape(b, -1, *grid)
+    if out.device.type == "cpu":
+        # The channels-last kernel is the fast one on a CPU, and gives the same values.
+        out = out.contiguous(memory_format=torch.channels_last)
     return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+
+def _counts(pred: torch.Tensor, target: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class intersection and union of one label map, on the maps' device."""
+    keep = target != IGNORE
+    p, t = pred[keep], target[keep]
+    inter = torch.bincount(t[p == t], minlength=classes)[:classes]
+    area_p = torch.bincount(p, minlength=classes)[:classes]
+    area_t = torch.bincount(t, minlength=classes)[:classes]
+    return inter, area_p + area_t - inter
 
 
 class Standardise(nn.Module):
@@ -48,19 +64,21 @@ class Standardise(nn.Module):
         return (x - self.mean) / self.std
 
 
-def channel_stats(x: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_stats(
+    x: torch.Tensor, chunk: int = 256, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std over items and tokens, in float64, a chunk at a time (the
     cached features may be too large to copy whole into float32)."""
-    total = torch.zeros(x.shape[-1], dtype=torch.float64)
+    total = torch.zeros(x.shape[-1], dtype=torch.float64, device=device)
     squares = torch.zeros_like(total)
     for i in range(0, len(x), chunk):
-        part = x[i : i + chunk].double().flatten(0, -2)
+        part = x[i : i + chunk].to(device).double().flatten(0, -2)
         total += part.sum(0)
         squares += (part * part).sum(0)
     n = x.shape[0] * x.shape[1]
     mean = total / n
     std = (squares / n - mean * mean).clamp(min=0).sqrt().clamp(min=1e-6)
-    return mean.float(), std.float()
+    return mean.float().cpu(), std.float().cpu()
 
 
 def _loss_target(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -80,14 +98,17 @@ def train_seg_head(
     lr: float,
     batch_size: int,
     seed: int,
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
     """AdamW (weight decay 0.05), linear warm-up over the study's share of iterations
     (1,500 of 160k), then poly decay to zero. ``x`` may be half precision (the cache's); the
     head computes in float32 and carries the per-channel standardisation as fixed buffers."""
+    device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = nn.Sequential(Standardise(*channel_stats(x)), nn.Linear(x.shape[-1], classes))
-    gen = torch.Generator().manual_seed(seed)
+        head = nn.Sequential(Standardise(*channel_stats(x, device=device)), nn.Linear(x.shape[-1], classes))
+    head.to(device)
+    gen = torch.Generator().manual_seed(seed)  # on the host: the same draws on every device
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, round(iterations * 1500 / 160_000))
 
@@ -95,18 +116,18 @@ def train_seg_head(
         return (it + 1) / warmup if it < warmup else (1 - (it - warmup) / max(1, iterations - warmup))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    targets = [_loss_target(torch.as_tensor(m.astype(np.int64)), grid) for m in masks]
+    targets = [_loss_target(torch.as_tensor(m.astype(np.int64)), grid).to(device) for m in masks]
     same_size = len({tuple(t.shape) for t in targets}) == 1
     stacked = torch.stack(targets) if same_size else None
     for _ in range(iterations):
         idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
         if stacked is not None:
-            logits = _logits(head, x[idx].float(), grid, tuple(stacked.shape[-2:]))
-            loss = F.cross_entropy(logits, stacked[idx], ignore_index=IGNORE)
+            logits = _logits(head, x[idx].to(device).float(), grid, tuple(stacked.shape[-2:]))
+            loss = F.cross_entropy(logits, stacked[idx.to(device)], ignore_index=IGNORE)
         else:  # label maps of different sizes: one upsampling per image
             losses = [
                 F.cross_entropy(
-                    _logits(head, x[i : i + 1].float(), grid, tuple(targets[i].shape)),
+                    _logits(head, x[i : i + 1].to(device).float(), grid, tuple(targets[i].shape)),
                     targets[i][None],
                     ignore_index=IGNORE,
                     reduction="sum",
@@ -126,30 +147,32 @@ def train_seg_head(
 
 
 class Segmentation(Task):
-    def __init__(self, source: str):
+    def __init__(self, source: str, options: Mapping[str, Any] | None = None):
+        super().__init__(options)
         self.source = source  # "part-masks" or "object-masks"
 
-    def views(self, dataset: Dataset, encoder: Encoder, options: Mapping[str, Any]) -> dict[str, View]:
-        blocks = scaled_blocks(encoder.depth)
-        out = frozenset({"blocks"})
+    def views(self, dataset: Dataset, encoder: Encoder) -> dict[str, View]:
+        stages = study_stages(encoder)
+        out = frozenset({"stages"})
         return {
-            "train": View(self.source, "train", "test", out, blocks),
-            "test": View(self.source, "test", "test", out, blocks),
+            "train": View(self.source, "train", "test", out, stages, masks=LOSS_RESOLUTION),
+            "test": View(self.source, "test", "test", out, stages, masks=FULL),
         }
 
     def evaluate(
         self,
         features: Mapping[str, Features],
         dataset: Dataset,
-        options: Mapping[str, Any],
         *,
+        device: torch.device,
         seed: int,
         repeats: int = 1,
     ) -> TaskResult:
+        options = self.options
         train, test = features["train"], features["test"]
         names = dataset.classes_for(self.source)
         classes = len(names)
-        x_tr, x_te = train["blocks"], test["blocks"]
+        x_tr, x_te = train["stages"], test["stages"]
         masks_te = test.masks[self.source]
         inter = np.zeros((repeats, len(masks_te), classes))
         union = np.zeros_like(inter)
@@ -164,11 +187,16 @@ class Segmentation(Task):
                 lr=options["lr"],
                 batch_size=options["batch_size"],
                 seed=seed + r,
+                device=device,
             )
             with torch.no_grad():
                 for i, mask in enumerate(masks_te):
-                    pred = _logits(head, x_te[i : i + 1].float(), test.grid, mask.shape).argmax(1)[0]
-                    inter[r, i], union[r, i] = intersection_union(pred, mask, classes, IGNORE)
+                    pred = _logits(head, x_te[i : i + 1].to(device).float(), test.grid, mask.shape).argmax(1)[
+                        0
+                    ]
+                    target = torch.as_tensor(np.asarray(mask, dtype=np.int64), device=device)
+                    i_c, u_c = _counts(pred, target, classes)
+                    inter[r, i], union[r, i] = i_c.cpu().numpy(), u_c.cpu().numpy()
             scores.append(miou_from_counts(inter[r].sum(0), union[r].sum(0)))
         # Resampling images: each image's counts averaged over repeats, then summed.
         i_mean, u_mean = inter.mean(0), union.mean(0)
@@ -180,16 +208,20 @@ class Segmentation(Task):
         details: dict[str, Any] = {
             "per_class_iou": {names[c]: 100 * float(iou[c]) for c in range(classes) if not np.isnan(iou[c])},
             "train_images": len(train.masks[self.source]),
+            "interval": "test images resampled",
         }
         if repeats > 1:
             details["mIoU_repeats"] = [100 * s for s in scores]
             details["mIoU_std"] = float(100 * np.std(scores, ddof=1))
         pixels = np.zeros(classes, dtype=np.int64)
         for m in masks_te:
+            m = np.asarray(m)
             pixels += np.bincount(m[m != IGNORE].ravel(), minlength=classes)[:classes]
         return TaskResult(
             metrics={"mIoU": percent(float(np.mean(scores)), bootstrap_ci(len(masks_te), stat, seed=seed))},
             n_items=len(masks_te),
             items_per_class={names[c]: int(pixels[c]) for c in range(classes) if pixels[c]},
             details=details,
+            items={"intersection": i_mean, "union": u_mean},
+            chance={"mIoU": chance_miou(pixels)},
         )

@@ -1,0 +1,221 @@
+"""The study-scale pipeline on a CPU: streaming extraction against the bare forward, a second
+task on cached features against the cold first run, and the attentive probe's host memory
+on a large token cache.
+
+    pytest benchmarks/test_pipeline.py --benchmark-enable   # full size (ViT-S/16, 20k x 197 x 768)
+    pytest benchmarks/test_pipeline.py                      # scaled down, each run once (CI)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import full_size, record_ratio
+from PIL import Image
+from study_scale import CUB_PART_NAMES
+
+from partbench.cache import FeatureCache
+from partbench.extraction import View, features_from, merge_views, run_pass, sample_inputs
+
+
+def cub_like_tree(root: Path, images: int, size: tuple[int, int] = (500, 375)) -> Path:
+    """A CUB-200-2011 tree in the official layout: JPEG photographs-sized noise, four visible
+    selected parts per image, placed so the study's crop rule keeps them."""
+    rng = np.random.default_rng(0)
+    (root / "parts").mkdir(parents=True, exist_ok=True)
+    names = [f"{1 + i % 2:03d}.Bird{i % 2}/Bird_{i:05d}.jpg" for i in range(images)]
+    (root / "images.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
+    (root / "train_test_split.txt").write_text("".join(f"{i + 1} {i % 2}\n" for i in range(images)))
+    (root / "image_class_labels.txt").write_text("".join(f"{i + 1} {1 + i % 2}\n" for i in range(images)))
+    (root / "classes.txt").write_text("1 001.Bird0\n2 002.Bird1\n")
+    parts = "".join(f"{k} {name}\n" for k, name in enumerate(CUB_PART_NAMES, start=1))
+    (root / "parts" / "parts.txt").write_text(parts)
+    w, h = size
+    spots = {11: (0.3, 0.3), 12: (0.3, 0.8), 9: (0.75, 0.35), 14: (0.8, 0.8)}
+    lines = []
+    for i, name in enumerate(names):
+        for part in range(1, 16):
+            if part in spots:
+                x, y = spots[part]
+                lines.append(f"{i + 1} {part} {x * w:.1f} {y * h:.1f} 1\n")
+            else:
+                lines.append(f"{i + 1} {part} 0.0 0.0 0\n")
+        path = root / "images" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((w, h), Image.BILINEAR).save(path, quality=90)
+    (root / "parts" / "part_locs.txt").write_text("".join(lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def vit_setup(tmp_path_factory, request):
+    """ViT-S/16 at 224 px (full size) or a tiny ViT (CI), and a CUB tree of real JPEGs."""
+    import timm
+
+    from partbench.datasets.cub import CUB200
+    from partbench.encoders.base import TimmEncoder
+
+    full = full_size(request.config)
+    torch.manual_seed(0)
+    if full:
+        model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
+    else:
+        model = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64, depth=2
+        )
+    encoder = TimmEncoder(model, name="vit", family="none", weights_id="random-init:seed=0").eval()
+    tree = cub_like_tree(tmp_path_factory.mktemp("cub"), 48 if full else 8)
+    return encoder, CUB200(tree), full
+
+
+def _pass(dataset, outputs=frozenset({"cls"})):
+    view = View("keypoints", "test", "test", outputs)
+    return view, next(iter(merge_views([view], dataset).values()))
+
+
+def _bare_forward(encoder, batches):
+    with torch.inference_mode():
+        for x in batches:
+            encoder.forward(x)
+
+
+def _preprocessed(encoder, dataset, p, batch_size=64):
+    """Every crop decoded, cut and resized beforehand: what the bare forward is timed on."""
+    crops = [
+        im
+        for s in dataset.samples(p.split)
+        for im, _ in sample_inputs(p.inputs, p.transform, s, dataset, encoder.input_size)
+    ]
+    mean = torch.tensor(encoder.mean).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.std).view(1, 3, 1, 1)
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)
+    x = (x - mean) / std
+    return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
+
+
+@pytest.mark.benchmark(group="part crops of real JPEGs through a ViT, CPU")
+def test_pipeline_baseline_bare_forward(benchmark, vit_setup):
+    encoder, dataset, _ = vit_setup
+    batches = _preprocessed(encoder, dataset, _pass(dataset)[1])
+    benchmark.pedantic(_bare_forward, args=(encoder, batches), rounds=1, iterations=1)
+
+
+@pytest.mark.benchmark(group="part crops of real JPEGs through a ViT, CPU")
+def test_pipeline_streaming_extraction(benchmark, vit_setup, baseline_seconds, tmp_path):
+    """Decoding, cropping and resizing in DataLoader workers overlap the forward, so the whole
+    pass costs little more than the forward alone (the goal: at least 0.9x its speed)."""
+    encoder, dataset, _ = vit_setup
+    view, p = _pass(dataset)
+    batches = _preprocessed(encoder, dataset, p)
+    base = baseline_seconds(lambda: _bare_forward(encoder, batches), 1)
+    cache = FeatureCache(tmp_path)
+    rounds = iter(range(1000))
+
+    def extract():
+        entry = cache.entry(f"round-{next(rounds)}")
+        return entry, run_pass(
+            encoder, dataset, p, entry, device=torch.device("cpu"), batch_size=64,
+            precision="fp32", limit=None, workers=2,
+        )  # fmt: skip
+
+    entry, result = benchmark.pedantic(extract, rounds=1, iterations=1)
+    feats = features_from(entry, p, view, result.timing)
+    assert feats["cls"].shape == (sum(len(b) for b in batches), encoder.stages[-1].channels)
+    assert result.errors == {}
+    record_ratio(benchmark, base)
+
+
+def _cli(*args: str, env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "partbench", *args], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return time.perf_counter() - t0
+
+
+@pytest.mark.benchmark(group="a second task on the same encoder and data")
+def test_second_task_runs_no_encoder_pass(benchmark, tmp_path, request):
+    """The cold run encodes every part crop; the second reads the cache (the goal: at least
+    10x faster, zero encoder passes)."""
+    import os
+
+    env = {**os.environ, "PARTBENCH_HOME": str(tmp_path / "home"), "PARTBENCH_LOAD_PLUGINS": "partbench"}
+    full = full_size(request.config)
+    common = [
+        "-e",
+        "mini-random",
+        "-d",
+        "synparts",
+        "--db",
+        f"sqlite:///{tmp_path / 'r.db'}",
+        "--workers",
+        "2",
+    ]
+    if not full:
+        common += ["--limit", "16"]
+    cold = _cli("run", *common, "-t", "part-retrieval", env=env)
+    warm_args = ["run", *common, "-t", "part-retrieval", "-o", "include_self=false"]
+    benchmark.pedantic(_cli, args=warm_args, kwargs={"env": env}, rounds=1, iterations=1)
+    runs = subprocess.run(
+        [sys.executable, "-m", "partbench", "runs", "--format", "json", "--db", common[5]],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    timings = [r["timing"] for r in json.loads(runs.stdout)]
+    assert [t.get("encoder_passes") for t in timings] == [1, 0]
+    record_ratio(benchmark, cold)
+
+
+ATTENTIVE_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np, torch
+    from partbench.tasks.probes import attentive_head, train_probe
+    n, tokens, dim, path = int(sys.argv[1]), 197, int(sys.argv[2]), sys.argv[3]
+    x = torch.from_numpy(np.memmap(path, dtype=np.float16, mode="c", shape=(n, tokens, dim)))
+    y = torch.arange(n) % 4
+    test = n // 5
+    train_probe(lambda: attentive_head(dim, 4, 12), x[test:], y[test:], x[:test], y[:test],
+                epochs=1, base_lr=0.01, batch_size=1024, seed=0)
+    print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    """
+)
+
+
+@pytest.mark.benchmark(group="attentive probe on a large token cache: host memory")
+def test_attentive_probe_memory_stays_near_the_cache(benchmark, tmp_path, request):
+    """20,000 x 197 x 768 half-precision tokens (5.8 GiB) memory-mapped: the probe reads batches,
+    never a float32 copy of the whole (the goal: peak host memory under 1.2x the cache)."""
+    full = full_size(request.config)
+    n, dim = (20_000, 768) if full else (1_000, 96)
+    path = tmp_path / "tokens.bin"
+    rows = np.random.default_rng(0).standard_normal((100, 197, dim)).astype(np.float16)
+    with open(path, "wb") as f:
+        for _ in range(n // 100):
+            f.write(rows.tobytes())
+    cache_bytes = path.stat().st_size
+
+    def train() -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", ATTENTIVE_SCRIPT, str(n), str(dim), str(path)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    peak = benchmark.pedantic(train, rounds=1, iterations=1)["peak_rss_bytes"]
+    benchmark.extra_info["cache_bytes"] = cache_bytes
+    benchmark.extra_info["peak_rss_bytes"] = peak
+    benchmark.extra_info["peak_over_cache"] = peak / cache_bytes
+    if full:
+        assert peak < 1.2 * cache_bytes, (
+            f"peak {peak / 2**30:.2f} GiB for a {cache_bytes / 2**30:.2f} GiB cache"
+        )

@@ -1,0 +1,96 @@
+"""Formatting shared by every output format: numbers, intervals, headings, family words.
+
+Numbers are formatted here once so that every format shows the same rounding; escaping for
+each format is partbench.text's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from partbench.leaderboard import Board, Column, Row, Score
+
+# Short words where a terminal column is narrow; every other format writes the family whole.
+FAMILY_SHORT = {"masked-image-modeling": "MIM"}
+
+FAMILY_COLOURS = {
+    "supervised": "#d62728",
+    "contrastive": "#1f77b4",
+    "masked-image-modeling": "#2ca02c",
+    "both": "#9467bd",
+    "none": "#7f7f7f",
+    "unknown": "#8c564b",
+}
+OTHER_COLOUR = "#333333"
+
+
+def value(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def _has(ci: Sequence[float | None] | None) -> bool:
+    """An interval with two finite bounds (a resample of items with no valid score has none)."""
+    return bool(ci) and all(b is not None and math.isfinite(b) for b in ci)  # type: ignore[union-attr]
+
+
+def interval(ci: Sequence[float | None] | None) -> str:
+    """A compact interval, ``59.8–62.6``; empty when there is none."""
+    if not _has(ci):
+        return ""
+    return f"{ci[0]:.1f}–{ci[1]:.1f}"  # type: ignore[index]
+
+
+def score_text(v: float | None, ci: Sequence[float | None] | None) -> str:
+    """``61.2 [59.8, 62.6]`` on one line (Markdown, HTML titles)."""
+    if v is None:
+        return "–"
+    if not _has(ci):
+        return f"{v:.1f}"
+    return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"  # type: ignore[index]
+
+
+def score_of(row: Row, level: str) -> Score | None:
+    return row.scores.get(level)
+
+
+def awareness(row: Row) -> str:
+    return "–" if row.part_awareness is None else f"{row.part_awareness:+d}"
+
+
+def heading(board: Board) -> str:
+    """``synparts: object and part levels, ranked by the mean of the object and part scores``."""
+    what = f"suite {board.title}" if board.kind == "suite" else board.title
+    return f"{what}: {board.levels_text}, {board.ranked_by}"
+
+
+def column_label(board: Board, col: Column) -> str:
+    """A column's name on one line: ``part-retrieval (mAP)``, with the dataset on a suite."""
+    where = f" on {col.dataset}" if board.kind == "suite" else ""
+    return f"{col.task}{where} ({col.metric})"
+
+
+def hyphen_lines(text: str) -> list[str]:
+    """``part-retrieval`` -> ``["part-", "retrieval"]``: where a narrow header may break."""
+    parts = text.split("-")
+    return [p + "-" for p in parts[:-1]] + [parts[-1]]
+
+
+def column_header_lines(board: Board, col: Column) -> list[str]:
+    lines = hyphen_lines(col.task)
+    if board.kind == "suite":
+        lines += hyphen_lines(col.dataset)
+    return [*lines, col.metric]
+
+
+def family_short(family: str) -> str:
+    return FAMILY_SHORT.get(family, family)
+
+
+def score_columns(board: Board) -> list[tuple[str, str]]:
+    """(level, header) of the score columns a board's main table shows."""
+    if board.level != "all":
+        return [(board.level, f"{board.level} score")]
+    return [(lv, f"{lv} score") for lv in board.levels]

@@ -1,0 +1,104 @@
+"""The leaderboard as data: CSV (one row per board and encoder) and JSON (everything).
+
+CSV cells that come from the database or a plugin go through partbench.text.csv_cell, so no
+spreadsheet runs them as formulas; numbers are written as numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from partbench.text import csv_cell
+
+if TYPE_CHECKING:
+    from partbench.leaderboard import Board
+
+CSV_FIXED = (
+    "dataset",  # the board: a dataset, or a suite
+    "rank",
+    "encoder",
+    "rank_text",
+    "family",
+    "kind",
+    "level",
+    "score",
+    "score_ci_low",
+    "score_ci_high",
+    "object_score",
+    "object_ci_low",
+    "object_ci_high",
+    "part_score",
+    "part_ci_low",
+    "part_ci_high",
+    "object_rank",
+    "part_rank",
+    "part_awareness",
+    "paired",
+    "tied_with",
+    "missing",
+)
+
+
+def _ci(ci: Sequence[float | None] | None) -> list[float | None]:
+    return list(ci) if ci else [None, None]
+
+
+def csv_text(boards: Sequence[Board]) -> str:
+    keys = list(dict.fromkeys(c.key for b in boards for c in b.shown_columns))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*CSV_FIXED, *[csv_cell(x) for k in keys for x in (k, f"{k} ci_low", f"{k} ci_high")]])
+    for b in boards:
+        for r in b.rows:
+            st = r.standings.get(b.level)
+            s = r.scores.get(b.level)
+            per_task = []
+            for k in keys:
+                per_task += [r.tasks.get(k), *_ci(r.task_ci.get(k))]
+            writer.writerow(
+                [
+                    csv_cell(b.name),
+                    r.rank,
+                    csv_cell(r.encoder),
+                    r.rank_text(b.level),
+                    csv_cell(r.family),
+                    b.kind,
+                    b.level,
+                    s.value if s else None,
+                    *_ci(s.ci if s else None),
+                    r.object_score,
+                    *_ci(r.object_ci),
+                    r.part_score,
+                    *_ci(r.part_ci),
+                    r.object_rank,
+                    r.part_rank,
+                    r.part_awareness,
+                    bool(st and st.paired),
+                    csv_cell(";".join(st.tied_with) if st else ""),
+                    csv_cell(";".join(r.missing)),
+                    *per_task,
+                ]
+            )
+    return buf.getvalue()
+
+
+def _finite(x: Any) -> Any:
+    """NaN and infinities become null: JSON has no word for them."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def json_text(boards: Sequence[Board]) -> str:
+    from partbench.leaderboard import to_data
+
+    return json.dumps(_finite(to_data(boards)), indent=2, default=str) + "\n"

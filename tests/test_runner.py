@@ -1,0 +1,257 @@
+"""The runner as plan, execute, record: the feature cache, streaming extraction, checked
+encoder outputs, typed options, and one failure failing one run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from partbench.cache import FeatureCache, cache_root
+from partbench.cli import cli
+from partbench.encoders.base import Encoder, EncoderOutput, Stage
+from partbench.errors import PartbenchError
+from partbench.plugins import registry
+from partbench.runner import RunOptions, run
+from partbench.specs import EncoderSpec
+from partbench.store import Store
+
+
+class Tiny(Encoder):
+    """A two-stage convolutional encoder whose forward can be made to misbehave."""
+
+    def __init__(self, name: str, mode: str = "ok", seed: int = 0):
+        torch.manual_seed(seed)
+        self.name, self.family, self.weights_id = name, "none", f"random-init:seed={seed}"
+        self.input_size = 32
+        self.module = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.GELU(), torch.nn.Conv2d(8, 12, 2, stride=2)
+        )
+        self.stages = (Stage(0, "0", 8, 4), Stage(1, "2", 12, 8))
+        self.pooled_kind = "avgpool"
+        self.mode = mode
+        self.calls = 0
+
+    def forward(self, images, stages=()):
+        self.calls += 1
+        s0 = self.module[1](self.module[0](images))
+        final = self.module[2](s0)
+        out = EncoderOutput(pooled=final.mean((2, 3)), final=final, stages={0: s0, 1: final})
+        if self.mode == "nan" and self.calls == 2:
+            out.pooled = out.pooled.clone()
+            out.pooled[0] = float("nan")  # one item of the second batch
+        elif self.mode == "float64":
+            out.pooled = out.pooled.double()
+        elif self.mode == "short":
+            out.pooled = out.pooled[1:]
+        elif self.mode == "numpy":
+            out.pooled = out.pooled.detach().numpy()
+        elif self.mode == "tuple":
+            return (final, s0)
+        return out
+
+
+def _registry_with(*encoders: tuple[str, str]):
+    reg = registry()
+    for name, mode in encoders:
+        reg.encoders[name] = EncoderSpec(
+            name, lambda request, _m=mode: Tiny(request.name, _m), "none", plugin="test-plugin"
+        )
+    return reg
+
+
+def _opts(**kw) -> RunOptions:
+    base = {"limit": 24, "workers": 0, "batch_size": 16, "options": ("epochs=2", "iterations=5")}
+    return RunOptions(**{**base, **kw})
+
+
+def _store(tmp_path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'runs.db'}")
+
+
+TASKS = ("part-retrieval", "part-linear", "object-linear")
+
+
+def test_a_second_task_on_cached_features_runs_no_encoder_pass_and_scores_the_same(tmp_path):
+    reg = _registry_with(("tiny", "ok"))
+    store = _store(tmp_path)
+    first = run(reg, store, ["tiny"], ["part-retrieval"], _opts())
+    assert [o.status for o in first] == ["done"] and first[0].timing["encoder_passes"] == 1
+    # A scoring option and a second task reading the same outputs: no pass at all.
+    second = run(reg, store, ["tiny"], ["part-retrieval"], _opts(options=("include_self=false", "epochs=2")))
+    assert second[0].status == "done" and second[0].cached and second[0].timing["encoder_passes"] == 0
+    # --no-cache recomputes; the features, hence the scores, are the same.
+    again = run(reg, store, ["tiny"], ["part-retrieval"], _opts(cache=False, force=True))
+    assert again[0].timing["encoder_passes"] == 1
+    assert again[0].value == first[0].value
+    entries = FeatureCache(cache_root()).entries()
+    assert len(entries) == 1 and entries[0].info()["encoder"] == "tiny"
+    assert isinstance(entries[0].read("embedding"), np.memmap)
+
+
+def test_worker_processes_give_the_features_a_single_process_gives(tmp_path):
+    reg = _registry_with(("tiny", "ok"))
+    one = run(reg, _store(tmp_path / "a"), ["tiny"], list(TASKS), _opts(workers=0, cache=False))
+    two = run(reg, _store(tmp_path / "b"), ["tiny"], list(TASKS), _opts(workers=2, cache=False))
+    assert [o.value for o in one] == [o.value for o in two]
+    assert all(o.status == "done" for o in one + two)
+
+
+def test_an_encoder_that_returns_non_finite_features_fails_the_runs_reading_them(tmp_path):
+    reg = _registry_with(("nan-enc", "nan"))
+    store = _store(tmp_path)
+    outcomes = run(reg, store, ["nan-enc"], ["part-linear", "part-retrieval"], _opts())
+    status = {o.task: o for o in outcomes}
+    # part-linear reads the pooled vector, which has a NaN; retrieval reads the final map.
+    assert status["part-linear"].status == "failed"
+    assert "non-finite" in status["part-linear"].error and "'cls'" in status["part-linear"].error
+    assert "1 of" in status["part-linear"].error and "nan-enc" in status["part-linear"].error
+    assert status["part-retrieval"].status == "done"
+    stored = {r.task: r for r in store.runs()}
+    assert stored["part-linear"].status == "failed" and stored["part-retrieval"].status == "done"
+
+
+@pytest.mark.parametrize(
+    ("mode", "expect"),
+    [
+        ("float64", "float32, float16 or bfloat16"),
+        ("short", "items for a batch"),
+        ("numpy", "must be a torch.Tensor"),
+        ("tuple", "must return an EncoderOutput"),
+    ],
+)
+def test_malformed_encoder_outputs_are_one_line_naming_the_plugin(tmp_path, mode, expect):
+    reg = _registry_with(("odd", mode))
+    outcomes = run(reg, _store(tmp_path), ["odd"], ["part-linear"], _opts())
+    assert outcomes[0].status == "failed"
+    assert expect in outcomes[0].error and "test-plugin" in outcomes[0].error
+    assert "\n" not in outcomes[0].error
+
+
+def test_any_exception_in_a_task_fails_that_run_only_and_keeps_its_traceback(tmp_path, monkeypatch):
+    from partbench.tasks.probes import Probe
+
+    def broken(self, *a, **k):
+        raise ZeroDivisionError("the probe divided by zero")
+
+    monkeypatch.setattr(Probe, "evaluate", broken)
+    store = _store(tmp_path)
+    outcomes = run(_registry_with(("tiny", "ok")), store, ["tiny"], list(TASKS), _opts())
+    status = {o.task: o.status for o in outcomes}
+    assert status == {"part-retrieval": "done", "part-linear": "failed", "object-linear": "failed"}
+    failed = [r for r in store.runs() if r.status == "failed"]
+    assert all("ZeroDivisionError: the probe divided by zero" in r.error for r in failed)
+    assert all("Traceback" in (r.traceback or "") for r in failed)
+
+
+def test_an_encoder_that_fails_to_load_fails_its_runs_and_the_next_encoder_runs(tmp_path):
+    reg = _registry_with(("tiny", "ok"))
+
+    def explode(request):
+        raise KeyError("weights/missing.bin")
+
+    reg.encoders["broken"] = EncoderSpec("broken", explode, "none", plugin="test-plugin")
+    store = _store(tmp_path)
+    outcomes = run(reg, store, ["broken", "tiny"], ["part-retrieval"], _opts())
+    assert [(o.encoder, o.status) for o in outcomes] == [("broken", "failed"), ("tiny", "done")]
+    assert "KeyError" in outcomes[0].error
+    assert {r.encoder: r.status for r in store.runs()} == {"broken": "failed", "tiny": "done"}
+
+
+def test_an_interrupted_pass_leaves_nothing_a_later_run_would_read(tmp_path, monkeypatch):
+    import partbench.extraction as extraction
+
+    reg = _registry_with(("tiny", "ok"))
+    real = extraction.encoder_outputs
+    seen = {"n": 0}
+
+    def interrupt_on_second_batch(*a, **k):
+        seen["n"] += 1
+        if seen["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(extraction, "encoder_outputs", interrupt_on_second_batch)
+    store = _store(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run(reg, store, ["tiny"], ["part-retrieval"], _opts())
+    assert [r.status for r in store.runs()] == ["interrupted"]
+    for entry in FeatureCache(cache_root()).entries():
+        assert "embedding" not in entry.arrays()
+    leftovers = [p for p in cache_root().rglob("*.tmp")]
+    assert leftovers == []
+    monkeypatch.setattr(extraction, "encoder_outputs", real)
+    outcomes = run(reg, store, ["tiny"], ["part-retrieval"], _opts())
+    assert outcomes[0].status == "done" and outcomes[0].timing["encoder_passes"] == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("epochs=0", "epochs=0: must be at least 1"),
+        ("part-linear.lr=nan", "not a finite number"),
+        ("part-linear.lr=inf", "not a finite number"),
+        ("part-linear.lr=-1", "must be above 0"),
+        ("part-linear.batch_size=0", "must be at least 1"),
+        ("include_self=maybe", "expected true or false"),
+        ("lr=0.5", "mean different things"),
+    ],
+)
+def test_option_values_outside_their_range_are_refused_before_anything_loads(tmp_path, option, message):
+    reg = _registry_with(("tiny", "ok"))
+    with pytest.raises(PartbenchError, match=message.replace("(", r"\(")):
+        run(reg, _store(tmp_path), ["tiny"], ["part", "object"], _opts(options=(option,)))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**40])
+def test_seeds_outside_the_accepted_range_are_refused(tmp_path, seed):
+    with pytest.raises(PartbenchError, match="--seed must lie in"):
+        run(_registry_with(("tiny", "ok")), _store(tmp_path), ["tiny"], ["part-linear"], _opts(seed=seed))
+
+
+def test_each_run_stores_its_per_item_results_chance_and_end_to_end_timing(tmp_path):
+    store = _store(tmp_path)
+    outcomes = run(_registry_with(("tiny", "ok")), store, ["tiny"], ["part-seg", "object-linear"], _opts())
+    assert all(o.status == "done" for o in outcomes)
+    for r in store.runs():
+        items = store.items(r.id)
+        assert items, r.task
+        assert r.chance and all(0 <= v <= 100 for v in r.chance.values())
+        for key in ("images_per_second", "end_to_end_images_per_second", "wall_seconds", "peak_rss_mb"):
+            assert key in r.timing
+        assert r.config["precision"] == "fp32"  # auto is fp32 on a CPU
+    seg = next(r for r in store.runs() if r.task == "part-seg")
+    # The tiny encoder's stage maps have strides 4 and 8: resampled to one grid (stride 8's:
+    # nearest 16), concatenated.
+    assert seg.config["views"]["train"]["stages"] == [0, 1]
+
+
+def test_cache_info_and_clear_from_the_command_line(tmp_path):
+    runner = CliRunner()
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    args = ["run", "-e", "mini-random", "-t", "object-linear", "--limit", "8", "--workers", "0"]
+    assert runner.invoke(cli, [*args, "-o", "epochs=1", "--db", db]).exit_code == 0
+    info = runner.invoke(cli, ["cache", "info", "--format", "json"])
+    assert info.exit_code == 0, info.output
+    entries = json.loads(info.output)["entries"]
+    assert {e["split"] for e in entries} == {"train images", "test images"}
+    assert all(e["encoder"] == "mini-random" and e["bytes"] > 0 for e in entries)
+    cleared = runner.invoke(cli, ["cache", "clear", "--encoder", "someone-else"])
+    assert "Removed 0 entries" in cleared.output
+    cleared = runner.invoke(cli, ["cache", "clear"])
+    assert "Removed 2 entries" in cleared.output
+    assert json.loads(runner.invoke(cli, ["cache", "info", "--format", "json"]).output)["entries"] == []
+
+
+def test_run_config_digest_ignores_what_only_changes_timings():
+    from partbench.runner import RunConfig
+
+    base = RunConfig({"e": 1}, {"t": 1}, {"d": 1}, {}, 0, None, "fp32", 1, False, 64, "cpu", 2)
+    moved = dataclasses.replace(base, batch_size=8, device="cuda:0 (H100)", workers=16)
+    assert base.digest == moved.digest
+    assert base.digest != dataclasses.replace(base, precision="bf16").digest
+    assert base.digest != dataclasses.replace(base, task={"t": 2}).digest
