@@ -75,10 +75,13 @@ class StudyReport:
 
 
 def level_difference(runs: Sequence[Any], store: Store, a: str, b: str, level: str) -> Difference:
-    for c in lb.compare(runs, a, b, dataset=DATASET, items=store):
-        if c.level == level and c.metric == "score":
-            return Difference(a, b, c.diff, c.low, c.high)
-    raise ValueError(f"no {level}-level comparison of {a} and {b}")
+    at_level = [c for c in lb.compare(runs, a, b, dataset=DATASET, items=store) if c.level == level]
+    # A level with several tasks has its own comparison; with one task, that task's is it.
+    chosen = [c for c in at_level if c.metric == "score"] or (at_level if len(at_level) == 1 else [])
+    if not chosen:
+        raise ValueError(f"no {level}-level comparison of {a} and {b}")
+    c = chosen[0]
+    return Difference(a, b, c.diff, c.low, c.high)
 
 
 def _decide(diffs: Sequence[Difference], need: str) -> str:

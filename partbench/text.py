@@ -34,9 +34,15 @@ def rich_text(value: Any) -> str:
     prints exactly as written (``[/bold]`` stays ``[/bold]``, a trailing backslash does not
     escape the tag after it). Where the whole cell or line is the value, ``rich.text.Text(value)``
     needs no escaping at all."""
-    from rich.markup import escape
+    import re
 
-    return escape(str(value))
+    text = str(value)
+    # Backslashes just before a tag are halved when rich reads them; brackets inside get
+    # their own escape (rich's rule, applied once, like rich.markup.escape does).
+    text = re.sub(r"(\\*)(\[[a-z#/@][^[]*?])", lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+    # A trailing run of backslashes would meet the closing tag the caller adds: double it.
+    trailing = len(text) - len(text.rstrip("\\"))
+    return text + "\\" * trailing
 
 
 def markdown_cell(value: Any) -> str:

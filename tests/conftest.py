@@ -3,9 +3,19 @@ unless it asks for more."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from partbench.plugins import reset_registry
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Module-scoped fixtures are set up before each test's own home: they too must never
+    # read or write the user's real home (its feature cache would answer their runs).
+    os.environ["PARTBENCH_HOME"] = tempfile.mkdtemp(prefix="partbench-tests-")
+    os.environ.pop("PARTBENCH_DB", None)
 
 
 @pytest.fixture(autouse=True)

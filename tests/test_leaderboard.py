@@ -595,23 +595,44 @@ def test_a_suite_with_a_pair_its_dataset_cannot_serve_is_refused(monkeypatch):
 # --------------------------------------------------------------------------- the study's claims
 
 
-def test_study_claims_follow_the_scores(tmp_path):
+def test_study_claims_are_decided_on_paired_differences(tmp_path):
+    """Every encoder is scored on the same items; a claim is reproduced when each difference
+    it needs is clear of 0, contradicted when one is clear of 0 the other way."""
     s = Store(f"sqlite:///{tmp_path / 'claims.db'}")
-    scores = {  # (part, object)
-        "mini-supervised": (40, 90),
-        "mini-mocov3": (50, 60),
-        "mini-dino": (45, 70),
-        "mini-mae": (35, 50),
-        "mini-ibot": (55, 65),
+    rng = np.random.default_rng(0)
+    labels = np.arange(400) % 4
+
+    def correct(p: float) -> dict[str, np.ndarray]:
+        return {"correct": (rng.random(400) < p).astype(float), "label": labels}
+
+    scores = {  # (part, object) accuracies: supervised leads on objects, loses on parts
+        "mini-supervised": (0.40, 0.90),
+        "mini-mocov3": (0.60, 0.50),
+        "mini-dino": (0.62, 0.55),
+        "mini-mae": (0.58, 0.45),
+        "mini-ibot": (0.85, 0.60),
     }
     for enc, (part, obj) in scores.items():
-        add(s, enc, "part-retrieval", None, value=part)
-        add(s, enc, "object-linear", None, value=obj)
-    (board,) = lb.build(s.runs())
-    proj = {
-        e: {"projection": MetricValue(1.0), "cls": MetricValue(2.0)} for e in ("mini-mocov3", "mini-dino")
+        add(s, enc, "part-linear", correct(part))
+        add(s, enc, "object-linear", correct(obj))
+    ap_labels = np.arange(200) % 5
+    projection = {}
+    for enc in ("mini-mocov3", "mini-dino"):
+        ids = {}
+        for feature, mean in (("projection", 0.3), ("cls", 0.6)):
+            ap = np.clip(rng.normal(mean, 0.05, 200), 0, 1)
+            ids[feature] = add(
+                s, enc, "part-retrieval", {"ap": ap, "label": ap_labels}, default=feature == "cls"
+            )
+        projection[enc] = ids
+    claims = check_claims(s.runs(status="done"), s, projection)
+    assert [c.verdict for c in claims] == ["reproduced"] * 4
+    assert "mini-supervised − mini-mocov3" in claims[0].evidence
+    # The projection better than the class token: claim 4 is contradicted.
+    flipped = {
+        "mini-mocov3": {
+            "projection": projection["mini-mocov3"]["cls"],
+            "cls": projection["mini-mocov3"]["projection"],
+        }
     }
-    claims = check_claims(board, proj)
-    assert [c.reproduced for c in claims] == [True, True, True, True]
-    scores_flipped = {"mini-mocov3": {"projection": MetricValue(3.0), "cls": MetricValue(2.0)}}
-    assert not check_claims(board, scores_flipped)[3].reproduced
+    assert check_claims(s.runs(status="done"), s, flipped)[3].verdict == "contradicted"
