@@ -134,7 +134,11 @@ def cli() -> None:
     show_default=True,
     help="auto: bf16 on CUDA, fp32 on a CPU",
 )
-@click.option("--workers", type=int, help="processes decoding images [default: the machine's cores]")
+@click.option(
+    "--workers",
+    type=int,
+    help="processes decoding images [default: all cores with a GPU; on a CPU, none up to 4 cores]",
+)
 @click.option(
     "--compile", "compile_", is_flag=True, help="torch.compile the encoder (compile time kept apart)"
 )

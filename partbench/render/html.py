@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from partbench.render import common
+from partbench.render import formatting
 from partbench.text import xml_text
 
 if TYPE_CHECKING:
@@ -106,9 +106,9 @@ def _num(v: float | None) -> str:
 def _score_td(v: float | None, ci: Sequence[float | None] | None) -> str:
     if v is None:
         return '<td class="num" data-sort="">–</td>'
-    ci_text = common.interval(ci)
+    ci_text = formatting.interval(ci)
     span = f'<span class="ci">{xml_text(ci_text)}</span>' if ci_text else ""
-    return f'<td class="num" data-sort="{_num(v)}">{common.value(v)}{span}</td>'
+    return f'<td class="num" data-sort="{_num(v)}">{formatting.value(v)}{span}</td>'
 
 
 def _versions(p: Provenance) -> str:
@@ -129,7 +129,7 @@ def _provenance(board: Board, row: Row) -> str:
         config = json.dumps(p.config, indent=1, sort_keys=True, default=str)
         lines.append(
             "<tr>"
-            f"<td>{xml_text(common.column_label(board, col))}</td>"
+            f"<td>{xml_text(formatting.column_label(board, col))}</td>"
             f"<td>{p.run_id}</td>"
             f"<td><code>{xml_text(p.weights_id)}</code></td>"
             f"<td>{xml_text(p.device)}</td>"
@@ -148,11 +148,11 @@ def _board(board: Board, index: int) -> str:
     level = board.level
     both = level == "all" and len(board.levels) == 2
     heads: list[tuple[str, str]] = [("rank", "ascending"), ("encoder", "ascending"), ("family", "ascending")]
-    heads += [(header, "descending") for _, header in common.score_columns(board)]
+    heads += [(header, "descending") for _, header in formatting.score_columns(board)]
     if both:
         heads.append(("part awareness", "descending"))
-    heads += [(common.column_label(board, c), "descending") for c in board.shown_columns]
-    out = [f'<section id="board-{index}">', f"<h2>{xml_text(common.heading(board))}</h2>"]
+    heads += [(formatting.column_label(board, c), "descending") for c in board.shown_columns]
+    out = [f'<section id="board-{index}">', f"<h2>{xml_text(formatting.heading(board))}</h2>"]
     if board.kind == "suite" and board.description:
         out.append(f'<p class="meta">{xml_text(board.description)}</p>')
     out.append(f'<div class="scroll"><table class="board" data-board="{xml_text(board.name)}"><thead><tr>')
@@ -164,7 +164,7 @@ def _board(board: Board, index: int) -> str:
     for order, r in enumerate(board.rows):
         st = r.standings.get(level)
         rank_sort = "" if st is None or st.rank is None else str(st.rank)
-        colour = common.FAMILY_COLOURS.get(r.family, common.OTHER_COLOUR)
+        colour = formatting.FAMILY_COLOURS.get(r.family, formatting.OTHER_COLOUR)
         cells = [
             f'<td class="rank" data-sort="{rank_sort}">{xml_text(r.rank_text(level))}</td>',
             f'<td class="encoder" data-sort="{xml_text(r.encoder)}"><details><summary>{xml_text(r.encoder)}'
@@ -173,11 +173,13 @@ def _board(board: Board, index: int) -> str:
             f'<span class="family" data-colour="{colour}"></span>'
             f"{xml_text(r.family)}</td>",
         ]
-        for lv, _ in common.score_columns(board):
+        for lv, _ in formatting.score_columns(board):
             s = r.scores.get(lv)
             cells.append(_score_td(s.value if s else None, s.ci if s else None))
         if both:
-            cells.append(f'<td class="num" data-sort="{_num(r.part_awareness)}">{common.awareness(r)}</td>')
+            cells.append(
+                f'<td class="num" data-sort="{_num(r.part_awareness)}">{formatting.awareness(r)}</td>'
+            )
         cells += [_score_td(r.tasks.get(c.key), r.task_ci.get(c.key)) for c in board.shown_columns]
         tied = " tied" if r.tied(level) else ""
         out.append(
@@ -194,7 +196,9 @@ def _board(board: Board, index: int) -> str:
 
 def _family_style(boards: Sequence[Board]) -> str:
     """A colour rule per family shown (data attributes, since the policy forbids style="")."""
-    colours = {common.FAMILY_COLOURS.get(r.family, common.OTHER_COLOUR) for b in boards for r in b.rows}
+    colours = {
+        formatting.FAMILY_COLOURS.get(r.family, formatting.OTHER_COLOUR) for b in boards for r in b.rows
+    }
     return "".join(f'.family[data-colour="{c}"] {{ background: {c}; }}\n' for c in sorted(colours))
 
 

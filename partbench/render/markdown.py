@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from partbench.render import common
+from partbench.render import formatting
 from partbench.text import markdown_cell
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def table(board: Board) -> list[str]:
     level = board.level
     headers = ["rank", "encoder", "family"]
     align = ["---:", "---", "---"]
-    for _lv, header in common.score_columns(board):
+    for _lv, header in formatting.score_columns(board):
         headers.append(header)
         align.append("---:")
     both = level == "all" and len(board.levels) == 2
@@ -35,18 +35,20 @@ def table(board: Board) -> list[str]:
         headers.append("part awareness")
         align.append("---:")
     for c in board.shown_columns:
-        headers.append(common.column_label(board, c))
+        headers.append(formatting.column_label(board, c))
         align.append("---:")
     lines = ["| " + " | ".join(md(h) for h in headers) + " |", "|" + "|".join(align) + "|"]
     for r in board.rows:
         # Names come from the database or a plugin: escaped. Numbers and marks are partbench's.
         cells = [r.rank_text(level), md(r.encoder), md(r.family)]
-        for lv, _ in common.score_columns(board):
+        for lv, _ in formatting.score_columns(board):
             s = r.scores.get(lv)
-            cells.append(common.score_text(s.value, s.ci) if s else "–")
+            cells.append(formatting.score_text(s.value, s.ci) if s else "–")
         if both:
-            cells.append(common.awareness(r))
-        cells += [common.score_text(r.tasks.get(c.key), r.task_ci.get(c.key)) for c in board.shown_columns]
+            cells.append(formatting.awareness(r))
+        cells += [
+            formatting.score_text(r.tasks.get(c.key), r.task_ci.get(c.key)) for c in board.shown_columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -56,7 +58,7 @@ def render(boards: Sequence[Board], heading_level: int = 3) -> str:
 
     out: list[str] = []
     for b in boards:
-        out.append(f"{'#' * heading_level} {md(common.heading(b))}")
+        out.append(f"{'#' * heading_level} {md(formatting.heading(b))}")
         out.append("")
         if b.kind == "suite" and b.description:
             out += [md(b.description), ""]

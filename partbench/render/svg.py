@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from partbench.render import common
+from partbench.render import formatting
 from partbench.text import xml_text
 
 if TYPE_CHECKING:
@@ -77,12 +77,12 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
         "part score</text>"
     )
     for r in rows:
-        colour = common.FAMILY_COLOURS.get(r.family, common.OTHER_COLOUR)
+        colour = formatting.FAMILY_COLOURS.get(r.family, formatting.OTHER_COLOUR)
         cx, cy = sx(r.object_score), sy(r.part_score)  # type: ignore[arg-type]
         rank = r.rank_text(board.level)
         title = (
-            f"{r.encoder} (rank {rank}): object {common.score_text(r.object_score, r.object_ci)}, "
-            f"part {common.score_text(r.part_score, r.part_ci)}"
+            f"{r.encoder} (rank {rank}): object {formatting.score_text(r.object_score, r.object_ci)}, "
+            f"part {formatting.score_text(r.part_score, r.part_ci)}"
         )
         out.append(
             f'<g class="point" data-encoder="{xml_text(r.encoder)}" data-rank="{xml_text(rank)}" '
@@ -103,7 +103,7 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
         out.append(f'<text x="{cx + 6:.1f}" y="{cy - 6:.1f}">{xml_text(r.encoder)}</text></g>')
     families = list(dict.fromkeys(r.family for r in rows))
     for i, family in enumerate(families):
-        colour = common.FAMILY_COLOURS.get(family, common.OTHER_COLOUR)
+        colour = formatting.FAMILY_COLOURS.get(family, formatting.OTHER_COLOUR)
         y = top + m["t"] + 14 + 18 * i
         out.append(f'<circle cx="{WIDTH - m["r"] + 16}" cy="{y - 4}" r="4" fill="{colour}"/>')
         out.append(f'<text x="{WIDTH - m["r"] + 26}" y="{y}">{xml_text(family)}</text>')

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from partbench.render import common
+from partbench.render import formatting
 
 if TYPE_CHECKING:
     from partbench.leaderboard import Board, Comparison, Row
@@ -149,8 +149,8 @@ def _score_cell(v: float | None, ci: Sequence[float | None] | None) -> Any:
 
     if v is None:
         return Text("–")
-    text = Text(common.value(v))
-    ci_text = common.interval(ci)
+    text = Text(formatting.value(v))
+    ci_text = formatting.interval(ci)
     if ci_text:
         text.append("\n" + ci_text, style="dim")
     return text
@@ -164,9 +164,9 @@ def _main_cols(board: Board) -> list[Col]:
     cols = [
         Col("rank", lambda r: _text(r.rank_text(level)), "right", essential=True),
         Col("encoder", lambda r: _text(r.encoder), essential=True),
-        Col("family", lambda r: _text(common.family_short(r.family)), essential=True),
+        Col("family", lambda r: _text(formatting.family_short(r.family)), essential=True),
     ]
-    for lv, header in common.score_columns(board):
+    for lv, header in formatting.score_columns(board):
         cols.append(
             Col(
                 header.replace(" ", "\n"),
@@ -176,7 +176,7 @@ def _main_cols(board: Board) -> list[Col]:
             )
         )
     if level == "all" and len(board.levels) == 2:
-        cols.append(Col("part\nawareness", lambda r: _text(common.awareness(r)), "right", essential=True))
+        cols.append(Col("part\nawareness", lambda r: _text(formatting.awareness(r)), "right", essential=True))
     return cols
 
 
@@ -188,7 +188,7 @@ def _sc(row: Row, level: str) -> tuple[float | None, list[float | None] | None]:
 def _task_cols(board: Board) -> list[Col]:
     return [
         Col(
-            "\n".join(common.column_header_lines(board, c)),
+            "\n".join(formatting.column_header_lines(board, c)),
             lambda r, k=c.key: _score_cell(r.tasks.get(k), r.task_ci.get(k)),
             "right",
         )
@@ -220,7 +220,7 @@ def leaderboard(boards: Sequence[Board], *, width: int | None = None, wide: bool
     width = width or DEFAULT_WIDTH
     parts: list[Any] = []
     for board in boards:
-        title = common.heading(board)
+        title = formatting.heading(board)
         main = _main_cols(board)
         per_task = _task_cols(board) if (wide or board.level != "all") else []
         rows = board.rows
@@ -235,7 +235,7 @@ def leaderboard(boards: Sequence[Board], *, width: int | None = None, wide: bool
             for group in _chunks(head, per_task, cells, width):
                 parts.append(_table([*head, *group], rows, f"{board.title}: per task", cells))
         legend = notes(board)
-        if any(r.family in common.FAMILY_SHORT for r in rows):
+        if any(r.family in formatting.FAMILY_SHORT for r in rows):
             legend.append("MIM: masked image modeling; both: contrastive and MIM.")
         parts.append(Text("\n".join(plain(line) for line in legend), style="dim"))
         parts.append(Text(""))
@@ -274,8 +274,8 @@ def comparison(comps: Sequence[Comparison], a: str, b: str, *, width: int | None
     cols = [
         Col("dataset", lambda c: _text(c.dataset), essential=True),
         Col("task", lambda c: _text(what(c)), essential=True),
-        Col(a, lambda c: _text(common.value(c.a_value)), "right", essential=True),
-        Col(b, lambda c: _text(common.value(c.b_value)), "right", essential=True),
+        Col(a, lambda c: _text(formatting.value(c.a_value)), "right", essential=True),
+        Col(b, lambda c: _text(formatting.value(c.b_value)), "right", essential=True),
         Col("difference\n95% interval", diff, "right", essential=True),
         Col("verdict", verdict, essential=True),
         Col("items", lambda c: _text(f"{c.n_items:,}" if c.n_items else "–"), "right"),

@@ -103,7 +103,7 @@ def _config(
 def _workers(plan: Plan) -> int:
     from partbench.extraction import default_workers
 
-    return default_workers() if plan.opts.workers is None else plan.opts.workers
+    return default_workers(plan.device.type) if plan.opts.workers is None else plan.opts.workers
 
 
 class EncoderRun:
