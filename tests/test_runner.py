@@ -255,3 +255,14 @@ def test_run_config_digest_ignores_what_only_changes_timings():
     assert base.digest == moved.digest
     assert base.digest != dataclasses.replace(base, precision="bf16").digest
     assert base.digest != dataclasses.replace(base, task={"t": 2}).digest
+
+
+@pytest.mark.slow
+def test_compiled_encoder_keeps_compile_time_apart_and_scores_as_eager(tmp_path):
+    reg = _registry_with(("tiny", "ok"))
+    eager = run(reg, _store(tmp_path / "e"), ["tiny"], ["part-retrieval"], _opts(limit=12, cache=False))
+    compiled = run(reg, _store(tmp_path / "c"), ["tiny"], ["part-retrieval"], _opts(limit=12, compile=True))
+    timing = compiled[0].timing
+    assert compiled[0].status == "done" and timing["compile_seconds"] == timing["warmup_seconds"] > 0
+    # Compiled kernels may sum in another order: the same score to well within its interval.
+    assert compiled[0].value.value == pytest.approx(eager[0].value.value, abs=0.5)
