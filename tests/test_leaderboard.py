@@ -267,7 +267,7 @@ def test_compare_prints_paired_differences_task_by_task_and_per_level(store):
     with pytest.raises(lb.PartbenchError, match="no finished runs of encoder 'zz'"):
         lb.compare(store.runs(), "a", "zz", items=store)
     out = terminal.render_text(terminal.comparison(comps, "a", "b"), 80)
-    assert "part-retrieval" in out and "a higher" in out
+    assert "part-retrieval" in out and "A higher" in out and "A (a) against B (b)" in out
     assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
 
 
@@ -488,7 +488,7 @@ def test_cli_leaderboard_compare_and_formats(store, tmp_path, monkeypatch):
     assert res.exit_code == 0 and (tmp_path / "x.html").read_text().startswith("<!DOCTYPE html>")
     res = runner.invoke(cli, ["compare", "a", "b", "--task", "part-linear"], env={"COLUMNS": "80"})
     assert res.exit_code == 0, res.output
-    assert "a higher" in res.output and "part-linear" in res.output
+    assert "A higher" in res.output and "part-linear" in res.output
     res = runner.invoke(cli, ["compare", "a", "nobody"])
     assert res.exit_code == 1 and "no finished runs of encoder 'nobody'" in res.output
 

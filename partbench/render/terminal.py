@@ -266,7 +266,11 @@ def comparison(comps: Sequence[Comparison], a: str, b: str, *, width: int | None
         return text
 
     def verdict(c: Comparison) -> Any:
-        text = Text(plain(c.verdict))
+        # The encoders' names head the table as A and B: the verdict says which, briefly.
+        said = plain(c.verdict)
+        if not c.tie:
+            said = said.replace(plain(c.a if c.diff > 0 else c.b), "A" if c.diff > 0 else "B", 1)
+        text = Text(said)
         if not c.paired and c.reason:
             text.append(f"\n({plain(c.reason)})", style="dim")
         return text
@@ -274,20 +278,20 @@ def comparison(comps: Sequence[Comparison], a: str, b: str, *, width: int | None
     cols = [
         Col("dataset", lambda c: _text(c.dataset), essential=True),
         Col("task", lambda c: _text(what(c)), essential=True),
-        Col(a, lambda c: _text(formatting.value(c.a_value)), "right", essential=True),
-        Col(b, lambda c: _text(formatting.value(c.b_value)), "right", essential=True),
+        Col("A", lambda c: _text(formatting.value(c.a_value)), "right", essential=True),
+        Col("B", lambda c: _text(formatting.value(c.b_value)), "right", essential=True),
         Col("difference\n95% interval", diff, "right", essential=True),
         Col("verdict", verdict, essential=True),
         Col("items", lambda c: _text(f"{c.n_items:,}" if c.n_items else "–"), "right"),
     ]
     legend = Text(
-        f"Difference: {plain(a)} minus {plain(b)}, in points, with the 95% interval of a paired bootstrap "
-        "(the same resampled items for both). An interval containing 0: no clear difference. "
-        "Not paired: no per-item results (older runs) or different items; the verdict then "
-        "says whether the stored intervals overlap.",
+        f"A: {plain(a)}; B: {plain(b)}. Difference: A minus B, in points, with the 95% interval "
+        "of a paired bootstrap (the same resampled items for both). An interval containing 0: "
+        "no clear difference. Not paired: no per-item results (older runs) or different items; "
+        "the verdict then says whether the stored intervals overlap.",
         style="dim",
     )
-    return Group(fit(cols, comps, width, title=f"{a} against {b}"), legend)
+    return Group(fit(cols, comps, width, title=f"A ({a}) against B ({b})"), legend)
 
 
 # --------------------------------------------------------------------------- runs, tasks
