@@ -212,3 +212,30 @@ def test_attentive_probe_memory_stays_near_the_cache(benchmark, tmp_path, reques
     benchmark.extra_info["cache_bytes"] = cache_bytes
     benchmark.extra_info["peak_rss_bytes"] = peak
     benchmark.extra_info["peak_over_cache"] = peak / cache_bytes
+
+
+@pytest.mark.slow
+def test_study_scale_script_runs_small_on_a_cpu(tmp_path):
+    """The GPU check's script, at a size a CPU finishes in a minute: every step completes and
+    the warm step runs no encoder pass."""
+    import os
+
+    script = Path(__file__).with_name("study_scale.py")
+    out = tmp_path / "figures.json"
+    env = {**os.environ, "PARTBENCH_LOAD_PLUGINS": "partbench", "CUDA_VISIBLE_DEVICES": ""}
+    args = [
+        "--images",
+        "8",
+        "--skip-ade",
+        "--workers",
+        "0",
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    cold, warm = json.loads(out.read_text())["steps"]
+    assert cold["encoder_passes"] == 3 and all(": done" in r for r in cold["runs"])
+    assert warm["encoder_passes"] == 0 and warm["runs"][0].startswith("part-retrieval: done")
