@@ -73,9 +73,6 @@ class Entry:
             if (self.folder / v["file"]).is_file()
         }
 
-    def has(self, names: set[str]) -> bool:
-        return names <= set(self.arrays())
-
     def read(self, name: str) -> np.ndarray:
         info = self.arrays()[name]
         if 0 in info.shape:

@@ -60,10 +60,6 @@ class Pass:
     def mask_name(self, source: str, resolution: int) -> str:
         return f"masks:{source}:{'full' if resolution == FULL else f'x{resolution}'}"
 
-    def wanted(self) -> set[str]:
-        names = {self.array_name(o) for o in self.outputs} | {"labels", "sample_index"}
-        return names | {self.mask_name(s, r) for s, r in self.masks}
-
 
 def merge_views(views: Sequence[View], dataset: Dataset) -> dict[tuple[str, str, str], Pass]:
     """Views of one split and transform share one pass; stages within it must agree."""

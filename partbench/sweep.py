@@ -276,8 +276,6 @@ def expected_precision(precision: str, device: str, launcher: Launcher) -> str:
 def expected_config(plan: Any, encoder_name: str, encoder_spec: Any, task_spec: Any, precision: str) -> dict:
     """What the submitter knows of the run's configuration without loading anything: a subset
     of the stored ``config``, compared field by field."""
-    from partbench.runner.plan import plugin_version
-
     opts = plan.opts
     return _plain(
         {
@@ -285,20 +283,20 @@ def expected_config(plan: Any, encoder_name: str, encoder_spec: Any, task_spec: 
                 "name": encoder_name,
                 "plugin": encoder_spec.plugin,
                 "spec_version": encoder_spec.version,
-                "plugin_version": plugin_version(encoder_spec.plugin),
+                "plugin_version": plan.plugin_version(encoder_spec),
             },
             "task": {
                 "name": task_spec.name,
                 "version": task_spec.version,
                 "plugin": task_spec.plugin,
-                "plugin_version": plugin_version(task_spec.plugin),
+                "plugin_version": plan.plugin_version(task_spec),
                 "options": plan.options[task_spec.name],
             },
             "dataset": {
                 "name": plan.dataset.name,
                 "version": plan.dataset.version,
                 "plugin": plan.dataset.plugin,
-                "plugin_version": plugin_version(plan.dataset.plugin),
+                "plugin_version": plan.plugin_version(plan.dataset),
                 "root": str(plan.data_root) if plan.data_root else None,
                 "options": plan.dataset_options,
             },

@@ -17,7 +17,7 @@ from typing import Any
 from partbench.cache import Entry, FeatureCache, cache_key
 from partbench.distributed import World
 from partbench.errors import PartbenchError
-from partbench.runner.plan import Plan, RunConfig, plugin_version
+from partbench.runner.plan import Plan, RunConfig
 from partbench.runner.record import Outcome, Recorder, describe_error, non_finite
 from partbench.specs import EncoderRequest, EncoderSpec, TaskSpec
 
@@ -63,7 +63,7 @@ def _config(
             "name": spec.name,
             "version": spec.version,
             "plugin": spec.plugin,
-            "plugin_version": plugin_version(spec.plugin),
+            "plugin_version": plan.plugin_version(spec),
             "options": options,
             # The leaderboard ranks the protocol's defaults; variants stay in `runs`.
             "default_options": options == spec.defaults(),
@@ -72,7 +72,7 @@ def _config(
             "name": plan.dataset.name,
             "version": plan.dataset.version,
             "plugin": plan.dataset.plugin,
-            "plugin_version": plugin_version(plan.dataset.plugin),
+            "plugin_version": plan.plugin_version(plan.dataset),
             "fingerprint": dataset.fingerprint() if dataset is not None else None,
             "root": str(plan.data_root) if plan.data_root else None,
             "options": plan.dataset_options,
@@ -180,7 +180,7 @@ class EncoderRun:
                 **encoder.describe(),
                 "spec_version": self.spec.version,
                 "plugin": self.spec.plugin,
-                "plugin_version": plugin_version(self.spec.plugin),
+                "plugin_version": plan.plugin_version(self.spec),
             }
         except Exception as exc:
             for spec in plan.tasks:
@@ -242,8 +242,7 @@ class EncoderRun:
         plan = self.plan
         key = cache_key(
             {
-                "encoder": {k: v for k, v in described.items() if k != "plugin_version"},
-                "encoder_plugin_version": described.get("plugin_version"),
+                "encoder": described,
                 "dataset": plan.dataset.name,
                 "dataset_version": plan.dataset.version,
                 "fingerprint": self.dataset.fingerprint(),

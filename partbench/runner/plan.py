@@ -12,7 +12,6 @@ import json
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +88,13 @@ class Plan:
     device: Any = None
     device_text: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    plugin_versions: dict[str, str] = field(default_factory=dict)  # distribution -> version
+
+    def plugin_version(self, spec: Any) -> str:
+        """The version of the distribution that registered ``spec``, as the registry found it;
+        it enters the configuration hash, so a changed plugin is not answered from an older
+        one's results."""
+        return self.plugin_versions.get(spec.plugin, "unknown")
 
 
 def select_tasks(registry: Registry, selectors: Sequence[str], dataset: DatasetSpec) -> list[TaskSpec]:
@@ -195,6 +201,7 @@ def make_plan(registry: Registry, encoders: Sequence[str], tasks: Sequence[str],
         tasks=task_specs,
         options=options,
         opts=opts,
+        plugin_versions=dict(registry.versions),
     )
 
 
@@ -247,12 +254,3 @@ def library_versions() -> dict[str, str]:
         "timm": timm.__version__,
         "numpy": numpy.__version__,
     }
-
-
-def plugin_version(distribution: str) -> str:
-    """The installed version of a plugin's distribution; it enters the configuration hash, so a
-    changed plugin is not answered from an older one's results."""
-    try:
-        return version(distribution)
-    except (PackageNotFoundError, ValueError):
-        return "unknown"
