@@ -82,7 +82,7 @@ def test_attentive_pooler_equals_multihead_attention():
     assert attention_heads(768) == 12 and attention_heads(128) == 8
 
 
-PROBE_OPTS = {"feature": "cls", "epochs": 30, "lr": 0.1, "batch_size": 64, "report": "best"}
+PROBE_OPTS = {"feature": "cls", "epochs": 30, "lr": 0.1, "batch_size": 64, "report": "best-on-test"}
 
 
 def test_linear_probe_learns_separable_features_and_repeats_report_spread():
@@ -115,7 +115,7 @@ def test_attentive_probe_finds_the_token_that_carries_the_class():
 
     (tr, ytr), (te, yte) = tokens(300, 3), tokens(90, 4)
     feats = {"train": Features({"tokens": tr}, ytr, (1, 1)), "test": Features({"tokens": te}, yte, (1, 1))}
-    opts = {"epochs": 40, "lr": 0.05, "batch_size": 64, "report": "best"}
+    opts = {"epochs": 40, "lr": 0.05, "batch_size": 64, "report": "best-on-test"}
     res = Probe("keypoints", "attentive", opts).evaluate(feats, Named(), device=CPU, seed=0)
     assert res.metrics["top1"].value > 85
     assert res.details["heads"] == 8

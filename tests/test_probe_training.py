@@ -1,0 +1,297 @@
+"""How the probes train and which epoch they report: an epoch chosen without the test split,
+heads trained until their loss levels off, and a flag on every run that had not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from partbench.datasets.base import IGNORE, Dataset
+from partbench.features import Features
+from partbench.specs import OptionError
+from partbench.tasks import segmentation as seg
+from partbench.tasks.builtin import _probe_options, _seg_options
+from partbench.tasks.probes import Probe, linear_head, plateaued, stratified_holdout, train_probe
+
+CPU = torch.device("cpu")
+
+
+class Named(Dataset):
+    name = "toy"
+    object_classes = part_classes = ("a", "b", "c")
+    part_seg_classes = object_seg_classes = ("a", "b", "c")
+
+
+def _clustered(n: int, noise: float, seed: int, dim: int = 16, classes: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(99)) * 3
+    return centres[labels] + noise * torch.randn(n, dim, generator=g), labels
+
+
+def _features(x: torch.Tensor, y: torch.Tensor) -> Features:
+    return Features(arrays={"cls": x}, labels=y.numpy(), grid=(1, 1))
+
+
+OPTS = {
+    "feature": "cls",
+    "epochs": 20,
+    "lr": 0.1,
+    "batch_size": 32,
+    "report": "validation",
+    "validation": 0.2,
+}
+
+
+class _Recorder(nn.Module):
+    """Passes its input through, keeping every input it saw in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            self.seen.append(x.detach().clone())
+        return x
+
+
+def _recording_head(dim: int, classes: int):
+    recorder = _Recorder()
+
+    def make() -> nn.Module:
+        return nn.Sequential(recorder, linear_head(dim, classes))
+
+    return recorder, make
+
+
+# Options --------------------------------------------------------------------------------------
+
+
+def test_probe_options_name_the_epoch_choice_and_bound_the_held_out_share():
+    opts = _probe_options(0.1, feature=True)
+    report = opts["report"]
+    assert report.default == "validation" and report.choices == ("validation", "best-on-test", "last")
+    assert "study" in report.help and "test split" in report.help and "optimistic" in report.help
+    share = opts["validation"]
+    assert share.default == 0.2 and share.parse("0.5") == 0.5
+    for bad in ("0", "-0.1", "0.51", "nan"):
+        with pytest.raises(OptionError):
+            share.parse(bad)
+    with pytest.raises(OptionError):
+        report.parse("best")
+    assert _seg_options()["solver"].default == "lbfgs"
+    assert _seg_options()["solver"].choices == ("lbfgs", "adamw")
+
+
+# The held-out share ---------------------------------------------------------------------------
+
+
+def test_holdout_is_stratified_deterministic_and_never_empties_a_class():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 1 + [3] * 2)
+    fit, held, kept = stratified_holdout(labels, 0.2, seed=3)
+    assert np.bincount(labels[held], minlength=4).tolist() == [2, 1, 0, 0]
+    assert sorted(np.concatenate([fit, held]).tolist()) == list(range(len(labels)))
+    assert kept == []
+    again = stratified_holdout(labels, 0.2, seed=3)
+    assert np.array_equal(again[1], held)
+    assert not np.array_equal(stratified_holdout(labels, 0.2, seed=4)[1], held)
+    # Half of a one-item class would be that item: it stays in training, and that is said.
+    fit, held, kept = stratified_holdout(labels, 0.5, seed=3)
+    assert np.bincount(labels[held], minlength=4).tolist() == [5, 3, 0, 1]
+    assert np.bincount(labels[fit], minlength=4).min() >= 1
+    assert kept == [2]
+
+
+def test_a_class_too_small_to_hold_out_is_named_in_the_details():
+    x, y = _clustered(30, 0.5, 1, classes=2)
+    x, y = torch.cat([x, torch.randn(1, 16)]), torch.cat([y, torch.tensor([2])])  # one item of c
+    xt, yt = _clustered(30, 0.5, 2)
+    res = Probe("keypoints", "linear", {**OPTS, "validation": 0.5}).evaluate(
+        {"train": _features(x, y), "test": _features(xt, yt)}, Named(), device=CPU, seed=0
+    )
+    assert res.details["validation_note"].endswith(": c")
+    assert res.details["validation_items"] == 16 and res.details["train_items"] == 15  # 8 + 8 held
+
+
+# Which epoch is reported ----------------------------------------------------------------------
+
+
+def test_validation_mode_scores_the_test_split_once_and_chooses_on_held_out_items():
+    x, y = _clustered(90, 2.0, 1)
+    xt, yt = _clustered(60, 2.0, 2)
+    recorder, make = _recording_head(16, 3)
+    fit = train_probe(make, x, y, xt, yt, epochs=12, base_lr=0.1, batch_size=16, seed=0)
+    _, held, _ = stratified_holdout(y.numpy(), 0.2, seed=0)
+    on_test = [s for s in recorder.seen if s.shape == xt.shape and torch.equal(s, xt)]
+    on_held = [s for s in recorder.seen if s.shape == x[held].shape and torch.equal(s, x[held])]
+    assert len(on_test) == 1 and len(on_held) == 12 and len(recorder.seen) == 13
+    assert fit.validation_items == len(held) == 18 and fit.test_top1 == []
+    # The first epoch with the best held-out top-1.
+    assert fit.chosen_epoch == int(np.argmax(fit.validation_top1)) + 1
+    assert fit.top1 == pytest.approx(fit.correct.mean())
+
+
+def test_the_chosen_epoch_does_not_depend_on_the_test_labels():
+    x, y = _clustered(90, 2.5, 1)
+    xt, yt = _clustered(60, 2.5, 2)
+    args = {"epochs": 15, "base_lr": 0.2, "batch_size": 16, "seed": 0}
+    a = train_probe(lambda: linear_head(16, 3), x, y, xt, yt, **args)
+    b = train_probe(lambda: linear_head(16, 3), x, y, xt, (yt + 1) % 3, **args)
+    assert a.chosen_epoch == b.chosen_epoch and a.validation_top1 == b.validation_top1
+    assert a.train_loss == b.train_loss
+    # Same predictions, other labels: the head scored is the same one.
+    assert a.top1 != b.top1
+    # best-on-test picks a test epoch from the test split; the two choices can differ.
+    t = train_probe(lambda: linear_head(16, 3), x, y, xt, yt, report="best-on-test", **args)
+    assert len(t.test_top1) == 15 and t.top1 == max(t.test_top1)
+    assert t.chosen_epoch == int(np.argmax(t.test_top1)) + 1
+    assert t.validation_items == 0 and t.validation_top1 == []
+
+
+@pytest.mark.parametrize(("report", "test_reads"), [("best-on-test", 7), ("last", 1)])
+def test_the_other_modes_train_on_every_item(report, test_reads):
+    x, y = _clustered(60, 1.0, 1)
+    xt, yt = _clustered(30, 1.0, 2)
+    recorder, make = _recording_head(16, 3)
+    fit = train_probe(make, x, y, xt, yt, epochs=7, base_lr=0.1, batch_size=16, seed=0, report=report)
+    assert len(recorder.seen) == test_reads and all(torch.equal(s, xt) for s in recorder.seen)
+    assert fit.validation_items == 0 and len(fit.train_loss) == 7
+    if report == "last":
+        assert fit.chosen_epoch == 7
+
+
+def test_probe_details_record_the_choice_the_curve_and_the_repeats():
+    x, y = _clustered(90, 0.5, 1)
+    xt, yt = _clustered(60, 0.5, 2)
+    feats = {"train": _features(x, y), "test": _features(xt, yt)}
+    res = Probe("keypoints", "linear", {**OPTS, "report": "validation"}).evaluate(
+        feats, Named(), device=CPU, seed=0, repeats=2
+    )
+    d = res.details
+    assert d["epoch_choice"] == "validation" and 1 <= d["chosen_epoch"] <= 20
+    assert d["validation_items"] == 18 and d["train_items"] == 72
+    assert len(d["validation_top1_per_epoch"]) == 20 and "test_top1_per_epoch" not in d
+    assert len(d["train_loss_per_epoch"]) == 20 and isinstance(d["converged"], bool)
+    assert len(d["chosen_epoch_repeats"]) == 2 and len(d["top1_repeats"]) == 2
+    assert res.metrics["top1"].value == pytest.approx(100.0)
+    assert res.items["correct"].shape == (60,) and res.chance["top1"] == pytest.approx(100 / 3)
+    assert json.loads(json.dumps(d)) == d  # stored as it is
+    study = Probe("keypoints", "linear", {**OPTS, "report": "best-on-test"}).evaluate(
+        feats, Named(), device=CPU, seed=0
+    )
+    assert len(study.details["test_top1_per_epoch"]) == 20
+    assert "validation_top1_per_epoch" not in study.details and study.details["validation_items"] == 0
+
+
+# Has the training loss levelled off? ----------------------------------------------------------
+
+
+def test_plateau_rule_counts_the_learning_rate_spent_not_the_steps():
+    assert not plateaued([2.0]) and not plateaued([])
+    assert plateaued([1.0] * 20)
+    assert not plateaued(np.linspace(2.0, 1.0, 100))
+    # Loss falling at a steady rate per unit of learning rate, under a schedule that decays
+    # to zero: flat in steps at the end, still falling in what the optimiser spent.
+    lr = (1 - np.arange(200) / 200) ** 2
+    loss = 2.0 - np.cumsum(lr) / lr.sum()
+    assert plateaued(loss)
+    assert not plateaued(loss, lr)
+
+
+def test_one_epoch_on_a_hard_problem_is_flagged_and_a_long_easy_run_is_not():
+    x, y = _clustered(120, 6.0, 1)
+    xt, yt = _clustered(60, 6.0, 2)
+    feats = {"train": _features(x, y), "test": _features(xt, yt)}
+    short = Probe("keypoints", "linear", {**OPTS, "epochs": 1}).evaluate(feats, Named(), device=CPU, seed=0)
+    assert short.details["converged"] is False
+    assert "warning" in short.details and "\n" not in short.details["warning"]
+    x, y = _clustered(120, 0.1, 1)
+    xt, yt = _clustered(60, 0.1, 2)
+    feats = {"train": _features(x, y), "test": _features(xt, yt)}
+    long = Probe("keypoints", "linear", {**OPTS, "epochs": 60, "lr": 0.5}).evaluate(
+        feats, Named(), device=CPU, seed=0
+    )
+    assert long.details["converged"] is True and "warning" not in long.details
+
+
+# Segmentation heads ---------------------------------------------------------------------------
+
+
+def _seg_features(n: int, noise: float, seed: int, sizes: tuple[int, ...] = (16,)) -> Features:
+    """3 classes on a 4 x 4 patch grid, the class of each patch in its one-hot feature plus
+    noise; label maps upsampled to one of ``sizes`` with a band of ignored pixels."""
+    rng = np.random.default_rng(seed)
+    grids = rng.integers(0, 3, (n, 4, 4))
+    masks = []
+    for i, g in enumerate(grids):
+        s = sizes[i % len(sizes)] // 4
+        m = np.kron(g, np.ones((s, s), int)).astype(np.uint8)
+        m[:2] = IGNORE
+        masks.append(m)
+    x = F.one_hot(torch.as_tensor(grids.reshape(n, 16)), 3).float()
+    x = torch.cat([x, torch.zeros(n, 16, 5)], -1)
+    x = x + noise * torch.as_tensor(rng.standard_normal(x.shape), dtype=torch.float32)
+    return Features({"stages": x.half()}, np.zeros(n), (4, 4), masks={"part-masks": masks})
+
+
+def _train_loss(head: nn.Module, feats: Features) -> float:
+    """Mean cross-entropy over every valid training pixel at the loss resolution."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i, m in enumerate(feats.masks["part-masks"]):
+            target = seg._loss_target(torch.as_tensor(m.astype(np.int64)), feats.grid)
+            logits = seg._logits(head, feats["stages"][i : i + 1].float(), feats.grid, tuple(target.shape))
+            total += float(F.cross_entropy(logits, target[None], ignore_index=IGNORE, reduction="sum"))
+            count += int((target != IGNORE).sum())
+    return total / count
+
+
+def test_lbfgs_fits_further_than_a_short_adamw_run_and_says_it_converged():
+    feats = _seg_features(40, 0.8, 0)
+    args = (feats["stages"], feats.masks["part-masks"], feats.grid, 3)
+    lbfgs = seg.train_seg_head(*args, iterations=100, seed=0, solver="lbfgs")
+    adamw = seg.train_seg_head(*args, iterations=50, seed=0, solver="adamw", lr=4e-4, batch_size=8)
+    assert _train_loss(lbfgs.head, feats) < _train_loss(adamw.head, feats) - 0.1
+    assert lbfgs.converged and not adamw.converged
+    assert len(adamw.loss_curve) == 50
+    # The curve is the objective L-BFGS minimised: it never rises.
+    assert all(b <= a + 1e-6 for a, b in zip(lbfgs.loss_curve, lbfgs.loss_curve[1:], strict=False))
+    one = seg.train_seg_head(*args, iterations=1, seed=0, solver="lbfgs")
+    assert not one.converged and len(one.loss_curve) == 2
+
+
+def test_lbfgs_in_chunks_matches_one_pass_and_handles_maps_of_several_sizes(monkeypatch):
+    feats = _seg_features(24, 0.8, 1, sizes=(16, 20))
+    args = (feats["stages"], feats.masks["part-masks"], feats.grid, 3)
+    whole = seg.train_seg_head(*args, iterations=6, seed=0)  # still falling: no early stop
+    monkeypatch.setattr(seg, "LBFGS_CHUNK_BYTES", 1)  # one image per chunk,
+    monkeypatch.setattr(seg, "LBFGS_RESIDENT_BYTES", 0)  # read from the cache at each evaluation
+    chunked = seg.train_seg_head(*args, iterations=6, seed=0)
+    assert np.allclose(whole.loss_curve, chunked.loss_curve, rtol=1e-4)
+    assert torch.allclose(whole.head[1].weight, chunked.head[1].weight, atol=1e-3)
+
+
+def test_segmentation_details_carry_the_curve_and_a_warning_when_unconverged():
+    train, test = _seg_features(40, 0.8, 0), _seg_features(20, 0.8, 1)
+    opts = {"solver": "adamw", "iterations": 250, "lr": 4e-4, "batch_size": 8}
+    res = seg.Segmentation("part-masks", opts).evaluate(
+        {"train": train, "test": test}, Named(), device=CPU, seed=0
+    )
+    d = res.details
+    assert d["solver"] == "adamw" and len(d["train_loss_curve"]) <= 100
+    assert d["converged"] is False and "AdamW" in d["warning"]
+    underfit = res.metrics["mIoU"].value
+    res = seg.Segmentation("part-masks", {**opts, "solver": "lbfgs", "iterations": 100}).evaluate(
+        {"train": train, "test": test}, Named(), device=CPU, seed=0
+    )
+    d = res.details
+    assert d["solver"] == "lbfgs" and d["converged"] is True and "warning" not in d
+    assert d["train_loss_curve"][-1] < d["train_loss_curve"][0]
+    assert res.metrics["mIoU"].value > underfit + 5
+    assert json.loads(json.dumps(d)) == d
