@@ -19,11 +19,22 @@ its members share the group's first rank (``2=``).
 Runs without per-item results (stored before partbench kept them) cannot be resampled: their
 level interval is the mean of the stored bounds, neighbours are compared by whether their
 intervals overlap, and they are marked as not paired. Rendering lives in partbench.render.
+
+Chance. Every run stores the chance level of its metrics on the items it scored
+(``partbench.metrics.chance_*``); a task's chance is its run's, for the headline metric. A
+level's chance is the mean of its tasks' chance levels, as its score is the mean of their
+scores, and the overall chance the mean of the levels'. A score is at chance (marked ``≈``)
+when its 95% interval contains or falls below its own chance level, or, with no interval, when
+the value does not exceed it. Runs of one task that scored different items (another --limit,
+dataset version) have different chance levels: each score is judged against its own run's,
+and a board's chance row shows the range over its rows. Runs stored before chance was recorded
+have none: shown as "–" and never marked.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +51,7 @@ LEVELS = ("object", "part")
 N_RESAMPLES = 1000
 SEED = 0
 CONFIDENCE = 0.95
+CHANCE_MARK = "≈"  # after a score not clearly above chance, in every text format
 
 # run id -> per-item results ({} or None when the run has none): Store.items, or a Store.
 ItemsSource = Callable[[int], "Mapping[str, np.ndarray] | None"]
@@ -69,6 +81,8 @@ class Provenance:
     config: dict[str, Any]
     n_items: int | None
     per_item: bool  # per-item results are stored: the score can be resampled and paired
+    chance: float | None = None  # the headline metric's chance level; None: not stored
+    interval: str | None = None  # what the run's interval resamples, in the task's words
 
 
 @dataclass
@@ -77,6 +91,11 @@ class Score:
     low: float | None
     high: float | None
     paired: bool = False  # the interval comes from resampling items (else: stored bounds)
+    chance: float | None = None  # the chance level on the same items and tasks; None: unknown
+
+    @property
+    def at_chance(self) -> bool:
+        return at_chance(self.value, self.ci, self.chance)
 
     def overlaps(self, other: Score) -> bool:
         if None in (self.low, self.high, other.low, other.high):
@@ -141,6 +160,7 @@ class Row:
     board: str
     tasks: dict[str, float] = field(default_factory=dict)  # column key -> headline metric
     task_ci: dict[str, list[float | None]] = field(default_factory=dict)
+    task_chance: dict[str, float | None] = field(default_factory=dict)  # None: not stored
     runs: dict[str, Provenance] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # column keys without a result
     scores: dict[str, Score] = field(default_factory=dict)  # "object", "part", "all"
@@ -172,6 +192,9 @@ class Row:
     def part_ci(self) -> list[float | None] | None:
         s = self.scores.get("part")
         return None if s is None else s.ci
+
+    def task_at_chance(self, key: str) -> bool:
+        return at_chance(self.tasks.get(key), self.task_ci.get(key), self.task_chance.get(key))
 
     def tied(self, level: str) -> bool:
         st = self.standings.get(level)
@@ -227,6 +250,14 @@ class Board:
     def metrics(self) -> dict[str, str]:
         return {c.key: c.metric for c in self.columns}
 
+    def column_chance(self, key: str) -> tuple[float, float] | None:
+        """The lowest and highest chance level of a column's runs; None when none stored one."""
+        return _span([r.task_chance.get(key) for r in self.rows if key in r.tasks])
+
+    def level_chance(self, level: str) -> tuple[float, float] | None:
+        """The lowest and highest chance level of the rows' scores at ``level``."""
+        return _span([s.chance for r in self.rows if (s := r.scores.get(level)) is not None])
+
     @property
     def levels_text(self) -> str:
         """What the headings say about levels, e.g. "object level only (no part tasks)"."""
@@ -243,6 +274,41 @@ class Board:
         if self.level == "all" and len(self.levels) == 2:
             return "ranked by the mean of the object and part scores"
         return f"ranked by the {self.shown_levels[0] if self.shown_levels else self.level} score"
+
+
+def at_chance(value: float | None, ci: Sequence[float | None] | None, chance: float | None) -> bool:
+    """Whether a score is not clearly above chance: its 95% interval contains or falls below
+    ``chance`` (without a finite interval: the value does not exceed it). Unknown chance: False."""
+    if value is None or chance is None or not math.isfinite(chance):
+        return False
+    low = ci[0] if ci and ci[0] is not None and math.isfinite(ci[0]) else value
+    return low <= chance
+
+
+def _span(values: Sequence[float | None]) -> tuple[float, float] | None:
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    return (min(known), max(known)) if known else None
+
+
+def _mean_known(values: Sequence[float | None]) -> float | None:
+    """The mean, or None when any value is unknown: a level's chance needs every task's."""
+    if not values or any(v is None or not math.isfinite(v) for v in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def _chance_of(run: Any) -> float | None:
+    """The stored chance level of the run's headline metric (None for runs from before chance
+    levels were stored)."""
+    value = (getattr(run, "chance", None) or {}).get(run.headline_metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _interval_of(run: Any) -> str | None:
+    said = (getattr(run, "details", None) or {}).get("interval")
+    return said if isinstance(said, str) and said else None
 
 
 # --------------------------------------------------------------------------- which runs count
@@ -331,6 +397,8 @@ def _provenance(run: Any, per_item: bool) -> Provenance:
         config=dict(run.config or {}),
         n_items=run.n_items,
         per_item=per_item,
+        chance=_chance_of(run),
+        interval=_interval_of(run),
     )
 
 
@@ -539,10 +607,11 @@ class _BoardBuilder:
         if not cols:
             return None
         value = sum(row.tasks[c.key] for c in cols) / len(cols)
+        chance = _mean_known([row.task_chance.get(c.key) for c in cols])
         draws = self.draws(row, level)
         if draws is not None:
-            return Score(value, *self.d.interval(draws), paired=True)
-        return Score(value, *_mean_bounds([row.task_ci[c.key] for c in cols]))
+            return Score(value, *self.d.interval(draws), paired=True, chance=chance)
+        return Score(value, *_mean_bounds([row.task_ci[c.key] for c in cols]), chance=chance)
 
     def overall_score(self, row: Row) -> Score | None:
         levels = self.board.levels
@@ -552,10 +621,11 @@ class _BoardBuilder:
         if len(levels) == 1:
             return parts[0]
         value = sum(p.value for p in parts) / len(parts)  # type: ignore[union-attr]
+        chance = _mean_known([p.chance for p in parts])  # type: ignore[union-attr]
         draws = self.draws(row, "all")
         if draws is not None:
-            return Score(value, *self.d.interval(draws), paired=True)
-        return Score(value, *_mean_bounds([p.ci for p in parts]))  # type: ignore[union-attr]
+            return Score(value, *self.d.interval(draws), paired=True, chance=chance)
+        return Score(value, *_mean_bounds([p.ci for p in parts]), chance=chance)  # type: ignore[union-attr]
 
     def compare(self, a: Row, b: Row, level: str) -> Comparison | None:
         """a minus b at ``level`` over the columns both have; None when their columns differ
@@ -698,6 +768,7 @@ def build(
             head = run.headline
             row.tasks[col.key] = head.value
             row.task_ci[col.key] = [head.ci_low, head.ci_high]
+            row.task_chance[col.key] = _chance_of(run)
             got = get_items(run)
             row.runs[col.key] = _provenance(run, got is not None)
             cells.setdefault(encoder, {})[col.key] = _Cell(col, run, got)
@@ -869,6 +940,10 @@ def notes(board: Board) -> list[str]:
         "resampling every task's items). Each rank is compared with the next by a paired "
         "bootstrap of their score difference over the same items."
     ]
+    resampled = _resampled(board)
+    if resampled:
+        lines.append(resampled)
+    lines += _chance_notes(board)
     groups: list[list[Row]] = []
     for row in board.rows:
         if row.tied(level) and (not groups or row.encoder not in [r.encoder for r in groups[-1]]):
@@ -915,6 +990,48 @@ def notes(board: Board) -> list[str]:
     return lines
 
 
+def _resampled(board: Board) -> str | None:
+    """What each shown task's interval resamples, in the words its runs stored (retrieval
+    resamples queries against a fixed gallery, probes test items, segmentation images)."""
+    said: dict[str, list[str]] = {}
+    unsaid: list[str] = []
+    for col in board.shown_columns:
+        runs = [p for r in board.rows if (p := r.runs.get(col.key)) is not None]
+        for text in dict.fromkeys(p.interval.rstrip(".") for p in runs if p.interval):
+            said.setdefault(text, []).append(col.key)
+        if runs and not any(p.interval for p in runs):
+            unsaid.append(col.key)
+    if not said:
+        return None
+    parts = [f"{', '.join(keys)}: {text}." for text, keys in said.items()]
+    if unsaid:
+        parts.append(f"{', '.join(unsaid)}: not stored (runs from before partbench recorded it).")
+    return "What each task's interval resamples: " + " ".join(parts)
+
+
+def _chance_notes(board: Board) -> list[str]:
+    cols = board.shown_columns
+    if not cols:
+        return []
+    line = (
+        "chance (the row beneath the header): what chance-level predictions score on the items "
+        "each run scored, as stored with the run; a level's is the mean of its tasks', as is its "
+        "score; a range where runs scored different items."
+    )
+    if any(r.task_chance.get(c.key) is None for c in cols for r in board.rows if c.key in r.tasks):
+        line += " Chance –: not stored (runs from before partbench recorded chance levels)."
+    lines = [line]
+    marked = any(r.task_at_chance(c.key) for c in cols for r in board.rows) or any(
+        s.at_chance for r in board.rows for lv in board.shown_levels if (s := r.scores.get(lv)) is not None
+    )
+    if marked:
+        lines.append(
+            f"{CHANCE_MARK}: not clearly above chance (the score's 95% interval contains or falls "
+            "below its chance level)."
+        )
+    return lines
+
+
 def _diff_text(c: Comparison) -> str:
     if c.paired and c.low is not None:
         return f"{c.diff:+.1f} [{c.low:+.1f}, {c.high:+.1f}]"
@@ -927,6 +1044,8 @@ def to_data(boards: Sequence[Board]) -> list[dict[str, Any]]:
     Each record names its board (``dataset``: the dataset, or the suite on a suite board) and
     carries the scores with intervals, ranks per level with their tie groups, the paired
     comparison with the next rank (``next``), per-column scores and each score's provenance.
+    Every score comes with its chance level (``*_chance``, ``task_chance``; null where the run
+    stored none) and whether it is at chance (``*_at_chance``, ``task_at_chance``).
     """
     out: list[dict[str, Any]] = []
     for b in boards:
@@ -950,10 +1069,16 @@ def to_data(boards: Sequence[Board]) -> list[dict[str, Any]]:
                     "family": r.family,
                     "score": s.value if s else None,
                     "score_ci": s.ci if s else None,
+                    "score_chance": s.chance if s else None,
+                    "score_at_chance": bool(s and s.at_chance),
                     "object_score": r.object_score,
                     "object_ci": r.object_ci,
+                    "object_chance": _chance(r, "object"),
+                    "object_at_chance": _marked(r, "object"),
                     "part_score": r.part_score,
                     "part_ci": r.part_ci,
+                    "part_chance": _chance(r, "part"),
+                    "part_at_chance": _marked(r, "part"),
                     "object_rank": r.object_rank,
                     "part_rank": r.part_rank,
                     "part_awareness": r.part_awareness,
@@ -978,12 +1103,24 @@ def to_data(boards: Sequence[Board]) -> list[dict[str, Any]]:
                     },
                     "tasks": dict(r.tasks),
                     "task_ci": {k: list(v) for k, v in r.task_ci.items()},
+                    "task_chance": {k: r.task_chance.get(k) for k in r.tasks},
+                    "task_at_chance": {k: r.task_at_chance(k) for k in r.tasks},
                     "metrics": {c.key: c.metric for c in b.columns},
                     "missing": list(r.missing),
                     "runs": {k: vars(p) for k, p in r.runs.items()},
                 }
             )
     return out
+
+
+def _chance(row: Row, level: str) -> float | None:
+    s = row.scores.get(level)
+    return None if s is None else s.chance
+
+
+def _marked(row: Row, level: str) -> bool:
+    s = row.scores.get(level)
+    return bool(s and s.at_chance)
 
 
 # --------------------------------------------------------------------------- rendering (compat)

@@ -1,21 +1,25 @@
 """The HTML leaderboard in a real browser: headless Chromium, driven over its DevTools pipe.
 
-The page must load with no console error, sort its rows when a column header is clicked, show
-each result's provenance on expansion, and keep a hostile encoder name as text.
+The page must load with no console error, sort its rows when a column header is clicked (the
+chance row staying beneath the header), show each result's provenance on expansion, mark a
+score at chance, and keep a hostile encoder name as text.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from test_leaderboard import HOSTILE, N, add, base_items, better
+from test_leaderboard import HOSTILE, METRIC, N, add, base_items, better
 
 from partbench import leaderboard as lb
+from partbench import metrics
 from partbench.render.browser import Browser, BrowserError
 from partbench.store import Store
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+_TASKS = ("object-linear", "part-retrieval")  # in the board's column order
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +44,29 @@ def page_file(tmp_path):
     }
     for i, task in enumerate(("part-retrieval", "object-linear")):
         items = base_items(task, seed=i)
+        chance = _chance(task, items["label"])
         for name, amount in encoders.items():
-            add(store, name, task, better(items, amount, seed=i + 5), family="contrastive")
+            add(store, name, task, better(items, amount, seed=i + 5), family="contrastive", chance=chance)
+        add(store, "guess", task, _guess(task, items["label"]), family="none", chance=chance)
     boards = lb.build(store.runs(), items=store, n_resamples=200)
     (tmp_path / "site").mkdir()
     (path,) = [p for p in lb.write_all(boards, tmp_path / "site", "pytest") if p.suffix == ".html"]
     return path, boards[0]
+
+
+def _chance(task: str, labels: np.ndarray) -> float:
+    """The chance level the task stores: a random ranking's mAP, the largest class's share."""
+    if METRIC[task] == "mAP":
+        return metrics.chance_retrieval_ap(labels)
+    return metrics.chance_top1(labels, labels)
+
+
+def _guess(task: str, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Items of an encoder that guesses: right once in six on top-1, a random ranking's APs."""
+    rng = np.random.default_rng(3)
+    if METRIC[task] == "mAP":
+        return {"ap": rng.beta(1, 5, N), "label": labels}
+    return {"correct": (np.arange(N) % 6 == 0).astype(np.float64), "label": labels}
 
 
 def _rows(page) -> list[str]:
@@ -70,11 +91,24 @@ def test_the_page_sorts_shows_provenance_and_keeps_names_as_text(browser, page_f
     )
     assert HOSTILE_NAME in names and HOSTILE.replace("\x01", "") in names
 
-    page.click_selector("table.board > thead > tr > th:nth-child(2)")  # encoder: A to Z
+    # the chance row: beneath the header, the stored levels, outside the rows that sort
+    chance_row = "table.board > thead > tr.chance"
+    shown = page.evaluate(
+        f"Array.from(document.querySelectorAll('{chance_row} > th')).map(t => t.textContent)"
+    )
+    assert shown[1] == "chance" and shown[-2:] == [f"{_chance(t, np.arange(N) % 6):.1f}" for t in _TASKS]
+    marked = page.evaluate(
+        "Array.from(document.querySelectorAll('td.at-chance'))"
+        ".map(td => [td.parentElement.dataset.encoder, td.textContent])"
+    )
+    assert marked and {e for e, _ in marked} == {"guess"} and all("≈" in text for _, text in marked)
+
+    page.click_selector("table.board > thead > tr:first-child > th:nth-child(2)")  # encoder: A to Z
     assert _rows(page) == sorted(by_rank, key=str.lower) != by_rank
-    page.click_selector("table.board > thead > tr > th:nth-child(2)")  # again: Z to A
+    page.click_selector("table.board > thead > tr:first-child > th:nth-child(2)")  # again: Z to A
     assert _rows(page) == sorted(by_rank, key=str.lower, reverse=True)
-    page.click_selector("table.board > thead > tr > th:nth-child(4)")  # object score: best first
+    assert page.evaluate("document.querySelector('table.board > thead').rows[1].className") == "chance"
+    page.click_selector("table.board > thead > tr:first-child > th:nth-child(4)")  # object score: best first
     scores = [r.object_score for r in sorted(board.rows, key=lambda r: -r.object_score)]
     shown = page.evaluate(
         "Array.from(document.querySelectorAll('table.board > tbody > tr > td:nth-child(4)'))"

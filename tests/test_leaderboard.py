@@ -102,9 +102,12 @@ def add(
     limit: int | None = None,
     level: str | None = None,
     metric: str | None = None,
+    chance: float | None = None,
+    details: dict | None = None,
 ) -> int:
     """Store one finished run; its score is computed from ``items`` (else ``value`` is taken,
-    as a run stored before per-item results were kept)."""
+    as a run stored before per-item results were kept). ``chance``: the headline metric's
+    chance level as the task would store it (None: a run from before chance was recorded)."""
     metric = metric or METRIC[task]
     run_id = store.claim(
         f"h{next(_HASH)}",
@@ -134,6 +137,8 @@ def add(
         {metric: MetricValue(value, lo, hi)},
         n_items=N,
         items=items,  # type: ignore[arg-type]
+        chance=None if chance is None else {metric: chance},
+        details=details,
     )
     return run_id
 
@@ -431,6 +436,279 @@ def test_every_format_agrees_on_ranks_and_scores(store):
 
 def _one(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}"
+
+
+# --------------------------------------------------------------------------- chance
+
+SIX = np.arange(N) % 6  # six classes of 50 items: always guessing one class is right 1 in 6
+
+
+def hits(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Probe items with exactly ``n`` of the N correct, spread over the classes."""
+    correct = np.zeros(N)
+    correct[np.random.default_rng(seed).permutation(N)[:n]] = 1.0
+    return {"correct": correct, "label": SIX}
+
+
+@pytest.fixture
+def chance_store(tmp_path):
+    """guess: right 1 in 6, its interval straddles chance; sharp: right 55 in 100, clear of it;
+    old: near chance too, but stored before chance levels were (chance None)."""
+    s = Store(f"sqlite:///{tmp_path / 'chance.db'}")
+    level = metrics.chance_top1(SIX, SIX)
+    for i, task in enumerate(("part-linear", "object-linear")):
+        add(s, "guess", task, hits(50, seed=i), chance=level)
+        add(s, "sharp", task, hits(165, seed=i), chance=level)
+        add(s, "old", task, None, value=16.0, ci=4.0)
+    return s
+
+
+class _Board(HTMLParser):
+    """The page's board tables: the chance row's cells, and each result row's cells as
+    (class, data-chance, text). Provenance tables, nested in the encoder's cell, are skipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chance: list[str] = []
+        self.rows: dict[str, list[tuple[str, str | None, str]]] = {}
+        self.row: list | None = None
+        self.cell: list | None = None
+        self.nested = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table" and "prov" in (a.get("class") or ""):
+            self.nested += 1
+        if self.nested:
+            return
+        if tag == "tr" and a.get("class") == "chance":
+            self.row = self.chance
+        elif tag == "tr" and "data-encoder" in a:
+            self.row = self.rows.setdefault(a["data-encoder"], [])
+        elif tag in ("td", "th") and self.row is not None:
+            self.cell = [a.get("class") or "", a.get("data-chance"), ""]
+
+    def handle_data(self, data):
+        if self.cell is not None and not self.nested:
+            self.cell[2] += data
+
+    def handle_endtag(self, tag):
+        if self.nested:
+            self.nested -= tag == "table"
+            return
+        if tag in ("td", "th") and self.cell is not None and self.row is not None:
+            self.row.append(self.cell[2] if self.row is self.chance else tuple(self.cell))
+            self.cell = None
+        elif tag == "tr":
+            self.row = None
+
+
+def test_a_score_at_chance_is_marked_in_every_format_and_one_clear_of_it_is_not(chance_store):
+    s = chance_store
+    stored = {(r.encoder, r.task): r.chance for r in s.runs()}
+    level = stored[("guess", "part-linear")]["top1"]
+    assert stored[("sharp", "object-linear")] == {"top1": level} and stored[("old", "part-linear")] is None
+    assert level == pytest.approx(100 / 6)
+    bs = boards(s)
+    (board,) = bs
+    rows = {r.encoder: r for r in board.rows}
+    guess, sharp, old = rows["guess"], rows["sharp"], rows["old"]
+    # the interval straddles chance: low below it, high above it
+    ci = guess.task_ci["part-linear"]
+    assert ci[0] < level < ci[1] and guess.task_at_chance("part-linear")
+    assert sharp.task_ci["part-linear"][0] > level and not sharp.task_at_chance("part-linear")
+    assert old.task_ci["part-linear"][0] < level and not old.task_at_chance("part-linear")  # chance unknown
+    for lv in ("object", "part", "all"):
+        assert guess.scores[lv].chance == level and guess.scores[lv].at_chance  # the mean of equal levels
+        assert sharp.scores[lv].chance == level and not sharp.scores[lv].at_chance
+        assert old.scores[lv].chance is None and not old.scores[lv].at_chance
+    shown = f"{level:.1f}"
+    tasks = ("object-linear", "part-linear")
+
+    # JSON: the stored chance per task and per score, and at_chance for each
+    data = {d["encoder"]: d for d in json.loads(lb.render(bs, "json"))}
+    for k in tasks:
+        assert data["guess"]["task_chance"][k] == level and data["guess"]["task_at_chance"][k] is True
+        assert data["sharp"]["task_chance"][k] == level and data["sharp"]["task_at_chance"][k] is False
+        assert data["old"]["task_chance"][k] is None and data["old"]["task_at_chance"][k] is False
+        assert data["guess"]["runs"][k]["chance"] == level
+    for key in ("score", "object", "part"):
+        assert data["guess"][f"{key}_chance"] == level and data["guess"][f"{key}_at_chance"] is True
+        assert data["sharp"][f"{key}_chance"] == level and data["sharp"][f"{key}_at_chance"] is False
+        assert data["old"][f"{key}_chance"] is None and data["old"][f"{key}_at_chance"] is False
+
+    # CSV: the same, as columns
+    got = {r["encoder"]: r for r in csv.DictReader(io.StringIO(lb.render(bs, "csv")))}
+    for k in tasks:
+        assert float(got["guess"][f"{k} chance"]) == level and got["guess"][f"{k} at_chance"] == "True"
+        assert got["sharp"][f"{k} at_chance"] == "False"
+        assert got["old"][f"{k} chance"] == "" and got["old"][f"{k} at_chance"] == "False"
+    for key in ("score", "object", "part"):
+        assert got["guess"][f"{key}_at_chance"] == "True" and got["sharp"][f"{key}_at_chance"] == "False"
+        assert float(got["guess"][f"{key}_chance"]) == level and got["old"][f"{key}_chance"] == ""
+
+    # Markdown: a chance row beneath the header, ≈ after each score at chance, a note saying why
+    md = lb.render(bs, "markdown").splitlines()
+    header = next(i for i, line in enumerate(md) if line.startswith("| rank |"))
+    chance_row = [c.strip() for c in md[header + 2].strip("|").split("|")]
+    assert chance_row == ["", "chance", "", shown, shown, "", shown, shown]
+    cells = {
+        c[1].strip(): [x.strip() for x in c]
+        for c in (line.strip("|").split("|") for line in md[header + 3 :] if line.startswith("| "))
+    }
+    assert all(cells["guess"][i].startswith(f"{shown}≈ [") for i in (3, 4, 6, 7))
+    assert not any("≈" in c for c in cells["sharp"] + cells["old"])
+    assert any(line.startswith("≈: not clearly above chance") for line in md)
+    assert any(line.startswith("chance (the row beneath the header)") for line in md)
+
+    # HTML: the chance row in the head, the class at-chance on exactly guess's scores
+    page = _Board()
+    page.feed(lb.render(bs, "html"))
+    assert page.chance == ["", "chance", "", shown, shown, "", shown, shown]
+    scores = {e: [c for c in cells if "num" in c[0]] for e, cells in page.rows.items()}
+    assert all("at-chance" in c[0] and c[2].startswith(f"{shown}≈") for c in scores["guess"][:2])
+    assert ["at-chance" in c[0] for c in scores["guess"]] == [True, True, False, True, True]  # awareness
+    assert not any("at-chance" in c[0] or "≈" in c[2] for c in scores["sharp"] + scores["old"])
+    assert [c[1] for c in scores["guess"] if c[1]] == [repr(level)] * 4
+    assert not any(c[1] for c in scores["old"])
+
+    # SVG: hollow point and the data attributes
+    svg = ET.fromstring(lb.render(bs, "svg"))
+    points = {g.get("data-encoder"): g for g in svg.iter("{http://www.w3.org/2000/svg}g")}
+    for lv in ("object", "part"):
+        assert points["guess"].get(f"data-{lv}-at-chance") == "true"
+        assert points["sharp"].get(f"data-{lv}-at-chance") == "false"
+        assert points["old"].get(f"data-{lv}-at-chance") == "false"
+        assert (
+            float(points["guess"].get(f"data-{lv}-chance")) == level
+            and points["old"].get(f"data-{lv}-chance") == ""
+        )
+    circle = "{http://www.w3.org/2000/svg}circle"
+    assert points["guess"].find(circle).get("class") == "at-chance"
+    assert points["sharp"].find(circle).get("class") is None
+    legend = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text") if t.get("class") == "chance"]
+    assert f"object {shown}" in legend and f"part {shown}" in legend
+
+    # the terminal, at 80 columns and per task
+    for level_, wide in (("all", False), ("all", True), ("part", False)):
+        table = terminal.render_text(lb.to_rich(boards(s, level_), width=80, wide=wide), 80)
+        _fits(table)
+        lines = table.splitlines()
+        chance_line = next(line for line in lines if line.split()[:1] == ["chance"])
+        assert chance_line.split()[1:] == [shown] * (len(chance_line.split()) - 1)
+        by = {
+            e: next(line for line in lines if re.search(rf"\s{e}\s", line)) for e in ("guess", "sharp", "old")
+        }
+        assert f"{shown}≈" in by["guess"] and "≈" not in by["sharp"] + by["old"]
+        assert "≈: not clearly above chance" in table.replace("\n", " ")
+
+
+def test_at_chance_means_the_interval_reaches_chance_or_lies_below_it():
+    assert lb.at_chance(18.0, [15.0, 21.0], 16.7)  # straddles
+    assert lb.at_chance(10.0, [8.0, 12.0], 16.7)  # wholly below
+    assert lb.at_chance(18.0, [16.7, 21.0], 16.7)  # touches
+    assert not lb.at_chance(20.0, [17.0, 23.0], 16.7)  # clear of it
+    assert lb.at_chance(16.0, [None, None], 16.7) and not lb.at_chance(17.0, None, 16.7)  # no interval
+    assert not lb.at_chance(10.0, [8.0, 12.0], None) and not lb.at_chance(None, None, 16.7)  # unknown
+
+
+def test_a_board_without_chance_levels_shows_dashes_and_no_marks(store):
+    bs = boards(store)
+    md = lb.render(bs, "markdown")
+    chance_row = next(line for line in md.splitlines() if "| chance |" in line)
+    assert [c.strip() for c in chance_row.strip("|").split("|")][3:] == ["–", "–", "", "–", "–", "–", "–"]
+    assert "≈" not in md and "Chance –: not stored" in md
+    data = json.loads(lb.render(bs, "json"))
+    assert all(
+        d["task_chance"][k] is None and d["task_at_chance"][k] is False for d in data for k in d["tasks"]
+    )
+    assert "≈" not in terminal.render_text(lb.to_rich(bs, width=80, wide=True), 80)
+
+
+def test_runs_on_other_items_show_the_range_of_their_chance_levels(chance_store):
+    s = chance_store
+    five = np.arange(N) % 5
+    add(s, "small", "part-linear", {"correct": np.ones(N), "label": five}, limit=100, chance=20.0)
+    (board,) = boards(s, "part")
+    assert board.column_chance("part-linear") == (pytest.approx(100 / 6), 20.0)
+    small = next(r for r in board.rows if r.encoder == "small")
+    assert small.scores["part"].chance == 20.0  # its own run's, not the column's
+    md = lb.render([board], "markdown")
+    assert "| chance |  | 16.7–20.0 | 16.7–20.0 |" in md
+    table = terminal.render_text(lb.to_rich([board], width=80), 80)
+    _fits(table)
+    assert "16.7–20.0" in table
+
+
+def test_the_note_says_what_each_interval_resamples_as_the_task_stored_it(tmp_path):
+    """Retrieval resamples queries against a fixed gallery; the note quotes what the run
+    stored, here a real retrieval result on features unrelated to the labels (near chance)."""
+    import torch
+
+    from partbench.datasets.base import Dataset
+    from partbench.features import Features
+    from partbench.tasks.retrieval import Retrieval
+
+    class Toy(Dataset):
+        name = "toy"
+        object_classes = part_classes = tuple("abcdef")
+
+    labels = SIX[:120]
+    x = torch.randn(120, 16, generator=torch.Generator().manual_seed(0))
+    result = Retrieval("keypoints", {"feature": "embedding", "include_self": True}).evaluate(
+        {"gallery": Features(arrays={"embedding": x}, labels=labels, grid=(1, 1))},
+        Toy(),
+        device=torch.device("cpu"),
+        seed=0,
+    )
+    said = result.details["interval"]
+    assert "queries" in said
+    s = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    for encoder in ("random", "other"):
+        run_id = s.claim(
+            f"r-{encoder}",
+            encoder=encoder,
+            encoder_plugin="p",
+            family="none",
+            weights_id="w",
+            task="part-retrieval",
+            task_plugin="p",
+            level="part",
+            dataset="toy",
+            dataset_fingerprint="fp",
+            config={"task": {"options": {}, "default_options": True}, "limit": None},
+            headline_metric="mAP",
+            device="cpu",
+            versions={},
+            seed=0,
+        )
+        s.finish(
+            run_id,
+            result.metrics,
+            n_items=result.n_items,
+            details=result.details,
+            items=result.items,
+            chance=result.chance,
+        )
+    add(
+        s,
+        "probe",
+        "part-linear",
+        hits(100),
+        dataset="toy",
+        chance=100 / 6,
+        details={"interval": "test items resampled"},
+    )
+    (board,) = boards(s)
+    note = next(line for line in lb.notes(board) if line.startswith("What each task's interval resamples"))
+    assert f"part-retrieval: {said.rstrip('.')}." in note and "part-linear: test items resampled." in note
+    random = next(r for r in board.rows if r.encoder == "random")
+    assert random.task_chance["part-retrieval"] == result.chance["mAP"]
+    assert random.task_at_chance("part-retrieval")  # random features: not clear of chance
+    for fmt in ("markdown", "html"):
+        assert f"part-retrieval: {said.rstrip('.')}." in lb.render([board], fmt)
+    table = " ".join(terminal.render_text(lb.to_rich([board], width=80), 80).split())
+    assert f"part-retrieval: {said.rstrip('.')}." in table
 
 
 # --------------------------------------------------------------------------- escaping

@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from partbench.leaderboard import CHANCE_MARK
+
 if TYPE_CHECKING:
     from partbench.leaderboard import Board, Column, Row, Score
 
@@ -27,8 +29,11 @@ FAMILY_COLOURS = {
 OTHER_COLOUR = "#333333"
 
 
-def value(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
+def value(v: float | None, at_chance: bool = False) -> str:
+    """``61.2``; ``17.0≈`` when the score is not clearly above chance."""
+    if v is None:
+        return "–"
+    return f"{v:.1f}{CHANCE_MARK if at_chance else ''}"
 
 
 def _has(ci: Sequence[float | None] | None) -> bool:
@@ -43,13 +48,22 @@ def interval(ci: Sequence[float | None] | None) -> str:
     return f"{ci[0]:.1f}–{ci[1]:.1f}"  # type: ignore[index]
 
 
-def score_text(v: float | None, ci: Sequence[float | None] | None) -> str:
-    """``61.2 [59.8, 62.6]`` on one line (Markdown, HTML titles)."""
+def score_text(v: float | None, ci: Sequence[float | None] | None, at_chance: bool = False) -> str:
+    """``61.2 [59.8, 62.6]`` on one line (Markdown, HTML titles); ``17.0≈ [15.1, 18.9]`` at chance."""
     if v is None:
         return "–"
     if not _has(ci):
-        return f"{v:.1f}"
-    return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"  # type: ignore[index]
+        return value(v, at_chance)
+    return f"{value(v, at_chance)} [{ci[0]:.1f}, {ci[1]:.1f}]"  # type: ignore[index]
+
+
+def chance_text(span: tuple[float, float] | None) -> str:
+    """A column's chance level, ``16.7``, or the range over its runs, ``16.7–20.0``; ``–`` when
+    no run stored one. Runs whose levels round alike show one value."""
+    if span is None:
+        return "–"
+    low, high = f"{span[0]:.1f}", f"{span[1]:.1f}"
+    return low if low == high else f"{low}–{high}"
 
 
 def score_of(row: Row, level: str) -> Score | None:

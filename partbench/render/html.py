@@ -1,9 +1,10 @@
 """The leaderboard as one self-contained HTML page: nothing is fetched to open it.
 
 Per board: a sortable table (click a header; click again to reverse), families, scores with
-their intervals, tie groups explained under the table, each result's provenance (weights,
-device, versions, date, configuration) in a ``<details>`` under the encoder's name, and the
-object-against-part scatter plot inlined as SVG.
+their intervals, each column's chance level in a row beneath the header (scores not clearly
+above it carry ``≈`` and the class ``at-chance``), tie groups explained under the table, each
+result's provenance (weights, device, versions, date, chance, configuration) in a
+``<details>`` under the encoder's name, and the object-against-part scatter plot inlined as SVG.
 
 Everything from the database or a plugin passes through partbench.text.xml_text. As a second
 line of defence the page's Content-Security-Policy admits only its own script and style (by
@@ -43,6 +44,9 @@ table.board th[aria-sort=ascending] button::after { content: " \\25B2"; }
 table.board th[aria-sort=descending] button::after { content: " \\25BC"; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.num .ci { display: block; color: var(--dim); font-size: .85em; }
+td.num.at-chance { color: var(--dim); background: #f6f8fa; }
+table.board tr.chance th { font-weight: normal; color: var(--dim); background: #fff; }
+table.board tr.chance th.num { font-variant-numeric: tabular-nums; }
 tr.tied td.rank { background: var(--tie); }
 td.rank { font-weight: 600; white-space: nowrap; }
 td.encoder summary, td.fam { white-space: nowrap; }
@@ -103,12 +107,18 @@ def _num(v: float | None) -> str:
     return "" if v is None else repr(float(v))
 
 
-def _score_td(v: float | None, ci: Sequence[float | None] | None) -> str:
+def _score_td(
+    v: float | None, ci: Sequence[float | None] | None, at_chance: bool = False, chance: float | None = None
+) -> str:
     if v is None:
         return '<td class="num" data-sort="">–</td>'
     ci_text = formatting.interval(ci)
     span = f'<span class="ci">{xml_text(ci_text)}</span>' if ci_text else ""
-    return f'<td class="num" data-sort="{_num(v)}">{formatting.value(v)}{span}</td>'
+    attrs = f'class="num" data-sort="{_num(v)}" data-chance="{_num(chance)}"'
+    if at_chance:
+        why = f"not clearly above chance: the 95% interval contains or falls below {formatting.value(chance)}"
+        attrs = attrs.replace('"num"', '"num at-chance"') + f' title="{why}"'
+    return f"<td {attrs}>{formatting.value(v, at_chance)}{span}</td>"
 
 
 def _versions(p: Provenance) -> str:
@@ -120,7 +130,8 @@ def _provenance(board: Board, row: Row) -> str:
         return ""
     lines = [
         '<table class="prov"><tr><th>task</th><th>run</th><th>weights</th><th>device</th>'
-        "<th>versions</th><th>finished</th><th>items</th><th>configuration</th></tr>"
+        "<th>versions</th><th>finished</th><th>items</th><th>chance</th><th>interval</th>"
+        "<th>configuration</th></tr>"
     ]
     for col in board.columns:
         p = row.runs.get(col.key)
@@ -136,6 +147,8 @@ def _provenance(board: Board, row: Row) -> str:
             f"<td>{xml_text(_versions(p))}</td>"
             f"<td>{xml_text(p.finished_at or '–')}</td>"
             f"<td>{'–' if p.n_items is None else p.n_items}{'' if p.per_item else ' (not per item)'}</td>"
+            f"<td>{formatting.value(p.chance)}</td>"
+            f"<td>{xml_text(p.interval or '–')}</td>"
             f"<td><details><summary><code>{xml_text(p.config_hash[:12])}</code></summary>"
             f"<pre>{xml_text(config)}</pre></details></td>"
             "</tr>"
@@ -160,7 +173,20 @@ def _board(board: Board, index: int) -> str:
         sort = ' aria-sort="ascending"' if i == 0 else ""
         button = f'<button type="button">{xml_text(label)}</button>'
         out.append(f'<th scope="col" data-first="{first}"{sort}>{button}</th>')
-    out.append("</tr></thead><tbody>")
+    out.append("</tr>")
+    # Beneath the header, outside the sorted body; th cells, so no reader takes it for a result.
+    chance = ["", '<th scope="row">chance</th>', ""]
+    chance += [formatting.chance_text(board.level_chance(lv)) for lv, _ in formatting.score_columns(board)]
+    if both:
+        chance.append("")
+    chance += [formatting.chance_text(board.column_chance(c.key)) for c in board.shown_columns]
+    out.append(
+        '<tr class="chance">'
+        + "".join(
+            c if c.startswith("<th") else f'<th class="num">{c}</th>' if c else "<th></th>" for c in chance
+        )
+        + "</tr></thead><tbody>"
+    )
     for order, r in enumerate(board.rows):
         st = r.standings.get(level)
         rank_sort = "" if st is None or st.rank is None else str(st.rank)
@@ -175,12 +201,17 @@ def _board(board: Board, index: int) -> str:
         ]
         for lv, _ in formatting.score_columns(board):
             s = r.scores.get(lv)
-            cells.append(_score_td(s.value if s else None, s.ci if s else None))
+            cells.append(_score_td(s.value, s.ci, s.at_chance, s.chance) if s else _score_td(None, None))
         if both:
             cells.append(
                 f'<td class="num" data-sort="{_num(r.part_awareness)}">{formatting.awareness(r)}</td>'
             )
-        cells += [_score_td(r.tasks.get(c.key), r.task_ci.get(c.key)) for c in board.shown_columns]
+        cells += [
+            _score_td(
+                r.tasks.get(c.key), r.task_ci.get(c.key), r.task_at_chance(c.key), r.task_chance.get(c.key)
+            )
+            for c in board.shown_columns
+        ]
         tied = " tied" if r.tied(level) else ""
         out.append(
             f'<tr class="result{tied}" data-order="{order}" data-encoder="{xml_text(r.encoder)}" '

@@ -38,16 +38,24 @@ def table(board: Board) -> list[str]:
         headers.append(formatting.column_label(board, c))
         align.append("---:")
     lines = ["| " + " | ".join(md(h) for h in headers) + " |", "|" + "|".join(align) + "|"]
+    # The chance row first, its rank cell empty: a reader meets chance before the scores.
+    chance = ["", "chance", ""]
+    chance += [formatting.chance_text(board.level_chance(lv)) for lv, _ in formatting.score_columns(board)]
+    if both:
+        chance.append("")
+    chance += [formatting.chance_text(board.column_chance(c.key)) for c in board.shown_columns]
+    lines.append("| " + " | ".join(chance) + " |")
     for r in board.rows:
         # Names come from the database or a plugin: escaped. Numbers and marks are partbench's.
         cells = [r.rank_text(level), md(r.encoder), md(r.family)]
         for lv, _ in formatting.score_columns(board):
             s = r.scores.get(lv)
-            cells.append(formatting.score_text(s.value, s.ci) if s else "–")
+            cells.append(formatting.score_text(s.value, s.ci, s.at_chance) if s else "–")
         if both:
             cells.append(formatting.awareness(r))
         cells += [
-            formatting.score_text(r.tasks.get(c.key), r.task_ci.get(c.key)) for c in board.shown_columns
+            formatting.score_text(r.tasks.get(c.key), r.task_ci.get(c.key), r.task_at_chance(c.key))
+            for c in board.shown_columns
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -2,13 +2,16 @@
 95% intervals, one colour per family. What the plot leaves out (a board with one level, an
 encoder lacking a level's score) is said in a note under it, never dropped silently.
 
-Each point is a ``<g class="point">`` whose ``data-*`` attributes carry the encoder, its rank
-and both scores in full, so the plot can be read back by a program.
+Each point is a ``<g class="point">`` whose ``data-*`` attributes carry the encoder, its rank,
+both scores in full, their chance levels and whether each is at chance, so the plot can be read
+back by a program. Chance levels are dashed lines (a band where runs differ) where they fall
+inside the axes, which stay fitted to the scores; the legend gives them either way. A point
+with a score not clearly above chance is drawn hollow, and its title marks that score ``≈``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from partbench.render import formatting
@@ -76,17 +79,24 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
         f'<text transform="translate(16 {top + m["t"] + ph / 2}) rotate(-90)" text-anchor="middle">'
         "part score</text>"
     )
+    chance = {lv: _chance_span(rows, lv) for lv in ("object", "part")}
+    _chance_marks(chance, (x0, x1), (y0, y1), sx, sy, out)
+    hollow = False
     for r in rows:
         colour = formatting.FAMILY_COLOURS.get(r.family, formatting.OTHER_COLOUR)
         cx, cy = sx(r.object_score), sy(r.part_score)  # type: ignore[arg-type]
         rank = r.rank_text(board.level)
+        obj, part = r.scores["object"], r.scores["part"]
         title = (
-            f"{r.encoder} (rank {rank}): object {formatting.score_text(r.object_score, r.object_ci)}, "
-            f"part {formatting.score_text(r.part_score, r.part_ci)}"
+            f"{r.encoder} (rank {rank}): object {formatting.score_text(obj.value, obj.ci, obj.at_chance)}, "
+            f"part {formatting.score_text(part.value, part.ci, part.at_chance)}"
         )
         out.append(
             f'<g class="point" data-encoder="{xml_text(r.encoder)}" data-rank="{xml_text(rank)}" '
-            f'data-object="{r.object_score!r}" data-part="{r.part_score!r}">'
+            f'data-object="{r.object_score!r}" data-part="{r.part_score!r}" '
+            f'data-object-chance="{_attr(obj.chance)}" data-part-chance="{_attr(part.chance)}" '
+            f'data-object-at-chance="{str(obj.at_chance).lower()}" '
+            f'data-part-at-chance="{str(part.at_chance).lower()}">'
             f"<title>{xml_text(title)}</title>"
         )
         if r.object_ci and None not in r.object_ci:
@@ -99,7 +109,13 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
                 f'<line x1="{cx:.1f}" y1="{sy(r.part_ci[0]):.1f}" x2="{cx:.1f}" '  # type: ignore[arg-type]
                 f'y2="{sy(r.part_ci[1]):.1f}" stroke="{colour}" stroke-opacity="0.5"/>'  # type: ignore[arg-type]
             )
-        out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}"/>')
+        if obj.at_chance or part.at_chance:
+            hollow = True
+            out.append(
+                f'<circle class="at-chance" cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="#fff" stroke="{colour}"/>'
+            )
+        else:
+            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}"/>')
         out.append(f'<text x="{cx + 6:.1f}" y="{cy - 6:.1f}">{xml_text(r.encoder)}</text></g>')
     families = list(dict.fromkeys(r.family for r in rows))
     for i, family in enumerate(families):
@@ -107,6 +123,65 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
         y = top + m["t"] + 14 + 18 * i
         out.append(f'<circle cx="{WIDTH - m["r"] + 16}" cy="{y - 4}" r="4" fill="{colour}"/>')
         out.append(f'<text x="{WIDTH - m["r"] + 26}" y="{y}">{xml_text(family)}</text>')
+    legend = [
+        "chance (dashed/shaded):",
+        f"object {formatting.chance_text(chance['object'])}",
+        f"part {formatting.chance_text(chance['part'])}",
+    ]
+    if hollow:
+        legend.append(f"hollow: a score {formatting.CHANCE_MARK} chance")
+    y = top + m["t"] + 14 + 18 * (len(families) + 1)
+    for i, line in enumerate(legend):
+        at = f'x="{WIDTH - m["r"] + 10}" y="{y + 18 * i}"'
+        out.append(f'<text class="chance" {at} fill="#555">{xml_text(line)}</text>')
+
+
+def _attr(v: float | None) -> str:
+    return "" if v is None else repr(v)
+
+
+def _chance_span(rows: Sequence[Row], level: str) -> tuple[float, float] | None:
+    known = [s.chance for r in rows if (s := r.scores.get(level)) is not None and s.chance is not None]
+    return (min(known), max(known)) if known else None
+
+
+def _chance_marks(
+    chance: dict[str, tuple[float, float] | None],
+    xs: tuple[float, float],
+    ys: tuple[float, float],
+    sx: Callable[[float], float],
+    sy: Callable[[float], float],
+    out: list[str],
+) -> None:
+    """Dashed lines at the chance levels (bands where runs differ), clipped to the axes: a
+    chance level far below every score is left to the legend rather than squeezing the plot."""
+    style = 'stroke="#888" stroke-dasharray="4 3"'
+    span = chance["object"]
+    if span is not None and span[1] >= xs[0] and span[0] <= xs[1]:
+        a, b = sx(max(span[0], xs[0])), sx(min(span[1], xs[1]))
+        top, bottom = sy(ys[1]), sy(ys[0])
+        if b - a >= 1:
+            out.append(
+                f'<rect class="chance" x="{a:.1f}" y="{top:.1f}" width="{b - a:.1f}" '
+                f'height="{bottom - top:.1f}" fill="#888" fill-opacity="0.12"/>'
+            )
+        else:
+            out.append(
+                f'<line class="chance" x1="{a:.1f}" y1="{top:.1f}" x2="{a:.1f}" y2="{bottom:.1f}" {style}/>'
+            )
+    span = chance["part"]
+    if span is not None and span[1] >= ys[0] and span[0] <= ys[1]:
+        a, b = sy(min(span[1], ys[1])), sy(max(span[0], ys[0]))
+        left, right = sx(xs[0]), sx(xs[1])
+        if b - a >= 1:
+            out.append(
+                f'<rect class="chance" x="{left:.1f}" y="{a:.1f}" width="{right - left:.1f}" '
+                f'height="{b - a:.1f}" fill="#888" fill-opacity="0.12"/>'
+            )
+        else:
+            out.append(
+                f'<line class="chance" x1="{left:.1f}" y1="{b:.1f}" x2="{right:.1f}" y2="{b:.1f}" {style}/>'
+            )
 
 
 def render(boards: Sequence[Board]) -> str:

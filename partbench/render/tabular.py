@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from partbench.text import csv_cell
 
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board
+    from partbench.leaderboard import Board, Score
 
 CSV_FIXED = (
     "dataset",  # the board: a dataset, or a suite
@@ -41,7 +41,16 @@ CSV_FIXED = (
     "paired",
     "tied_with",
     "missing",
+    # Appended, so the columns above keep their places: chance per score, and whether the
+    # score's interval contains or falls below it.
+    "score_chance",
+    "score_at_chance",
+    "object_chance",
+    "object_at_chance",
+    "part_chance",
+    "part_at_chance",
 )
+PER_TASK = ("", " ci_low", " ci_high", " chance", " at_chance")  # each task's columns: key + suffix
 
 
 def _ci(ci: Sequence[float | None] | None) -> list[float | None]:
@@ -52,14 +61,19 @@ def csv_text(boards: Sequence[Board]) -> str:
     keys = list(dict.fromkeys(c.key for b in boards for c in b.shown_columns))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*CSV_FIXED, *[csv_cell(x) for k in keys for x in (k, f"{k} ci_low", f"{k} ci_high")]])
+    writer.writerow([*CSV_FIXED, *[csv_cell(f"{k}{suffix}") for k in keys for suffix in PER_TASK]])
     for b in boards:
         for r in b.rows:
             st = r.standings.get(b.level)
             s = r.scores.get(b.level)
             per_task = []
             for k in keys:
-                per_task += [r.tasks.get(k), *_ci(r.task_ci.get(k))]
+                per_task += [
+                    r.tasks.get(k),
+                    *_ci(r.task_ci.get(k)),
+                    r.task_chance.get(k),
+                    r.task_at_chance(k) if k in r.tasks else None,
+                ]
             writer.writerow(
                 [
                     csv_cell(b.name),
@@ -81,10 +95,17 @@ def csv_text(boards: Sequence[Board]) -> str:
                     bool(st and st.paired),
                     csv_cell(";".join(st.tied_with) if st else ""),
                     csv_cell(";".join(r.missing)),
+                    *_chance(s),
+                    *_chance(r.scores.get("object")),
+                    *_chance(r.scores.get("part")),
                     *per_task,
                 ]
             )
     return buf.getvalue()
+
+
+def _chance(s: Score | None) -> list[float | bool | None]:
+    return [None, None] if s is None else [s.chance, s.at_chance]
 
 
 def _finite(x: Any) -> Any:

@@ -3,8 +3,10 @@
 Each table is built from columns in priority order; a column is added only while the table's
 natural width still fits, and every cell may wrap (``overflow="fold"``) rather than be cut.
 Scores take two lines (the value, then its interval), which keeps score columns 9 characters
-wide. The leaderboard's per-task columns (``--wide``, ``--level``) go into further tables,
-each repeating rank and encoder, when one table would not fit.
+wide; a score not clearly above chance carries a one-character mark, ``17.0≈``, and the
+leaderboard's chance row sits beneath the header, a range taking no more than an interval.
+The leaderboard's per-task columns (``--wide``, ``--level``) go into further tables, each
+repeating rank and encoder, when one table would not fit.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Col:
     cell: Callable[[Any], Any]  # record -> str or rich Text
     justify: str = "left"
     essential: bool = False  # shown whatever the width (wrapping if it must)
+    chance: str | None = None  # the cell of a chance row beneath the header (tables that have one)
 
 
 def _measure_console(width: int) -> Any:
@@ -89,6 +92,8 @@ def _table(
     for c in cols:
         # Headers and titles are Text: a name like "[bold]" from a plugin is not markup.
         table.add_column(Text(plain_lines(c.header)), justify=c.justify, overflow="fold")  # type: ignore[arg-type]
+    if any(c.chance is not None for c in cols):
+        table.add_row(*[_text(c.chance or "", "dim") for c in cols], end_section=True)
     columns = [cells.of(c) for c in cols]
     for i in range(len(records)):
         table.add_row(*[column[i] for column in columns])
@@ -144,12 +149,12 @@ def _text(s: str, style: str | None = None) -> Any:
     return Text(plain_lines(s), style=style or "")
 
 
-def _score_cell(v: float | None, ci: Sequence[float | None] | None) -> Any:
+def _score_cell(v: float | None, ci: Sequence[float | None] | None, at_chance: bool = False) -> Any:
     from rich.text import Text
 
     if v is None:
         return Text("–")
-    text = Text(formatting.value(v))
+    text = Text(formatting.value(v, at_chance))
     ci_text = formatting.interval(ci)
     if ci_text:
         text.append("\n" + ci_text, style="dim")
@@ -162,9 +167,9 @@ def _score_cell(v: float | None, ci: Sequence[float | None] | None) -> Any:
 def _main_cols(board: Board) -> list[Col]:
     level = board.level
     cols = [
-        Col("rank", lambda r: _text(r.rank_text(level)), "right", essential=True),
-        Col("encoder", lambda r: _text(r.encoder), essential=True),
-        Col("family", lambda r: _text(formatting.family_short(r.family)), essential=True),
+        Col("rank", lambda r: _text(r.rank_text(level)), "right", essential=True, chance=""),
+        Col("encoder", lambda r: _text(r.encoder), essential=True, chance="chance"),
+        Col("family", lambda r: _text(formatting.family_short(r.family)), essential=True, chance=""),
     ]
     for lv, header in formatting.score_columns(board):
         cols.append(
@@ -173,24 +178,34 @@ def _main_cols(board: Board) -> list[Col]:
                 lambda r, lv=lv: _score_cell(*(_sc(r, lv))),
                 "right",
                 essential=True,
+                chance=formatting.chance_text(board.level_chance(lv)),
             )
         )
     if level == "all" and len(board.levels) == 2:
-        cols.append(Col("part\nawareness", lambda r: _text(formatting.awareness(r)), "right", essential=True))
+        cols.append(
+            Col(
+                "part\nawareness",
+                lambda r: _text(formatting.awareness(r)),
+                "right",
+                essential=True,
+                chance="",
+            )
+        )
     return cols
 
 
-def _sc(row: Row, level: str) -> tuple[float | None, list[float | None] | None]:
+def _sc(row: Row, level: str) -> tuple[float | None, list[float | None] | None, bool]:
     s = row.scores.get(level)
-    return (None, None) if s is None else (s.value, s.ci)
+    return (None, None, False) if s is None else (s.value, s.ci, s.at_chance)
 
 
 def _task_cols(board: Board) -> list[Col]:
     return [
         Col(
             "\n".join(formatting.column_header_lines(board, c)),
-            lambda r, k=c.key: _score_cell(r.tasks.get(k), r.task_ci.get(k)),
+            lambda r, k=c.key: _score_cell(r.tasks.get(k), r.task_ci.get(k), r.task_at_chance(k)),
             "right",
+            chance=formatting.chance_text(board.column_chance(c.key)),
         )
         for c in board.shown_columns
     ]
