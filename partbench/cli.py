@@ -638,6 +638,12 @@ def study(which: str, device: str, seed: int, output_dir: Path | None, force: bo
     for claim in report.claims:
         mark = f"[{colours[claim.verdict]}]{claim.verdict}[/]"
         out.print(f"{mark}  {rich_text(claim.statement)}\n    {rich_text(claim.evidence)}")
+    for d in report.floor:
+        mark = "[green]above the floor[/]" if d.sign > 0 else "[red]not above the floor[/]"
+        chance = ", ".join(report.at_chance.get(d.a, [])) or "none"
+        out.print(
+            f"{mark}  {rich_text(d.text())} ({mini.SERVES[d.a]} level); tasks at chance: {rich_text(chance)}"
+        )
     if output_dir is not None:
         command = "partbench study mini --output-dir " + str(output_dir)
         for path in mini.write(report, output_dir, command):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,12 @@ CONTRASTIVE = ("mini-mocov3", "mini-dino")
 MASKED = ("mini-mae",)
 BOTH = ("mini-ibot",)
 WITH_PROJECTION = ("mini-mocov3", "mini-dino", "mini-ibot")
-MINI_ENCODERS = (SUPERVISED, *CONTRASTIVE, *MASKED, *BOTH, "mini-random")
+REFERENCE = "mini-cnn"  # a CNN trained like mini-supervised: what "learned" looks like here
+FLOOR = "mini-random"
+MINI_ENCODERS = (SUPERVISED, *CONTRASTIVE, *MASKED, *BOTH, REFERENCE, FLOOR)
 DATASET = "synparts"
+# The level each method is meant to serve, where it must beat the floor.
+SERVES = {SUPERVISED: "object", REFERENCE: "object"} | {e: "part" for e in (*CONTRASTIVE, *MASKED, *BOTH)}
 
 REPRODUCED, CONTRADICTED, UNDECIDED = "reproduced", "contradicted", "not decided"
 
@@ -72,6 +77,23 @@ class StudyReport:
     board: lb.Board
     claims: list[Claim]
     outcomes: list[Outcome]
+    floor: list[Difference] = dataclasses.field(default_factory=list)  # encoder - floor, its level
+    at_chance: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # encoder -> tasks
+    weights: dict[str, str] = dataclasses.field(default_factory=dict)  # encoder -> weights id
+
+
+def above_floor(runs: Sequence[Any], store: Store) -> list[Difference]:
+    """Each trained mini minus the untrained one, paired, at the level its method serves."""
+    return [level_difference(runs, store, e, FLOOR, level) for e, level in SERVES.items()]
+
+
+def tasks_at_chance(board: lb.Board) -> dict[str, list[str]]:
+    """Trained encoders' tasks whose 95% interval reaches down to the task's chance level."""
+    return {
+        row.encoder: [key for key in row.tasks if row.task_at_chance(key)]
+        for row in board.rows
+        if row.encoder != FLOOR
+    }
 
 
 def level_difference(runs: Sequence[Any], store: Store, a: str, b: str, level: str) -> Difference:
@@ -167,7 +189,14 @@ def run_mini_study(
                 projection.setdefault(o.encoder, {})[feature] = o.run_id
     runs = [r for r in store.runs(status="done") if r.encoder in MINI_ENCODERS]
     board = lb.build(runs, dataset=DATASET, registry=registry, items=store)[0]
-    return StudyReport(board, check_claims(runs, store, projection), outcomes)
+    return StudyReport(
+        board,
+        check_claims(runs, store, projection),
+        outcomes,
+        floor=above_floor(runs, store),
+        at_chance=tasks_at_chance(board),
+        weights={r.encoder: r.weights_id for r in runs if r.dataset == DATASET},
+    )
 
 
 def to_markdown(report: StudyReport, command: str) -> str:
@@ -177,8 +206,9 @@ def to_markdown(report: StudyReport, command: str) -> str:
     lines = [
         "# The study in miniature",
         "",
-        "Six mini ViTs (64 px, patch 8, width 128, 6 blocks) pretrained on SynParts with the",
-        "study's families of methods, evaluated on every SynParts task. Regenerate with",
+        "Six mini ViTs (64 px, patch 8, width 128, 6 blocks), five pretrained on SynParts with the",
+        "study's families of methods and one untrained (the floor), and a reference CNN trained",
+        "like the supervised ViT, evaluated on every SynParts task. Regenerate with",
         "",
         f"    {command}",
         "",
@@ -196,13 +226,46 @@ def to_markdown(report: StudyReport, command: str) -> str:
     ]
     for c in report.claims:
         lines.append(f"| {md(c.statement)} | {c.verdict} | {md(c.evidence)} |")
+    lines += [
+        "",
+        "## Above the floor",
+        "",
+        f"Each trained encoder minus {FLOOR} (the mini ViT, untrained), paired, at the level its",
+        "method is meant to serve; and the tasks where its 95% interval reaches chance.",
+        "",
+        "| encoder | level | difference from the floor | clear of 0 | tasks at chance |",
+        "|---|---|---|---|---|",
+    ]
+    for d in report.floor:
+        ci = f" [{d.low:+.1f}, {d.high:+.1f}]" if d.low is not None and d.high is not None else ""
+        chance = ", ".join(report.at_chance.get(d.a, [])) or "none"
+        clear = "yes" if d.sign > 0 else "no, below" if d.sign < 0 else "no"
+        lines.append(f"| {d.a} | {SERVES[d.a]} | {d.diff:+.1f}{ci} | {clear} | {md(chance)} |")
     lines += ["", "## Leaderboard", "", boards_markdown([report.board]).replace("### ", "#### ")]
     return "\n".join(lines)
 
 
+def claims_record(report: StudyReport) -> dict[str, Any]:
+    """The verdicts as data: the claims, each encoder against the floor, tasks at chance and
+    the weights every encoder was run with (so a reader can tell which files were judged)."""
+
+    def diff(d: Difference) -> dict[str, Any]:
+        return {"a": d.a, "b": d.b, "difference": d.diff, "low": d.low, "high": d.high, "clear": d.sign}
+
+    return {
+        "claims": [dataclasses.asdict(c) for c in report.claims],
+        "above_floor": [{**diff(d), "level": SERVES[d.a]} for d in report.floor],
+        "tasks_at_chance": report.at_chance,
+        "weights": report.weights,
+    }
+
+
 def write(report: StudyReport, out_dir: Path, command: str, screenshot: bool = True) -> list[Path]:
     """mini.md (the claims and the board), mini.json, mini.svg, mini.html and its screenshot."""
-    return lb.write_all(
+    out_dir.mkdir(parents=True, exist_ok=True)
+    claims = out_dir / "mini-claims.json"
+    claims.write_text(json.dumps(claims_record(report), indent=1) + "\n")
+    files = lb.write_all(
         [report.board],
         out_dir,
         command,
@@ -211,3 +274,4 @@ def write(report: StudyReport, out_dir: Path, command: str, screenshot: bool = T
         markdown=to_markdown(report, command),
         screenshot=screenshot,
     )
+    return [claims, *files]

@@ -95,3 +95,18 @@ def test_part_crops_come_from_synparts_and_resize():
     assert resize_for_encoder(np.zeros((30, 50, 3), np.uint8), 64, "train").shape == (64, 64, 3)
     with pytest.raises(ValueError):
         resize_for_encoder(img, 64, "random")
+
+
+def test_dataset_options_are_parsed_and_checked():
+    from partbench.datasets.builtin import _synparts
+    from partbench.errors import PartbenchError
+
+    data = _synparts(train="12", test="8", seed="3")
+    assert data.counts == {"train": 12, "test": 8} and data.seed == 3
+    assert len(data.samples("test")) == 8
+    with pytest.raises(PartbenchError, match="train='x'"):
+        _synparts(train="x")
+    with pytest.raises(PartbenchError, match="unknown option trian"):
+        _synparts(trian="3")
+    with pytest.raises(PartbenchError, match="test=0"):
+        _synparts(test="0")

@@ -10,9 +10,23 @@ from partbench.specs import DatasetSpec
 
 
 def _synparts(root: Path | None = None, **options):
+    """``--dataset-option train=N`` (and seed=, size=, test=) arrive as strings."""
     from partbench.datasets.synparts import SynParts
+    from partbench.errors import PartbenchError
 
-    return SynParts(**options)
+    known = ("seed", "size", "train", "test")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise PartbenchError(f"synparts: unknown option {', '.join(unknown)}; known: {', '.join(known)}")
+    values = {}
+    for key, value in options.items():
+        try:
+            values[key] = int(value)
+        except (TypeError, ValueError):
+            raise PartbenchError(f"synparts: option {key}={value!r} is not a whole number") from None
+        if values[key] < (0 if key == "seed" else 1):
+            raise PartbenchError(f"synparts: option {key}={value} is out of range")
+    return SynParts(**values)
 
 
 def _reader(module: str, *leading: str) -> Callable[..., object]:

@@ -261,7 +261,7 @@ class SynParts(Dataset):
     object_seg_classes = tuple(OBJECT_CLASSES)
     splits: ClassVar[Mapping[str, str]] = {"retrieval": "test", "train": "train", "test": "test"}
 
-    def __init__(self, seed: int = 0, size: int = 96, train: int = 640, test: int = 320):
+    def __init__(self, seed: int = 0, size: int = 96, train: int = 1000, test: int = 1600):
         self.seed, self.size = seed, size
         self.counts = {"train": train, "test": test}
         # The study's 20 < d < 1000 px bounds are for images about 500 px wide.

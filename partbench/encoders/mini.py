@@ -24,6 +24,7 @@ class Mini:
     family: str
     head_kind: str | None  # the heads.HEAD_KINDS entry its projection head is, if it has one
     description: str
+    arch: str = "vit"  # "vit" (build_mini_vit) or "cnn" (build_mini_cnn, the reference)
 
 
 MINI: dict[str, Mini] = {
@@ -45,6 +46,13 @@ MINI: dict[str, Mini] = {
     "mini-mae": Mini("mae", "masked-image-modeling", None, "mini ViT, MAE encoder on SynParts"),
     "mini-ibot": Mini(
         "ibot", "both", "dino-head", "mini ViT, iBOT teacher on SynParts; projection: iBOT head"
+    ),
+    "mini-cnn": Mini(
+        "supervised-cnn",
+        "supervised",
+        None,
+        "reference: small ResNet, object-class cross-entropy on SynParts (what learned looks like)",
+        arch="cnn",
     ),
 }
 RANDOM_DESCRIPTION = "mini ViT (64 px, patch 8, width 128, 6 blocks), random init from --seed: the floor"
@@ -74,7 +82,7 @@ def load_mini(request: EncoderRequest, mini: Mini):
     from partbench.encoders.checkpoints import load_strict, read_checkpoint, sha256_file
     from partbench.encoders.heads import build_head
     from partbench.encoders.timm_adapter import TimmEncoder
-    from partbench.encoders.vit import build_mini_vit
+    from partbench.encoders.vit import MINI_SIZE, build_mini_cnn, build_mini_vit
     from partbench.errors import CheckpointError
 
     path = Path(request.weights) if request.weights is not None else shipped_weights(mini.method)
@@ -88,7 +96,7 @@ def load_mini(request: EncoderRequest, mini: Mini):
         state = state["model"]
     head_state = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
     backbone_state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-    model = build_mini_vit(request.seed)
+    model = (build_mini_cnn if mini.arch == "cnn" else build_mini_vit)(request.seed)
     load_strict(model, backbone_state, path)
     projection = None
     if head_state:
@@ -103,6 +111,7 @@ def load_mini(request: EncoderRequest, mini: Mini):
         family=mini.family,
         weights_id=f"sha256:{sha256_file(path)}",
         projection=projection,
+        input_size=MINI_SIZE,
     )
 
 

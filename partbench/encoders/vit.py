@@ -1,4 +1,5 @@
-"""The small ViT partbench runs on a CPU: the floor encoder and the shape of the mini encoders."""
+"""The small networks partbench runs on a CPU: the mini ViT (the floor encoder and the shape of
+the mini encoders) and the reference CNN."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from partbench.encoders.checkpoints import load_strict, read_checkpoint, sha256_
 from partbench.encoders.timm_adapter import TimmEncoder
 
 # 64 px input, patch 8 (an 8 x 8 grid), width 128, 6 blocks: about 1.2 M parameters.
-MINI_VIT = dict(img_size=64, patch_size=8, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0)
+MINI_SIZE = 64
+MINI_VIT = dict(img_size=MINI_SIZE, patch_size=8, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0)
 
 
 def build_mini_vit(seed: int = 0) -> torch.nn.Module:
@@ -41,3 +43,15 @@ def load_mini_vit(
         load_strict(model, state, weights)
         weights_id = f"sha256:{sha256_file(weights)}"
     return TimmEncoder(model.eval(), name=name, family=family, weights_id=weights_id, projection=projection)
+
+
+def build_mini_cnn(seed: int = 0) -> torch.nn.Module:
+    """The reference CNN: a ResNet of one basic block per stage, widths 32-256 (1.2 M
+    parameters, about the mini ViT's), 64 px input. Convolutions learn SynParts' shapes in a
+    few hundred steps where a ViT needs thousands, so a trained copy shows what "learned"
+    looks like on these tasks and catches a broken pipeline."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), num_classes=0)

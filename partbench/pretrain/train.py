@@ -21,6 +21,7 @@ from partbench.pretrain.data import PretrainImages, load_pretrain_images
 # method -> (module, class); imported on demand so that one recipe's bug cannot break another.
 METHODS: dict[str, tuple[str, str]] = {
     "supervised": ("partbench.pretrain.supervised", "SupervisedRecipe"),
+    "supervised-cnn": ("partbench.pretrain.supervised", "SupervisedCNNRecipe"),
     "mocov3": ("partbench.pretrain.mocov3", "MoCoV3Recipe"),
     "dino": ("partbench.pretrain.dino", "DINORecipe"),
     "mae": ("partbench.pretrain.mae", "MAERecipe"),
