@@ -26,6 +26,12 @@ class Mini:
     description: str
     arch: str = "vit"  # "vit" (build_mini_vit) or "cnn" (build_mini_cnn, the reference)
 
+    def build(self, seed: int):
+        """The untrained network of this mini's architecture."""
+        from partbench.encoders.vit import build_mini_cnn, build_mini_vit
+
+        return (build_mini_cnn if self.arch == "cnn" else build_mini_vit)(seed)
+
 
 MINI: dict[str, Mini] = {
     "mini-supervised": Mini(
@@ -58,6 +64,10 @@ MINI: dict[str, Mini] = {
 RANDOM_DESCRIPTION = "mini ViT (64 px, patch 8, width 128, 6 blocks), random init from --seed: the floor"
 
 
+def by_method(method: str) -> Mini:
+    return next(m for m in MINI.values() if m.method == method)
+
+
 def shipped_weights(method: str) -> Path:
     return WEIGHTS_DIR / f"mini-{method}.safetensors"
 
@@ -82,7 +92,7 @@ def load_mini(request: EncoderRequest, mini: Mini):
     from partbench.encoders.checkpoints import load_strict, read_checkpoint, sha256_file
     from partbench.encoders.heads import build_head
     from partbench.encoders.timm_adapter import TimmEncoder
-    from partbench.encoders.vit import MINI_SIZE, build_mini_cnn, build_mini_vit
+    from partbench.encoders.vit import MINI_SIZE
     from partbench.errors import CheckpointError
 
     path = Path(request.weights) if request.weights is not None else shipped_weights(mini.method)
@@ -96,7 +106,7 @@ def load_mini(request: EncoderRequest, mini: Mini):
         state = state["model"]
     head_state = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
     backbone_state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-    model = (build_mini_cnn if mini.arch == "cnn" else build_mini_vit)(request.seed)
+    model = mini.build(request.seed)
     load_strict(model, backbone_state, path)
     projection = None
     if head_state:

@@ -11,6 +11,7 @@ nothing is at the floor there too. Part-level checks are the benchmark's own tas
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,12 +42,15 @@ class GateResult:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
+@functools.cache
 def _images(split: str, n: int) -> tuple[torch.Tensor, np.ndarray]:
-    from partbench.datasets.synparts import render
+    """The benchmark's SynParts images, at the minis' input size; cached because every gate of
+    a ``ship --method all`` reads the same ones."""
+    from partbench.datasets.synparts import SynParts
     from partbench.encoders.vit import MINI_SIZE
     from partbench.pretrain.data import normalize
 
-    samples = [render(0, split, i) for i in range(n)]
+    samples = list(SynParts(**{split: n}).samples(split))
     x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 255
     x = F.interpolate(x, size=(MINI_SIZE, MINI_SIZE), mode="bilinear", antialias=True, align_corners=False)
     return normalize(x), np.array([s.label for s in samples])

@@ -36,9 +36,9 @@ SHIPPED: dict[str, dict[str, int]] = {
 }
 THREADS = 2
 IMAGES = 4096
-# The pooled feature the gate reads: MAE's class token is trained by nothing (its loss reads
-# patch tokens only), so its gate reads the mean patch token.
-GATE_FEATURE = {"supervised-cnn": "avgpool", "mae": "mean-patch"}
+# The pooled feature the gate reads: a CNN's is its average pool; MAE's class token is trained
+# by nothing (its loss reads patch tokens only), so its gate reads the mean patch token.
+GATE_FEATURE = {"mae": "mean-patch"}
 
 
 class GateFailed(RuntimeError):
@@ -50,14 +50,15 @@ def check_gate(method: str, weights: Path, seed: int) -> dict[str, Any]:
     same architecture at seed ``seed``'s initialisation (partbench.pretrain.gate)."""
     from safetensors.torch import load_file
 
-    from partbench.encoders.vit import build_mini_cnn, build_mini_vit
+    from partbench.encoders.mini import by_method
     from partbench.pretrain.gate import gate
 
-    build = build_mini_cnn if method == "supervised-cnn" else build_mini_vit
-    backbone = build(seed)
+    mini = by_method(method)
+    backbone = mini.build(seed)
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("head.")}
     backbone.load_state_dict(state, strict=True)
-    return gate(backbone, build(seed), GATE_FEATURE.get(method, "cls")).as_dict()
+    feature = "avgpool" if mini.arch == "cnn" else GATE_FEATURE.get(method, "cls")
+    return gate(backbone, mini.build(seed), feature).as_dict()
 
 
 def read_manifest(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:

@@ -40,7 +40,6 @@ class SupervisedRecipe(Recipe):
     method, family = "supervised", "supervised"
     hyper = Hyper(batch_size=64, lr=5e-4, weight_decay=0.05, warmup=0.1)
     crop_scale = (0.5, 1.0)
-    aux_weight = 1.0
 
     def __init__(self, seed: int, steps: int):
         super().__init__(seed, steps)
@@ -53,7 +52,7 @@ class SupervisedRecipe(Recipe):
         tokens = self.backbone.forward_features(x.to(labels.device))
         loss = F.cross_entropy(self.classifier(tokens[:, 0]), labels, label_smoothing=0.1)
         aux = self.part_classifier(tokens[:, 1:].amax(dim=1))
-        return loss + self.aux_weight * F.cross_entropy(aux, labels, label_smoothing=0.1)
+        return loss + F.cross_entropy(aux, labels, label_smoothing=0.1)
 
     def shipped(self) -> dict[str, torch.Tensor]:
         return dict(self.backbone.state_dict())
