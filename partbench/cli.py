@@ -562,7 +562,7 @@ def data_fetch(name: str, dest: Path | None, url: str | None, sha256: str | None
     "--method",
     "-m",
     required=True,
-    type=click.Choice(["supervised", "mocov3", "dino", "mae", "ibot"]),
+    type=click.Choice(["supervised", "supervised-cnn", "mocov3", "dino", "mae", "ibot"]),
 )
 @click.option("--steps", required=True, type=int, help="optimiser steps")
 @click.option("--seed", default=0, show_default=True, type=int)

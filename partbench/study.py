@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from partbench import leaderboard as lb
+from partbench.encoders.mini import MINI
 from partbench.plugins import Registry
 from partbench.runner import Outcome, RunOptions, run
 from partbench.store import Store
@@ -31,8 +32,9 @@ REFERENCE = "mini-cnn"  # a CNN trained like mini-supervised: what "learned" loo
 FLOOR = "mini-random"
 MINI_ENCODERS = (SUPERVISED, *CONTRASTIVE, *MASKED, *BOTH, REFERENCE, FLOOR)
 DATASET = "synparts"
-# The level each method is meant to serve, where it must beat the floor.
-SERVES = {SUPERVISED: "object", REFERENCE: "object"} | {e: "part" for e in (*CONTRASTIVE, *MASKED, *BOTH)}
+# The level each method is meant to serve, where it must beat the floor (the same level its
+# weights were gated on before shipping).
+SERVES = {name: mini.serves for name, mini in MINI.items()}
 
 REPRODUCED, CONTRADICTED, UNDECIDED = "reproduced", "contradicted", "not decided"
 
@@ -57,6 +59,11 @@ class Difference:
     diff: float
     low: float | None
     high: float | None
+    about: tuple[str, ...] = ()  # the encoders compared, where a and b name more than that
+
+    @property
+    def encoders(self) -> tuple[str, ...]:
+        return self.about or (self.a, self.b)
 
     @property
     def sign(self) -> int:
@@ -106,19 +113,29 @@ def level_difference(runs: Sequence[Any], store: Store, a: str, b: str, level: s
     return Difference(a, b, c.diff, c.low, c.high)
 
 
-def _decide(diffs: Sequence[Difference], need: str) -> str:
-    """``need``: "all" (every difference positive) or "most" (more than half positive)."""
-    ups = sum(d.sign > 0 for d in diffs)
-    downs = sum(d.sign < 0 for d in diffs)
+def _decide(diffs: Sequence[Difference], need: str, unlearned: Collection[str] = ()) -> str:
+    """``need``: "all" (every difference positive) or "most" (more than half positive). A
+    difference with an encoder in ``unlearned`` is no evidence either way: beating, or losing
+    to, a network that learned nothing says nothing about its method."""
+    signs = [0 if set(d.encoders) & set(unlearned) else d.sign for d in diffs]
+    ups = sum(s > 0 for s in signs)
+    downs = sum(s < 0 for s in signs)
     if need == "all":
         return REPRODUCED if ups == len(diffs) else CONTRADICTED if downs else UNDECIDED
     half = len(diffs) / 2
     return REPRODUCED if ups > half else CONTRADICTED if downs >= half else UNDECIDED
 
 
-def check_claims(runs: Sequence[Any], store: Store, projection: dict[str, dict[str, int]]) -> list[Claim]:
+def check_claims(
+    runs: Sequence[Any],
+    store: Store,
+    projection: dict[str, dict[str, int]],
+    unlearned: Collection[str] = (),
+) -> list[Claim]:
     """The four claims from paired differences; ``projection`` maps an encoder to the run ids
-    of its part retrieval with the projection output and with the class token."""
+    of its part retrieval with the projection output and with the class token. Differences
+    with an encoder in ``unlearned`` (not above the floor at the level it serves) are listed
+    but decide nothing."""
     from partbench.metrics import paired_bootstrap
 
     ssl = (*CONTRASTIVE, *MASKED, *BOTH)
@@ -129,31 +146,38 @@ def check_claims(runs: Sequence[Any], store: Store, projection: dict[str, dict[s
     for enc, ids in projection.items():
         if "projection" in ids and "cls" in ids:
             diff, low, high = paired_bootstrap("mAP", store.items(ids["projection"]), store.items(ids["cls"]))
-            four.append(Difference(f"{enc} projection", "cls", diff, low, high))
+            four.append(Difference(f"{enc} projection", "cls", diff, low, high, about=(enc,)))
 
     def listing(diffs: Sequence[Difference]) -> str:
-        return "; ".join(d.text() for d in diffs) or "no runs to compare"
+        text = "; ".join(d.text() for d in diffs) or "no runs to compare"
+        aside = sorted({e for d in diffs for e in d.encoders if e in unlearned})
+        if aside:
+            text += f" (set aside, not above the floor: {', '.join(aside)})"
+        return text
+
+    def decide(diffs: Sequence[Difference], need: str) -> str:
+        return _decide(diffs, need, unlearned)
 
     return [
         Claim(
             "1. The supervised encoder beats every self-supervised one at the object level.",
-            _decide(one, "all"),
+            decide(one, "all"),
             "object score differences: " + listing(one),
         ),
         Claim(
             "2. Most contrastive and MIM encoders beat the supervised one at the part level.",
-            _decide(two, "most"),
+            decide(two, "most"),
             "part score differences: " + listing(two),
         ),
         Claim(
             "3. The encoder combining contrastive learning and MIM does best on parts.",
-            _decide(three, "all"),
+            decide(three, "all"),
             "part score differences: " + listing(three),
         ),
         Claim(
             "4. For contrastive encoders the projection output is worse for parts than the "
             "encoder's class token.",
-            _decide(
+            decide(
                 [dataclasses.replace(d, diff=-d.diff, low=_neg(d.high), high=_neg(d.low)) for d in four],
                 "most",
             )
@@ -189,11 +213,13 @@ def run_mini_study(
                 projection.setdefault(o.encoder, {})[feature] = o.run_id
     runs = [r for r in store.runs(status="done") if r.encoder in MINI_ENCODERS]
     board = lb.build(runs, dataset=DATASET, registry=registry, items=store)[0]
+    floor = above_floor(runs, store)
+    unlearned = [d.a for d in floor if d.sign <= 0]
     return StudyReport(
         board,
-        check_claims(runs, store, projection),
+        check_claims(runs, store, projection, unlearned),
         outcomes,
-        floor=above_floor(runs, store),
+        floor=floor,
         at_chance=tasks_at_chance(board),
         weights={r.encoder: r.weights_id for r in runs if r.dataset == DATASET},
     )
@@ -219,7 +245,9 @@ def to_markdown(report: StudyReport, command: str) -> str:
         "Each claim is decided on paired differences (a − b, in points, with the 95% interval of a",
         "paired bootstrap over the items both encoders were scored on): reproduced when every",
         "difference the claim needs is clear of 0 in its direction, contradicted when one is clear",
-        "of 0 the other way, otherwise not decided at this size.",
+        "of 0 the other way, otherwise not decided at this size. A difference with an encoder that",
+        "is not above the floor at the level its method serves (next section) is listed and set",
+        "aside: it learned nothing there, so it is evidence about its training, not its method.",
         "",
         "| claim | verdict | evidence |",
         "|---|---|---|",

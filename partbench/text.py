@@ -40,6 +40,9 @@ def rich_text(value: Any) -> str:
     # Backslashes just before a tag are halved when rich reads them; brackets inside get
     # their own escape (rich's rule, applied once, like rich.markup.escape does).
     text = re.sub(r"(\\*)(\[[a-z#/@][^[]*?])", lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+    # Outside tags rich reads every backslash-bracket pair as a bracket: give each one that is
+    # not a tag's escape one more backslash to consume.
+    text = re.sub(r"(\\+)\[(?![a-z#/@][^[]*?])", lambda m: m.group(1) + "\\[", text)
     # A trailing run of backslashes would meet the closing tag the caller adds: double it.
     trailing = len(text) - len(text.rstrip("\\"))
     return text + "\\" * trailing

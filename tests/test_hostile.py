@@ -557,6 +557,7 @@ HOSTILE = ["[/bold]", "a|b", "x\\", "<script>alert(1)</script>", "l1\nl2\r\nl3",
 @settings(max_examples=30, deadline=None)
 @given(hostile)
 @example("\\\\")  # two trailing backslashes: rich's own escape halves them
+@example("\\[")  # rich reads a backslash-bracket outside any tag as a bracket
 def test_rich_text_prints_exactly_what_it_was_given(value: str) -> None:
     out = io.StringIO()
     console = Console(file=out, width=10_000, color_system=None, highlight=False, emoji=False)

@@ -914,3 +914,10 @@ def test_study_claims_are_decided_on_paired_differences(tmp_path):
         }
     }
     assert check_claims(s.runs(status="done"), s, flipped)[3].verdict == "contradicted"
+    # An encoder that did not learn is no evidence: claims 1 and 3 need every encoder, so they
+    # are no longer reproduced; claim 2 keeps 2 of 3 (more than half) without mini-dino, and
+    # claim 4 has 1 of 2 (not more than half).
+    aside = check_claims(s.runs(status="done"), s, projection, unlearned=["mini-dino"])
+    assert [c.verdict for c in aside] == ["not decided", "reproduced", "not decided", "not decided"]
+    for claim in aside:
+        assert claim.evidence.endswith("(set aside, not above the floor: mini-dino)")

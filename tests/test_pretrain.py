@@ -8,19 +8,14 @@ import json
 import pytest
 import torch
 
-from partbench.encoders.mini import MINI, WEIGHTS_DIR, load_mini, mini_encoder_specs
+from partbench.encoders.mini import MINI, WEIGHTS_DIR, by_method, load_mini, mini_encoder_specs
 from partbench.pretrain.data import load_pretrain_images
 from partbench.pretrain.train import METHODS, make_recipe, pretrain
 from partbench.specs import EncoderRequest
 
 BATCH = 8
 # Shipped before the gate existed and not yet retrained; the README's miniature section says so.
-FAILED_GATE_AFTER_SHIPPING = (
-    "mini-mae.safetensors",
-    "mini-mocov3.safetensors",
-    "mini-dino.safetensors",
-    "mini-ibot.safetensors",
-)
+FAILED_GATE_AFTER_SHIPPING = ("mini-dino.safetensors", "mini-ibot.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +150,7 @@ def test_shipped_files_match_manifest():
         assert sha256_file(path) == entry["sha256"], name
         gate = entry["gate"]
         assert gate["passed"] == (gate["low"] > 0), name
+        assert gate["level"] == by_method(entry["method"]).serves, name
         # Files shipped through the gate passed it; older ones were gated after shipping, and
         # the README names those that fail.
         assert gate["passed"] or gate.get("checked") == "after shipping", name
@@ -185,6 +181,23 @@ def test_gate_tells_a_trained_backbone_from_its_initialisation():
     assert not same.passed and same.difference == 0
     trained = check_gate("supervised-cnn", WEIGHTS_DIR / "mini-supervised-cnn.safetensors", seed=0)
     assert trained["passed"] and trained["knn_top1"] > trained["floor_top1"]
+    assert trained["level"] == "object" and "object top-1" in trained["rule"]
+
+
+def test_the_gate_reads_the_level_the_method_serves():
+    """MAE's objective reads patches, not objects: its gate reads part crops, where the shipped
+    file is clearly above its initialisation (at the object level it is not)."""
+    from partbench.pretrain.gate import gate
+    from partbench.pretrain.ship import check_gate
+
+    mae = check_gate("mae", WEIGHTS_DIR / "mini-mae.safetensors", seed=0)
+    assert mae["level"] == MINI["mini-mae"].serves == "part" and "part top-1" in mae["rule"]
+    assert mae["passed"]
+    backbone = MINI["mini-mae"].build(0)
+    same = gate(backbone, backbone, "mean-patch", "part")
+    assert same.level == "part" and same.difference == 0 and not same.passed
+    with pytest.raises(ValueError, match="unknown gate level 'scene'"):
+        gate(backbone, backbone, "cls", "scene")
 
 
 def test_mini_encoders_are_registered():
@@ -202,7 +215,7 @@ def test_a_file_that_fails_the_gate_is_not_installed_but_kept(tmp_path, monkeypa
         few = load_pretrain_images(8, cache=False)
         return pretrain(method, steps=1, batch_size=8, data=few, out_dir=out_dir, progress=False)
 
-    failing = {"feature": "cls", "knn_top1": 12.0, "floor_top1": 13.0, "difference": -1.0}
+    failing = {"level": "object", "feature": "cls", "knn_top1": 12.0, "floor_top1": 13.0, "difference": -1.0}
     failing |= {"low": -4.0, "high": 2.0, "passed": False}
     monkeypatch.setattr(train, "pretrain", tiny_pretrain)
     monkeypatch.setattr(shipping, "check_gate", lambda *a, **k: failing)
@@ -211,3 +224,30 @@ def test_a_file_that_fails_the_gate_is_not_installed_but_kept(tmp_path, monkeypa
         shipping.ship("supervised", weights_dir=weights, progress=False)
     assert not weights.exists() or not any(weights.iterdir())  # nothing installed, no manifest
     assert (isolated_home / "pretrain" / "rejected" / "mini-supervised.safetensors").is_file()
+
+
+def test_a_run_trained_apart_is_shipped_only_with_the_shipped_data(tmp_path, monkeypatch):
+    """``ship --install RUN_DIR`` reads the run back from its loss log, refuses one trained on
+    other data (its manifest command would not reproduce it) and records the threads it ran on."""
+    from partbench.pretrain import ship as shipping
+
+    few = load_pretrain_images(8, cache=False)
+    run_dir = tmp_path / "run"
+    pretrain("supervised", steps=2, batch_size=8, data=few, out_dir=run_dir, progress=False)
+    with pytest.raises(ValueError, match=r"mini-supervised.log.json: 'images' is 8, shipping needs 4096"):
+        shipping.trained_run("supervised", run_dir)
+    with pytest.raises(FileNotFoundError, match=r"mini-mae.safetensors: not found"):
+        shipping.trained_run("mae", run_dir)
+
+    monkeypatch.setattr(shipping, "IMAGES", 8)
+    result, threads = shipping.trained_run("supervised", run_dir)
+    assert (result.steps, result.batch_size, threads) == (2, 8, torch.get_num_threads())
+    assert len(result.losses) == 2
+    passing = {"level": "object", "feature": "cls", "knn_top1": 20.0, "floor_top1": 13.0}
+    passing |= {"difference": 7.0, "low": 2.0, "high": 12.0, "passed": True}
+    monkeypatch.setattr(shipping, "check_gate", lambda *a, **k: passing)
+    weights = tmp_path / "weights"
+    entry = shipping.install(result, threads=threads, weights_dir=weights)
+    assert (weights / "mini-supervised.safetensors").read_bytes() == result.weights.read_bytes()
+    assert entry["reproduce"].endswith(f"--steps 2 --seed 0 --batch-size 8 --threads {threads}")
+    assert shipping.read_manifest(weights)["files"]["mini-supervised.safetensors"]["gate"] == passing

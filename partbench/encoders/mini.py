@@ -26,6 +26,13 @@ class Mini:
     description: str
     arch: str = "vit"  # "vit" (build_mini_vit) or "cnn" (build_mini_cnn, the reference)
 
+    @property
+    def serves(self) -> str:
+        """The level the study expects the method to serve, where it must beat the floor:
+        supervised training reads object labels; contrastive and MIM objectives read parts of
+        images (crops, masked patches)."""
+        return "object" if self.family == "supervised" else "part"
+
     def build(self, seed: int):
         """The untrained network of this mini's architecture."""
         from partbench.encoders.vit import build_mini_cnn, build_mini_vit

@@ -191,6 +191,12 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0
 
 
+# SynParts draws every palette (background, body, each part) uniformly over hue, so colour
+# identifies an image; a hue jitter over the whole circle takes that shortcut away from
+# instance discrimination (recipes that set it say what it changed).
+FULL_HUE = 0.5
+
+
 def ssl_view(
     images: torch.Tensor,
     gen: torch.Generator,
@@ -199,11 +205,13 @@ def ssl_view(
     scale: tuple[float, float],
     blur: float,
     solar: float,
+    hue: float = 0.1,
 ) -> torch.Tensor:
-    """The BYOL-style view that MoCo v3, DINO and iBOT share: crop, flip, colour jitter,
-    grayscale, blur and solarisation with view-specific probabilities; then normalise."""
+    """The BYOL-style view that MoCo v3, DINO and iBOT share: crop, flip, colour jitter (hue
+    shift up to ``hue`` turns), grayscale, blur and solarisation with view-specific
+    probabilities; then normalise."""
     x = random_resized_crop(to_float(images), size, scale, gen)
-    x = random_grayscale(color_jitter(x, gen), gen)
+    x = random_grayscale(color_jitter(x, gen, hue=hue), gen)
     x = solarize(gaussian_blur(x, gen, blur), gen, solar)
     return normalize(x)
 
