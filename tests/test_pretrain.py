@@ -185,14 +185,12 @@ def test_gate_tells_a_trained_backbone_from_its_initialisation():
 
 
 def test_the_gate_reads_the_level_the_method_serves():
-    """MAE's objective reads patches, not objects: its gate reads part crops, where the shipped
-    file is clearly above its initialisation (at the object level it is not)."""
-    from partbench.pretrain.gate import gate
-    from partbench.pretrain.ship import check_gate
+    """MAE's objective reads patches, not objects: its gate reads part crops (that the shipped
+    file passes it is tests/test_miniature.py's check of every shipped file)."""
+    from partbench.pretrain.gate import gate, rule
 
-    mae = check_gate("mae", WEIGHTS_DIR / "mini-mae.safetensors", seed=0)
-    assert mae["level"] == MINI["mini-mae"].serves == "part" and "part top-1" in mae["rule"]
-    assert mae["passed"]
+    assert MINI["mini-mae"].serves == "part" and MINI["mini-supervised"].serves == "object"
+    assert "part top-1" in rule("part") and "part crops" in rule("part")
     backbone = MINI["mini-mae"].build(0)
     same = gate(backbone, backbone, "mean-patch", "part")
     assert same.level == "part" and same.difference == 0 and not same.passed

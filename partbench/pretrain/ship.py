@@ -18,9 +18,12 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from partbench.pretrain.gate import rule
+
+if TYPE_CHECKING:
+    from partbench.pretrain.train import PretrainResult
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MANIFEST = "manifest.json"
@@ -98,7 +101,7 @@ def ship(
         return install(result, threads=threads, weights_dir=weights_dir)
 
 
-def trained_run(method: str, run_dir: Path) -> tuple[Any, int]:
+def trained_run(method: str, run_dir: Path) -> tuple[PretrainResult, int]:
     """The run that ``partbench pretrain --method METHOD --out RUN_DIR`` left, read back from
     its loss log, with the thread count it trained on; refused unless it trained on the shipped
     pretraining data (its manifest command would not reproduce it otherwise)."""
@@ -118,7 +121,7 @@ def trained_run(method: str, run_dir: Path) -> tuple[Any, int]:
     return result, int(log["threads"])
 
 
-def install(result: Any, *, threads: int, weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
+def install(result: PretrainResult, *, threads: int, weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
     """Gate a trained run (a ``PretrainResult``) and, when it passes, copy its file and loss log
     into ``weights_dir`` and record them in the manifest; returns the manifest entry."""
     import timm

@@ -155,33 +155,28 @@ def _chance_marks(
 ) -> None:
     """Dashed lines at the chance levels (bands where runs differ), clipped to the axes: a
     chance level far below every score is left to the legend rather than squeezing the plot."""
-    style = 'stroke="#888" stroke-dasharray="4 3"'
     span = chance["object"]
     if span is not None and span[1] >= xs[0] and span[0] <= xs[1]:
-        a, b = sx(max(span[0], xs[0])), sx(min(span[1], xs[1]))
-        top, bottom = sy(ys[1]), sy(ys[0])
-        if b - a >= 1:
-            out.append(
-                f'<rect class="chance" x="{a:.1f}" y="{top:.1f}" width="{b - a:.1f}" '
-                f'height="{bottom - top:.1f}" fill="#888" fill-opacity="0.12"/>'
-            )
-        else:
-            out.append(
-                f'<line class="chance" x1="{a:.1f}" y1="{top:.1f}" x2="{a:.1f}" y2="{bottom:.1f}" {style}/>'
-            )
+        x0, x1 = sx(max(span[0], xs[0])), sx(min(span[1], xs[1]))
+        _chance_area(x0, sy(ys[1]), x1, sy(ys[0]), out)
     span = chance["part"]
     if span is not None and span[1] >= ys[0] and span[0] <= ys[1]:
-        a, b = sy(min(span[1], ys[1])), sy(max(span[0], ys[0]))
-        left, right = sx(xs[0]), sx(xs[1])
-        if b - a >= 1:
-            out.append(
-                f'<rect class="chance" x="{left:.1f}" y="{a:.1f}" width="{right - left:.1f}" '
-                f'height="{b - a:.1f}" fill="#888" fill-opacity="0.12"/>'
-            )
-        else:
-            out.append(
-                f'<line class="chance" x1="{left:.1f}" y1="{b:.1f}" x2="{right:.1f}" y2="{b:.1f}" {style}/>'
-            )
+        y0, y1 = sy(min(span[1], ys[1])), sy(max(span[0], ys[0]))
+        _chance_area(sx(xs[0]), y0, sx(xs[1]), y1, out)
+
+
+def _chance_area(x0: float, y0: float, x1: float, y1: float, out: list[str]) -> None:
+    """A shaded band, or a dashed line where the band is under a pixel across."""
+    style = 'stroke="#888" stroke-dasharray="4 3"'
+    if x1 - x0 < 1:
+        out.append(f'<line class="chance" x1="{x0:.1f}" y1="{y0:.1f}" x2="{x0:.1f}" y2="{y1:.1f}" {style}/>')
+    elif y1 - y0 < 1:
+        out.append(f'<line class="chance" x1="{x0:.1f}" y1="{y1:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" {style}/>')
+    else:
+        out.append(
+            f'<rect class="chance" x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" '
+            f'height="{y1 - y0:.1f}" fill="#888" fill-opacity="0.12"/>'
+        )
 
 
 def render(boards: Sequence[Board]) -> str:
