@@ -16,7 +16,8 @@ from partbench.features import Features
 from partbench.specs import OptionError
 from partbench.tasks import segmentation as seg
 from partbench.tasks.builtin import _probe_options, _seg_options
-from partbench.tasks.probes import Probe, linear_head, plateaued, stratified_holdout, train_probe
+from partbench.tasks.fitting import plateaued
+from partbench.tasks.probes import Probe, linear_head, stratified_holdout, train_probe
 
 CPU = torch.device("cpu")
 

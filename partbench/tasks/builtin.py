@@ -43,7 +43,7 @@ def _probe_options(lr: float, feature: bool) -> dict[str, TaskOption]:
     return opts
 
 
-# L-BFGS iterations: on SynParts part-seg the head's loss levels off (partbench.tasks.probes.
+# L-BFGS iterations: on SynParts part-seg the head's loss levels off (partbench.tasks.fitting.
 # plateaued) after 200 (mini-mae) to 250 (mini-random); 300 leaves a margin.
 ITERATIONS = 300
 

@@ -12,7 +12,7 @@ off."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,59 +25,15 @@ from partbench.encoders.base import Encoder
 from partbench.features import Features, View
 from partbench.metrics import bootstrap_ci, chance_top1
 from partbench.tasks.base import Task, TaskResult, counts_by_class, percent
+from partbench.tasks.fitting import device_copy, plateaued, unconverged_warning
 
 REPORTS = ("validation", "best-on-test", "last")
 VALIDATION_SHARE = 0.2  # of each class's training items, held out to choose the epoch
-
-# A run has levelled off when the last tenth of its training changed the mean loss by under
-# half a percent. Tenths are counted in learning rate spent, not in steps: a schedule that
-# decays to zero (the probes' cosine, the AdamW head's poly decay) flattens the tail of a
-# curve measured in steps whether or not the head has fitted, and would pass an underfit run.
-# Half a percent, measured on SynParts part-seg: the 500-iteration AdamW head (15.1 mIoU,
-# training loss 1.17 against 0.83 at L-BFGS' optimum) changes 1.7% in its last tenth and
-# 2,000 iterations (loss 1.08) 0.6%, both flagged; L-BFGS passes once its mIoU stops moving.
-PLATEAU_WINDOW = 0.1
-PLATEAU_TOLERANCE = 0.005
-# A loss near zero (a separable problem) keeps shrinking in relative terms for ever while no
-# prediction changes: a change under this many nats counts as level whatever its ratio.
-PLATEAU_FLOOR = 1e-4
-
 
 # SGD's cosine tail keeps shaving the loss as its gradient noise falls, after the predictions
 # have settled: mini-mae's part-linear probe (SynParts, 640/320 images) changed its loss 1.7%
 # over the last tenth while its validation top-1 stayed within a point from epoch 40 to 90.
 PROBE_TOLERANCE = 0.02
-
-
-def plateaued(
-    curve: Sequence[float], spent: Sequence[float] | None = None, tolerance: float = PLATEAU_TOLERANCE
-) -> bool:
-    """Whether a training-loss curve has levelled off: the mean loss over the last
-    PLATEAU_WINDOW of the learning rate spent differs from the mean over the window before by
-    under ``tolerance`` of the latter (or under PLATEAU_FLOOR). ``spent[i]`` is the
-    learning rate behind point ``i`` (a constant when omitted: windows are then shares of the
-    points). A curve too short to fill both windows has not shown that it levelled off."""
-    loss = np.asarray(curve, dtype=np.float64)
-    mass = np.ones_like(loss) if spent is None else np.asarray(spent, dtype=np.float64)
-    if len(loss) < 2 or len(mass) != len(loss) or not np.all(np.isfinite(loss)) or mass.sum() <= 0:
-        return False
-    end = np.cumsum(mass) / mass.sum()
-    middle = end - mass / mass.sum() / 2  # a point belongs to the window holding its middle
-    last = middle > 1 - PLATEAU_WINDOW
-    before = (middle > 1 - 2 * PLATEAU_WINDOW) & ~last
-    if not (mass[last].sum() > 0 and mass[before].sum() > 0):
-        return False
-    a = float(np.average(loss[before], weights=mass[before]))
-    b = float(np.average(loss[last], weights=mass[last]))
-    return abs(a - b) <= max(tolerance * abs(a), PLATEAU_FLOOR)
-
-
-def unconverged_warning(what: str, budget: int, unit: str) -> str:
-    """The one line a run's details carry when its head's training loss had not levelled off."""
-    return (
-        f"the {what}'s training loss had not levelled off after {budget} {unit}: the head may"
-        " underfit and the score understate the features"
-    )
 
 
 class AttentivePooler(nn.Module):
@@ -136,17 +92,6 @@ def attentive_head(dim: int, classes: int, heads: int) -> nn.Module:
 def attention_heads(dim: int, wanted: int = 12) -> int:
     """The study's 12 heads where the width allows, else the largest divisor below 12."""
     return next(h for h in range(wanted, 0, -1) if dim % h == 0)
-
-
-def _device_copy(x: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-    """The features on the device, once, when they fit in half its free memory; else None,
-    and batches are copied as they are drawn."""
-    if device.type != "cuda":
-        return None
-    free, _ = torch.cuda.mem_get_info(device)
-    if x.numel() * x.element_size() > free // 2:
-        return None
-    return x.to(device)
 
 
 def stratified_holdout(
@@ -230,7 +175,7 @@ def train_probe(
     else:
         fit_np, held_np = np.arange(len(labels)), np.zeros(0, dtype=np.int64)
     fit_idx, held_idx = torch.as_tensor(fit_np, dtype=torch.long), torch.as_tensor(held_np, dtype=torch.long)
-    resident_train, resident_test = _device_copy(x_train, device), _device_copy(x_test, device)
+    resident_train, resident_test = device_copy(x_train, device), device_copy(x_test, device)
     y_train_d, y_test_d = y_train.to(device), y_test.to(device)
     has_bn = any(isinstance(m, nn.BatchNorm1d) for m in head.modules())
 

@@ -37,7 +37,7 @@ from partbench.encoders.base import Encoder
 from partbench.features import FULL, Features, View
 from partbench.metrics import bootstrap_ci, chance_miou, miou_from_counts
 from partbench.tasks.base import Task, TaskResult, percent
-from partbench.tasks.probes import _device_copy, plateaued, unconverged_warning
+from partbench.tasks.fitting import device_copy, plateaued, unconverged_warning
 
 # The study reads blocks 4, 6, 8 and 12 of a 12-block ViT-B: these shares of the depth.
 STUDY_DEPTHS = (4 / 12, 6 / 12, 8 / 12, 12 / 12)
@@ -255,7 +255,7 @@ def _fit_lbfgs(
     # Where it fits, the standardised float32 features are computed once rather than on every
     # evaluation (on a CPU that was over a third of an evaluation's time).
     ready: torch.Tensor | None = None
-    resident = _device_copy(x, device)
+    resident = device_copy(x, device)
     if resident is None and device.type == "cpu" and x.numel() * 4 <= LBFGS_RESIDENT_BYTES:
         with torch.no_grad():
             ready = torch.cat([head[0](x[i:j].float()) for i, j in spans])
