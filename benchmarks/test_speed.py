@@ -71,3 +71,59 @@ def test_attentive_pooler(benchmark, tokens, baseline_seconds):
     pool = AttentivePooler(192, 12)
     benchmark(lambda: pool(tokens).sum().backward())
     record_ratio(benchmark, base)
+
+
+@pytest.fixture(scope="module")
+def seg_problem():
+    """SynParts part-seg's shape: 1,000 training maps at 32 x 32 (the loss resolution of an
+    8 x 8 grid), about 60% of pixels unlabelled, 512 channels (4 stages), 10 classes."""
+    gen = torch.Generator().manual_seed(0)
+    from partbench.datasets.base import IGNORE
+
+    x = torch.randn(1000, 64, 512, generator=gen)
+    targets = torch.randint(0, 10, (1000, 32, 32), generator=gen)
+    targets[torch.rand(1000, 32, 32, generator=gen) < 0.6] = IGNORE
+    return x, list(targets)
+
+
+def _upsample_whole_maps(head, x, targets):
+    # The approach it replaces: upsample every logit map, then ignore unlabelled pixels.
+    import torch.nn.functional as F
+
+    from partbench.datasets.base import IGNORE
+    from partbench.tasks.segmentation import _logits
+
+    logits = _logits(head, x, (8, 8), (32, 32))
+    loss = F.cross_entropy(logits, torch.stack(targets), ignore_index=IGNORE, reduction="sum")
+    loss.backward()
+    return loss
+
+
+@pytest.mark.benchmark(group="segmentation head loss and gradient, 1,000 maps")
+def test_seg_loss_baseline_upsample_whole_maps(benchmark, seg_problem):
+    head = torch.nn.Linear(512, 10)
+    benchmark(_upsample_whole_maps, head, *seg_problem)
+
+
+@pytest.mark.benchmark(group="segmentation head loss and gradient, 1,000 maps")
+def test_seg_loss_at_labelled_pixels(benchmark, seg_problem, baseline_seconds):
+    import torch.nn.functional as F
+
+    from partbench.tasks.segmentation import PixelTaps
+
+    x, targets = seg_problem
+    head = torch.nn.Linear(512, 10)
+    base = baseline_seconds(lambda: _upsample_whole_maps(head, x, targets))
+    taps = PixelTaps.of(targets, (8, 8))  # found once per fit, as _fit_lbfgs keeps them
+    rows = x.reshape(-1, 512).index_select(0, taps.used)
+
+    def evaluate():
+        loss = F.cross_entropy(taps.logits(head(rows)), taps.labels, reduction="sum")
+        loss.backward()
+        return loss
+
+    ours = benchmark(evaluate)
+    head.zero_grad()
+    ref = _upsample_whole_maps(head, x, targets)
+    assert torch.allclose(ours, ref, rtol=1e-5)
+    record_ratio(benchmark, base)

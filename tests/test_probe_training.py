@@ -193,6 +193,30 @@ def test_probe_details_record_the_choice_the_curve_and_the_repeats():
 # Has the training loss levelled off? ----------------------------------------------------------
 
 
+def test_a_batch_of_token_maps_larger_than_a_chunk_trains_the_same_attentive_probe(monkeypatch):
+    """Pooling a large batch in checkpointed chunks (to bound host memory) changes no value:
+    the same losses, the same chosen epoch, the same test predictions."""
+    from partbench.tasks import probes
+    from partbench.tasks.probes import attentive_head
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(120) % 3
+    x = (torch.randn(120, 9, 24, generator=gen) + F.one_hot(y, 24)[:, None, :] * 2).half()
+
+    def fit():
+        return train_probe(
+            lambda: attentive_head(24, 3, 4), x[40:], y[40:], x[:40], y[:40],
+            epochs=4, base_lr=0.1, batch_size=64, seed=0,
+        )  # fmt: skip
+
+    whole = fit()
+    monkeypatch.setattr(probes, "TOKEN_CHUNK_BYTES", 4 * 9 * 24 * 10)  # ten items per chunk
+    chunked = fit()
+    assert np.allclose(whole.train_loss, chunked.train_loss, rtol=1e-5)
+    assert whole.chosen_epoch == chunked.chosen_epoch
+    assert np.array_equal(whole.correct, chunked.correct)
+
+
 def test_plateau_rule_counts_the_learning_rate_spent_not_the_steps():
     assert not plateaued([2.0]) and not plateaued([])
     assert plateaued([1.0] * 20)
@@ -276,6 +300,62 @@ def test_lbfgs_in_chunks_matches_one_pass_and_handles_maps_of_several_sizes(monk
     chunked = seg.train_seg_head(*args, iterations=6, seed=0)
     assert np.allclose(whole.loss_curve, chunked.loss_curve, rtol=1e-4)
     assert torch.allclose(whole.head[1].weight, chunked.head[1].weight, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("grid", "sizes"),
+    [((4, 4), [(16, 16)] * 3), ((3, 5), [(7, 11), (3, 5), (2, 9), (40, 13)])],
+)
+def test_the_loss_at_labelled_pixels_equals_upsampling_whole_maps(grid, sizes):
+    """The head's loss read through PixelTaps is the loss of upsampling every logit map and
+    ignoring unlabelled pixels: same value and gradient, for maps larger and smaller than
+    the grid, several at once or of several sizes."""
+    gen = torch.Generator().manual_seed(0)
+    head = nn.Linear(6, 4)
+    x = torch.randn(len(sizes), grid[0] * grid[1], 6, generator=gen)
+    targets = []
+    for size in sizes:
+        t = torch.randint(0, 4, size, generator=gen)
+        t[torch.rand(size, generator=gen) < 0.4] = IGNORE
+        targets.append(t)
+    whole = sum(
+        F.cross_entropy(
+            seg._logits(head, x[k : k + 1], grid, tuple(t.shape)),
+            t[None],
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+        for k, t in enumerate(targets)
+    )
+    taps = seg.PixelTaps.of(targets, grid)
+    token_logits = head(x).reshape(-1, 4).index_select(0, taps.used)
+    read = F.cross_entropy(taps.logits(token_logits), taps.labels, reduction="sum")
+    assert len(taps.labels) == sum(int((t != IGNORE).sum()) for t in targets)
+    assert torch.allclose(read, whole, rtol=1e-5)
+    g_whole = torch.autograd.grad(whole, head.weight)[0]
+    g_read = torch.autograd.grad(read, head.weight)[0]
+    assert torch.allclose(g_read, g_whole, rtol=1e-4, atol=1e-5)
+
+
+def test_the_test_split_is_scored_in_spans_of_one_size_within_the_budget(monkeypatch):
+    masks = [np.zeros((8, 8))] * 5 + [np.zeros((4, 6))] * 2 + [np.zeros((8, 8))]
+    assert seg._same_size_runs(masks, 3) == [(0, 5), (5, 7), (7, 8)]
+    monkeypatch.setattr(seg, "SCORING_BYTES", 2 * 4 * 3 * 64)  # two 8 x 8 maps of 3 classes
+    assert seg._same_size_runs(masks, 3) == [(0, 2), (2, 4), (4, 5), (5, 7), (7, 8)]
+    monkeypatch.setattr(seg, "SCORING_BYTES", 1)  # a map larger than the budget is scored alone
+    assert seg._same_size_runs(masks[:2], 3) == [(0, 1), (1, 2)]
+    # Scores do not depend on the spans.
+    train, test = _seg_features(30, 0.8, 0, sizes=(16, 20)), _seg_features(12, 0.8, 1, sizes=(16, 20, 20))
+    opts = {"solver": "lbfgs", "iterations": 20, "lr": 4e-4, "batch_size": 8}
+    one_by_one = seg.Segmentation("part-masks", opts).evaluate(
+        {"train": train, "test": test}, Named(), device=CPU, seed=0
+    )
+    monkeypatch.setattr(seg, "SCORING_BYTES", 2**30)
+    spans = seg.Segmentation("part-masks", opts).evaluate(
+        {"train": train, "test": test}, Named(), device=CPU, seed=0
+    )
+    assert np.array_equal(one_by_one.items["intersection"], spans.items["intersection"])
+    assert np.array_equal(one_by_one.items["union"], spans.items["union"])
 
 
 def test_segmentation_details_carry_the_curve_and_a_warning_when_unconverged():

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from partbench.datasets.base import Dataset
 from partbench.encoders.base import Encoder
@@ -34,6 +35,9 @@ VALIDATION_SHARE = 0.2  # of each class's training items, held out to choose the
 # have settled: mini-mae's part-linear probe (SynParts, 640/320 images) changed its loss 1.7%
 # over the last tenth while its validation top-1 stayed within a point from epoch 40 to 90.
 PROBE_TOLERANCE = 0.02
+# The float32 features one chunk of a training batch or of a prediction holds at once: a
+# batch of 1,024 ViT-B token maps is 620 MB in float32, above the memory-mapped cache.
+TOKEN_CHUNK_BYTES = 128 * 2**20
 
 
 class AttentivePooler(nn.Module):
@@ -184,11 +188,32 @@ def train_probe(
             return resident[idx.to(device)].float()
         return x[idx].to(device, non_blocking=True).float()
 
+    # Items whose float32 features fit TOKEN_CHUNK_BYTES: a training batch of token maps
+    # larger than that is pooled a chunk at a time, and prediction goes a chunk at a time.
+    per_chunk = max(1, TOKEN_CHUNK_BYTES // (4 * max(1, x_train[0].numel())))
+    pooler = head[0] if isinstance(head, nn.Sequential) and isinstance(head[0], AttentivePooler) else None
+
+    def forward(idx: torch.Tensor) -> torch.Tensor:
+        if pooler is None or resident_train is not None or len(idx) <= per_chunk:
+            return head(rows(x_train, resident_train, idx))
+        # Checkpointed chunks keep only their indices for the backward pass, which reads the
+        # rows again: a batch's float32 tokens (and the attention's inputs) are never held
+        # whole, so host memory stays near the memory-mapped cache. Same values: every item
+        # is pooled on its own.
+        pooled = [
+            checkpoint(
+                lambda part: pooler(rows(x_train, None, part)), idx[i : i + per_chunk], use_reentrant=False
+            )
+            for i in range(0, len(idx), per_chunk)
+        ]
+        return head[1:](torch.cat(pooled))
+
     @torch.no_grad()
     def predict(x: torch.Tensor, resident: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
         head.eval()
+        step = min(1024, per_chunk)
         return torch.cat(
-            [head(rows(x, resident, idx[i : i + 1024])).argmax(1) for i in range(0, len(idx), 1024)]
+            [head(rows(x, resident, idx[i : i + step])).argmax(1) for i in range(0, len(idx), step)]
         )
 
     test_all = torch.arange(len(x_test))
@@ -206,7 +231,7 @@ def train_probe(
             idx = perm[i : i + batch_size]
             if len(idx) < 2 and has_bn:
                 continue  # BatchNorm cannot normalise a single item
-            loss = loss_fn(head(rows(x_train, resident_train, idx)), y_train_d[idx.to(device)])
+            loss = loss_fn(forward(idx), y_train_d[idx.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

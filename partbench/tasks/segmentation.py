@@ -23,6 +23,7 @@ Every run stores its training-loss curve and whether it levelled off."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ LBFGS_MAX_EVALS = 25  # loss evaluations one L-BFGS line search may spend
 LBFGS_HISTORY = 100  # curvature pairs kept; fewer took half as many iterations again on SynParts
 LBFGS_CHUNK_BYTES = 256 * 2**20  # one chunk's working set in a full-batch evaluation
 LBFGS_RESIDENT_BYTES = 2**30  # standardised training features kept in host memory, at most
+SCORING_BYTES = 64 * 2**20  # the test logits at full resolution held at once, at most
 CURVE_POINTS = 100  # a stored loss curve's length at most
 
 
@@ -228,6 +230,90 @@ def _fit_adamw(
     return curve, spent
 
 
+def _axis_taps(out: int, inp: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Along one axis of bilinear upsampling (``align_corners=False``) from ``inp`` to ``out``
+    points: each output point's two source indices and the second one's weight, computed as
+    ``F.interpolate`` computes them (source coordinate clamped at 0; at the far edge both taps
+    land on the last point)."""
+    src = ((torch.arange(out, dtype=torch.float64) + 0.5) * (inp / out) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=inp - 1)
+    return lo, (lo + 1).clamp(max=inp - 1), (src - lo).float()
+
+
+class _Mix(torch.autograd.Function):
+    """``matrix @ values`` whose gradient uses a transpose built once: autograd would rebuild
+    it on every backward pass, which cost more than the product itself."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, matrix: torch.Tensor, transposed: torch.Tensor) -> torch.Tensor:
+        ctx.transposed = transposed
+        return matrix @ values
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return ctx.transposed @ grad, None, None
+
+
+def _csr(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    # Duplicate entries (both taps on one edge token) are summed by coalescing. CSR products
+    # were 10x faster than COO ones on a CPU; torch warns that its CSR support is in beta.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        # The indices are built in range here; checking them would cost a pass for nothing.
+        coo = torch.sparse_coo_tensor(indices, values, shape, check_invariants=False)
+        return coo.coalesce().to_sparse_csr()
+
+
+@dataclass
+class PixelTaps:
+    """The labelled pixels of a chunk of label maps: the sparse matrix that mixes the grid
+    tokens' logits into each pixel's upsampled logits, and each pixel's label. Tokens that no
+    labelled pixel reads are left out; ``used`` numbers the rest across the chunk."""
+
+    used: torch.Tensor  # (U,) int64, token numbers across the chunk (image * tokens + token)
+    mix: torch.Tensor  # (P, U) sparse CSR, four bilinear weights per row
+    mix_t: torch.Tensor  # (U, P) its transpose, for the gradient
+    labels: torch.Tensor  # (P,) int64
+
+    @classmethod
+    def of(cls, targets: list[torch.Tensor], grid: tuple[int, int]) -> PixelTaps:
+        h, w = grid
+        found = []
+        sizes = {tuple(t.shape) for t in targets}
+        # Maps of one size (the usual case) are handled together, one at a time otherwise.
+        groups = [torch.stack(targets)] if len(sizes) == 1 else [t[None] for t in targets]
+        first = 0
+        for maps in groups:
+            device = maps.device
+            ys, yy, wy = (a.to(device) for a in _axis_taps(maps.shape[1], h))
+            xs, xx, wx = (a.to(device) for a in _axis_taps(maps.shape[2], w))
+            k, y, x = (maps != IGNORE).nonzero(as_tuple=True)
+            top, bottom = (k + first) * (h * w) + ys[y] * w, (k + first) * (h * w) + yy[y] * w
+            tokens = torch.stack([top + xs[x], top + xx[x], bottom + xs[x], bottom + xx[x]], dim=1)
+            a, b = wy[y], wx[x]
+            weights = torch.stack([(1 - a) * (1 - b), (1 - a) * b, a * (1 - b), a * b], dim=1)
+            found.append((tokens, weights, maps[k, y, x]))
+            first += len(maps)
+        tokens, weights, labels = (torch.cat(parts) for parts in zip(*found, strict=True))
+        used, positions = torch.unique(tokens, return_inverse=True)
+        pixels = torch.arange(len(labels), device=labels.device).repeat_interleave(4)
+        flat = positions.reshape(-1)
+        mix = _csr(torch.stack([pixels, flat]), weights.reshape(-1), (len(labels), len(used)))
+        mix_t = _csr(torch.stack([flat, pixels]), weights.reshape(-1), (len(used), len(labels)))
+        return cls(used, mix, mix_t, labels)
+
+    def logits(self, token_logits: torch.Tensor) -> torch.Tensor:
+        """Each labelled pixel's upsampled logits from the used tokens' logits (U, C): the
+        same sums ``F.interpolate`` forms, for the pixels the loss reads only."""
+        return _Mix.apply(token_logits, self.mix, self.mix_t)
+
+    def nbytes(self) -> int:
+        parts = [self.used, self.labels]
+        for m in (self.mix, self.mix_t):
+            parts += [m.crow_indices(), m.col_indices(), m.values()]
+        return sum(t.numel() * t.element_size() for t in parts)
+
+
 def _fit_lbfgs(
     head: nn.Sequential,
     x: torch.Tensor,
@@ -238,49 +324,56 @@ def _fit_lbfgs(
 ) -> tuple[list[float], bool]:
     """Full-batch L-BFGS with a strong-Wolfe line search on mean cross-entropy over every valid
     training pixel plus LBFGS_L2 / 2 * |W|^2. Returns the objective before each iteration and
-    after the last, and whether the solver stopped on its own tolerance before ``iterations``."""
+    after the last, and whether the solver stopped on its own tolerance before ``iterations``.
+
+    The loss is the one of upsampling every logit map and ignoring unlabelled pixels, computed
+    at the labelled pixels only: bilinear upsampling is linear, so a pixel's logits are a
+    weighted sum of four tokens' logits. On SynParts, where the background is unlabelled,
+    that is a fraction of the work of upsampling whole maps."""
     linear = head[1]
     valid = sum(int((t != IGNORE).sum()) for t in targets)
     if valid == 0:
         return [], False
-    # Images per chunk: the float32 features (read, standardised) and the logits at the loss
-    # resolution with their gradients stay within LBFGS_CHUNK_BYTES, whatever the size of
-    # the training set.
+    # Images per chunk: the float32 features (read, standardised) and the labelled pixels'
+    # gathered logits with their gradients stay within LBFGS_CHUNK_BYTES, whatever the size
+    # of the training set.
     pixels = max(t.numel() for t in targets)
-    per_image = 4 * (3 * x[0].numel() + 3 * linear.out_features * pixels)
+    per_image = 4 * (3 * x[0].numel() + 12 * linear.out_features * pixels)
     chunk = max(1, LBFGS_CHUNK_BYTES // per_image)
-    same_size = len({tuple(t.shape) for t in targets}) == 1
     spans = [(i, min(i + chunk, len(targets))) for i in range(0, len(targets), chunk)]
-    stacked = [torch.stack(targets[i:j]) for i, j in spans] if same_size else []
-    # Where it fits, the standardised float32 features are computed once rather than on every
-    # evaluation (on a CPU that was over a third of an evaluation's time).
-    ready: torch.Tensor | None = None
     resident = device_copy(x, device)
-    if resident is None and device.type == "cpu" and x.numel() * 4 <= LBFGS_RESIDENT_BYTES:
-        with torch.no_grad():
-            ready = torch.cat([head[0](x[i:j].float()) for i, j in spans])
+    classes = linear.out_features
+    # A chunk's taps, and on a CPU the standardised float32 rows of the tokens they read, are
+    # prepared once and kept while they fit LBFGS_RESIDENT_BYTES (standardising on every
+    # evaluation was over a third of an evaluation's time); beyond that, on every evaluation.
+    kept: dict[int, tuple[PixelTaps, torch.Tensor | None]] = {}
+    kept_bytes = 0
+
+    def prepare(n: int) -> tuple[PixelTaps, torch.Tensor | None]:
+        nonlocal kept_bytes
+        if n in kept:
+            return kept[n]
+        i, j = spans[n]
+        taps = PixelTaps.of(targets[i:j], grid)
+        rows = None
+        if resident is None and device.type == "cpu":
+            with torch.no_grad():
+                flat = x[i:j].reshape(-1, x.shape[-1])
+                rows = head[0](flat.index_select(0, taps.used).float())
+        size = taps.nbytes() + (0 if rows is None else rows.numel() * 4)
+        if kept_bytes + size <= LBFGS_RESIDENT_BYTES:
+            kept[n], kept_bytes = (taps, rows), kept_bytes + size
+        return taps, rows
 
     def chunk_loss(n: int) -> torch.Tensor:
-        i, j = spans[n]
-        if ready is not None:
-            feats, net = ready[i:j], linear
+        taps, rows = prepare(n)
+        if rows is not None:
+            token_logits = linear(rows)
         else:
-            feats, net = (x if resident is None else resident)[i:j].to(device).float(), head
-        if same_size:
-            logits = _logits(net, feats, grid, tuple(stacked[n].shape[-2:]))
-            return F.cross_entropy(logits, stacked[n], ignore_index=IGNORE, reduction="sum")
-        return sum(
-            (
-                F.cross_entropy(
-                    _logits(net, feats[k - i : k - i + 1], grid, tuple(targets[k].shape)),
-                    targets[k][None],
-                    ignore_index=IGNORE,
-                    reduction="sum",
-                )
-                for k in range(i, j)
-            ),
-            torch.zeros((), device=device),
-        )
+            i, j = spans[n]
+            feats = (x if resident is None else resident)[i:j].to(device).float()
+            token_logits = head(feats).reshape(-1, classes).index_select(0, taps.used)
+        return F.cross_entropy(taps.logits(token_logits), taps.labels, reduction="sum")
 
     params = [linear.weight, linear.bias]
     # The line search may end on a point it evaluated last, and the next iteration starts by
@@ -327,6 +420,20 @@ def _fit_lbfgs(
     if not stalled:
         curve.append(float(closure()))
     return curve, stalled
+
+
+def _same_size_runs(masks: list[np.ndarray], classes: int) -> list[tuple[int, int]]:
+    """Spans of consecutive label maps of one size whose logits at full resolution stay
+    within SCORING_BYTES together (one map alone may exceed it): the test split is scored a
+    span at a time."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for k in range(1, len(masks) + 1):
+        full = 4 * classes * int(np.prod(np.shape(masks[start]))) * (k + 1 - start)
+        if k == len(masks) or np.shape(masks[k]) != np.shape(masks[start]) or full > SCORING_BYTES:
+            spans.append((start, k))
+            start = k
+    return spans
 
 
 class Segmentation(Task):
@@ -377,13 +484,13 @@ class Segmentation(Task):
             fits.append(fit)
             head = fit.head
             with torch.no_grad():
-                for i, mask in enumerate(masks_te):
-                    pred = _logits(head, x_te[i : i + 1].to(device).float(), test.grid, mask.shape).argmax(1)[
-                        0
-                    ]
-                    target = torch.as_tensor(np.asarray(mask, dtype=np.int64), device=device)
-                    i_c, u_c = _counts(pred, target, classes)
-                    inter[r, i], union[r, i] = i_c.cpu().numpy(), u_c.cpu().numpy()
+                for i, j in _same_size_runs(masks_te, classes):
+                    shape = np.shape(masks_te[i])
+                    preds = _logits(head, x_te[i:j].to(device).float(), test.grid, shape).argmax(1)
+                    for k in range(i, j):
+                        target = torch.as_tensor(np.asarray(masks_te[k], dtype=np.int64), device=device)
+                        i_c, u_c = _counts(preds[k - i], target, classes)
+                        inter[r, k], union[r, k] = i_c.cpu().numpy(), u_c.cpu().numpy()
             scores.append(miou_from_counts(inter[r].sum(0), union[r].sum(0)))
         # Resampling images: each image's counts averaged over repeats, then summed.
         i_mean, u_mean = inter.mean(0), union.mean(0)
