@@ -304,7 +304,7 @@ def test_sigterm_marks_the_runs_in_flight_interrupted(tmp_path):
     env = {**os.environ, "PARTBENCH_HOME": str(tmp_path / "home")}
     args = ["run", "-e", "mini-random", "-t", "part-linear", "--limit", "6", "--workers", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "partbench", *args, "-o", "epochs=1000000", "--db", f"sqlite:///{db_file}"],
+        [sys.executable, "-m", "partbench", *args, "-o", "solver=sgd", "-o", "epochs=1000000", "--db", f"sqlite:///{db_file}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120

@@ -17,7 +17,14 @@ from partbench.specs import OptionError
 from partbench.tasks import segmentation as seg
 from partbench.tasks.builtin import _probe_options, _seg_options
 from partbench.tasks.fitting import plateaued
-from partbench.tasks.probes import Probe, linear_head, stratified_holdout, train_probe
+from partbench.tasks.probes import (
+    LBFGS_L2,
+    Probe,
+    linear_head,
+    stratified_holdout,
+    train_linear_lbfgs,
+    train_probe,
+)
 
 CPU = torch.device("cpu")
 
@@ -88,6 +95,11 @@ def test_probe_options_name_the_epoch_choice_and_bound_the_held_out_share():
         report.parse("best")
     assert _seg_options()["solver"].default == "lbfgs"
     assert _seg_options()["solver"].choices == ("lbfgs", "adamw")
+    # Linear probes fit to convergence by default; the study's SGD schedule stays available.
+    assert opts["solver"].default == "lbfgs" and opts["solver"].choices == ("lbfgs", "sgd")
+    assert "solver" not in _probe_options(0.01, feature=False)  # the attentive probe: SGD only
+    # An unqualified -o iterations=N still means the segmentation heads' budget alone.
+    assert "iterations" not in opts and opts["lbfgs_iterations"].default >= 100
 
 
 # The held-out share ---------------------------------------------------------------------------
@@ -188,6 +200,59 @@ def test_probe_details_record_the_choice_the_curve_and_the_repeats():
     )
     assert len(study.details["test_top1_per_epoch"]) == 20
     assert "validation_top1_per_epoch" not in study.details and study.details["validation_items"] == 0
+
+
+# The linear probe by L-BFGS -----------------------------------------------------------------
+
+
+def test_lbfgs_linear_probe_fits_further_than_sgd_and_chooses_its_ridge_without_the_test_labels():
+    x, y = _clustered(150, 3.0, 1)
+    xt, yt = _clustered(90, 3.0, 2)
+    fit = train_linear_lbfgs(x, y, xt, yt, classes=3, iterations=200)
+    assert fit.solver == "lbfgs" and fit.converged and fit.iterations_run <= 200
+    assert len(fit.top1_per_l2) == len(fit.l2_grid) and fit.chosen_l2 in fit.l2_grid
+    # The ridge with the best held-out top-1, the largest on ties.
+    best = max(fit.top1_per_l2)
+    assert fit.chosen_l2 == fit.l2_grid[fit.top1_per_l2.index(best)]
+    assert fit.validation_items == 30
+    # Its objective never rises (each iteration is a line search on it).
+    assert all(b <= a + 1e-6 for a, b in zip(fit.train_loss, fit.train_loss[1:], strict=False))
+    # The same choice and predictions whatever the test labels say.
+    other = train_linear_lbfgs(x, y, xt, (yt + 1) % 3, classes=3, iterations=200)
+    assert other.chosen_l2 == fit.chosen_l2 and other.top1_per_l2 == fit.top1_per_l2
+    assert other.top1 != fit.top1
+    # A short SGD schedule of the study's kind stops above the converged training loss.
+    sgd = train_probe(lambda: linear_head(16, 3), x, y, xt, yt, epochs=3, base_lr=0.1, batch_size=64, seed=0)
+    assert not sgd.converged and fit.train_loss[-1] < sgd.train_loss[-1]
+
+
+def test_lbfgs_linear_probe_other_reports():
+    x, y = _clustered(90, 3.0, 1)
+    xt, yt = _clustered(60, 3.0, 2)
+    on_test = train_linear_lbfgs(x, y, xt, yt, classes=3, iterations=200, report="best-on-test")
+    assert on_test.validation_items == 0 and on_test.top1 == max(on_test.top1_per_l2)
+    last = train_linear_lbfgs(x, y, xt, yt, classes=3, iterations=200, report="last")
+    assert last.l2_grid == [LBFGS_L2] and last.chosen_l2 == LBFGS_L2 and last.top1_per_l2 == []
+    with pytest.raises(ValueError, match="report must be one of"):
+        train_linear_lbfgs(x, y, xt, yt, classes=3, iterations=5, report="best")
+
+
+def test_lbfgs_probe_details_name_the_ridge_and_flag_an_unconverged_fit():
+    x, y = _clustered(90, 2.0, 1)
+    xt, yt = _clustered(60, 2.0, 2)
+    feats = {"train": _features(x, y), "test": _features(xt, yt)}
+    opts = {**OPTS, "solver": "lbfgs", "lbfgs_iterations": 200}
+    res = Probe("keypoints", "linear", opts).evaluate(feats, Named(), device=CPU, seed=0, repeats=2)
+    d = res.details
+    assert d["solver"] == "lbfgs" and d["l2_choice"] == "validation" and d["chosen_l2"] in d["l2_grid"]
+    assert len(d["validation_top1_per_l2"]) == len(d["l2_grid"]) and "chosen_epoch" not in d
+    assert d["converged"] is True and "warning" not in d and d["top1_std"] == 0.0
+    assert 2 <= len(d["train_loss_curve"]) <= 100
+    assert json.loads(json.dumps(d)) == d
+    short = Probe("keypoints", "linear", {**opts, "lbfgs_iterations": 1}).evaluate(
+        feats, Named(), device=CPU, seed=0
+    )
+    assert short.details["converged"] is False and "1 L-BFGS iterations" in short.details["warning"]
 
 
 # Has the training loss levelled off? ----------------------------------------------------------

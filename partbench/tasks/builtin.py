@@ -21,14 +21,15 @@ def _retrieval_options() -> dict[str, TaskOption]:
 
 def _probe_options(lr: float, feature: bool) -> dict[str, TaskOption]:
     opts = {
-        "epochs": TaskOption(90, "training epochs", minimum=1),
-        "lr": TaskOption(lr, "base learning rate, scaled by batch_size / 256", positive=True),
-        "batch_size": TaskOption(1024, "probe batch size", minimum=1),
+        "epochs": TaskOption(90, "SGD training epochs", minimum=1),
+        "lr": TaskOption(lr, "SGD base learning rate, scaled by batch_size / 256", positive=True),
+        "batch_size": TaskOption(1024, "SGD batch size", minimum=1),
         "report": TaskOption(
             "validation",
-            "which epoch is scored: validation (the best on items held out of the train split; the"
-            " test split is scored once), best-on-test (the study's choice: the best epoch selected"
-            " on the test split itself, optimistic) or last",
+            "which head is scored: validation (the epoch, or for L-BFGS the ridge, with the best"
+            " top-1 on items held out of the train split; the test split is scored once),"
+            " best-on-test (the study's choice: selected on the test split itself, optimistic) or"
+            " last (the last epoch; for L-BFGS the ridge 1e-4 on every item)",
             ("validation", "best-on-test", "last"),
         ),
         "validation": TaskOption(
@@ -38,10 +39,27 @@ def _probe_options(lr: float, feature: bool) -> dict[str, TaskOption]:
             maximum=0.5,
         ),
     }
-    if feature:
-        opts = {"feature": TaskOption("cls", "cls, embedding or projection", FEATURES), **opts}
+    if feature:  # the linear probes
+        opts = {
+            "feature": TaskOption("cls", "cls, embedding or projection", FEATURES),
+            "solver": TaskOption(
+                "lbfgs",
+                "lbfgs (full-batch logistic regression to convergence, its ridge chosen like an"
+                " epoch) or sgd (the study's schedule: epochs, lr, batch_size)",
+                ("lbfgs", "sgd"),
+            ),
+            # Not "iterations": that is a segmentation head's budget in all; this one is per ridge.
+            "lbfgs_iterations": TaskOption(
+                LINEAR_ITERATIONS, "L-BFGS iterations per ridge (solver=lbfgs)", minimum=1
+            ),
+            **opts,
+        }
     return opts
 
+
+# L-BFGS iterations per ridge of a linear probe; on SynParts part crops every ridge's loss
+# levels off well within them (mini encoders, class tokens).
+LINEAR_ITERATIONS = 500
 
 # L-BFGS iterations: on SynParts part-seg the head's loss levels off (partbench.tasks.fitting.
 # plateaued) after 200 (mini-mae) to 250 (mini-random); 300 leaves a margin.

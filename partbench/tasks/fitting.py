@@ -3,10 +3,12 @@ live during training, and whether its training loss levelled off."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 # A run has levelled off when the last tenth of its training changed the mean loss by under
 # half a percent. Tenths are counted in learning rate spent, not in steps: a schedule that
@@ -20,6 +22,7 @@ PLATEAU_TOLERANCE = 0.005
 # A loss near zero (a separable problem) keeps shrinking in relative terms for ever while no
 # prediction changes: a change under this many nats counts as level whatever its ratio.
 PLATEAU_FLOOR = 1e-4
+CURVE_POINTS = 100  # a stored loss curve's length at most
 
 
 def plateaued(
@@ -62,3 +65,25 @@ def device_copy(x: torch.Tensor, device: torch.device) -> torch.Tensor | None:
     if x.numel() * x.element_size() > free // 2:
         return None
     return x.to(device)
+
+
+class Standardise(nn.Module):
+    """Per-channel standardisation with fixed statistics: a head fitted after it is still a
+    linear map of the raw features, and the problem is better conditioned for L-BFGS."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def subsample_curve(curve: Sequence[float], points: int = CURVE_POINTS) -> list[float]:
+    """Means of consecutive blocks, so a long (and, for AdamW, noisy) curve stores its shape in
+    at most ``points`` values."""
+    if len(curve) <= points:
+        return list(curve)
+    step = math.ceil(len(curve) / points)
+    return [float(np.mean(curve[i : i + step])) for i in range(0, len(curve), step)]

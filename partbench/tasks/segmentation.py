@@ -22,7 +22,6 @@ Every run stores its training-loss curve and whether it levelled off."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from partbench.encoders.base import Encoder
 from partbench.features import FULL, Features, View
 from partbench.metrics import bootstrap_ci, chance_miou, miou_from_counts
 from partbench.tasks.base import Task, TaskResult, percent
-from partbench.tasks.fitting import device_copy, plateaued, unconverged_warning
+from partbench.tasks.fitting import Standardise, device_copy, plateaued, subsample_curve, unconverged_warning
 
 # The study reads blocks 4, 6, 8 and 12 of a 12-block ViT-B: these shares of the depth.
 STUDY_DEPTHS = (4 / 12, 6 / 12, 8 / 12, 12 / 12)
@@ -54,7 +53,6 @@ LBFGS_HISTORY = 100  # curvature pairs kept; fewer took half as many iterations 
 LBFGS_CHUNK_BYTES = 256 * 2**20  # one chunk's working set in a full-batch evaluation
 LBFGS_RESIDENT_BYTES = 2**30  # standardised training features kept in host memory, at most
 SCORING_BYTES = 64 * 2**20  # the test logits at full resolution held at once, at most
-CURVE_POINTS = 100  # a stored loss curve's length at most
 
 
 def study_stages(encoder: Encoder) -> tuple[int, ...]:
@@ -78,16 +76,6 @@ def _counts(pred: torch.Tensor, target: torch.Tensor, classes: int) -> tuple[tor
     area_p = torch.bincount(p, minlength=classes)[:classes]
     area_t = torch.bincount(t, minlength=classes)[:classes]
     return inter, area_p + area_t - inter
-
-
-class Standardise(nn.Module):
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 def channel_stats(
@@ -122,15 +110,6 @@ class SegFit:
     loss_curve: list[float]  # L-BFGS: the objective before each iteration and at the end; AdamW: per batch
     converged: bool
     iterations_run: int
-
-
-def _subsample(curve: list[float], points: int = CURVE_POINTS) -> list[float]:
-    """Means of consecutive blocks, so a long (and, for AdamW, noisy) curve stores its shape in
-    at most ``points`` values."""
-    if len(curve) <= points:
-        return list(curve)
-    step = math.ceil(len(curve) / points)
-    return [float(np.mean(curve[i : i + step])) for i in range(0, len(curve), step)]
 
 
 def train_seg_head(
@@ -509,7 +488,7 @@ class Segmentation(Task):
             details["mIoU_std"] = float(100 * np.std(scores, ddof=1))
         details["solver"] = solver
         details["iterations_run"] = fits[0].iterations_run
-        details["train_loss_curve"] = [round(v, 6) for v in _subsample(fits[0].loss_curve)]
+        details["train_loss_curve"] = [round(v, 6) for v in subsample_curve(fits[0].loss_curve)]
         details["converged"] = all(f.converged for f in fits)
         if not details["converged"]:
             details["warning"] = unconverged_warning(
