@@ -253,6 +253,11 @@ def test_lbfgs_probe_details_name_the_ridge_and_flag_an_unconverged_fit():
         feats, Named(), device=CPU, seed=0
     )
     assert short.details["converged"] is False and "1 L-BFGS iterations" in short.details["warning"]
+    # One item per class: nothing can be held out, so no ridge is chosen, and the run says so.
+    one_each = {"train": _features(x[:3], y[:3]), "test": _features(xt, yt)}
+    res = Probe("keypoints", "linear", opts).evaluate(one_each, Named(), device=CPU, seed=0)
+    assert res.details["l2_grid"] == [LBFGS_L2] and "validation_top1_per_l2" not in res.details
+    assert res.details["validation_note"] == f"no item could be held out: the ridge {LBFGS_L2:g} is used"
 
 
 # Has the training loss levelled off? ----------------------------------------------------------

@@ -308,7 +308,8 @@ def train_linear_lbfgs(
     ``report``: ``"validation"`` fits each of L2_GRID on the training items less a stratified
     held-out share and keeps the ridge with the best held-out top-1 (the largest, on ties);
     ``"best-on-test"`` fits on every item and keeps the best on the test split (optimistic);
-    ``"last"`` makes no choice: every item, the ridge LBFGS_L2. Ridges are fitted from the
+    ``"last"`` makes no choice: every item, the ridge LBFGS_L2 (as does ``"validation"``
+    when no item can be held out). Ridges are fitted from the
     largest down, each starting from the last solution."""
     if report not in REPORTS:
         raise ValueError(f"report must be one of {REPORTS}, got '{report}'")
@@ -319,7 +320,8 @@ def train_linear_lbfgs(
         fit_np, held_np, kept = stratified_holdout(labels, validation, split_seed)
     else:
         fit_np, held_np = np.arange(len(labels)), np.zeros(0, dtype=np.int64)
-    grid = [LBFGS_L2] if report == "last" else list(L2_GRID)
+    # Nothing to choose with: no choice is made, as for "last".
+    grid = [LBFGS_L2] if report == "last" or (report == "validation" and not len(held_np)) else list(L2_GRID)
     x_fit = x_train[torch.as_tensor(fit_np)].to(device).double()
     mean, std = x_fit.mean(0), x_fit.std(0, unbiased=False).clamp(min=1e-6)
     scale = Standardise(mean.float(), std.float()).to(device)
@@ -375,7 +377,7 @@ def train_linear_lbfgs(
         solver="lbfgs",
         l2_grid=grid,
         chosen_l2=chosen,
-        top1_per_l2=scores if report != "last" else [],
+        top1_per_l2=scores if len(grid) > 1 else [],
         iterations_run=max(0, len(curve) - 1),
     )
 
@@ -552,7 +554,8 @@ class Probe(Task):
                 + ", ".join(names[c] if 0 <= c < classes else str(c) for c in first.kept_whole)
             )
         if first.epoch_choice == "validation" and not first.validation_items:
-            details["validation_note"] = "no item could be held out: the last epoch is reported"
+            fallback = f"the ridge {LBFGS_L2:g} is used" if lbfgs else "the last epoch is reported"
+            details["validation_note"] = f"no item could be held out: {fallback}"
         details["interval"] = "test items resampled"
         return TaskResult(
             metrics=metrics,
