@@ -313,8 +313,8 @@ def _fit_lbfgs(
     valid = sum(int((t != IGNORE).sum()) for t in targets)
     if valid == 0:
         return [], False
-    # Images per chunk: the float32 features (read, standardised) and the labelled pixels'
-    # gathered logits with their gradients stay within LBFGS_CHUNK_BYTES, whatever the size
+    # Images per chunk: the float32 features (read, standardised), and the labelled pixels'
+    # mixing matrix, logits and gradients, stay within LBFGS_CHUNK_BYTES, whatever the size
     # of the training set.
     pixels = max(t.numel() for t in targets)
     per_image = 4 * (3 * x[0].numel() + 12 * linear.out_features * pixels)
