@@ -84,6 +84,9 @@ def test_a_second_task_on_cached_features_runs_no_encoder_pass_and_scores_the_sa
     # A scoring option and a second task reading the same outputs: no pass at all.
     second = run(reg, store, ["tiny"], ["part-retrieval"], _opts(options=("include_self=false", "epochs=2")))
     assert second[0].status == "done" and second[0].cached and second[0].timing["encoder_passes"] == 0
+    # Another pooled feature: the first pass computed every pooled output the encoder has.
+    other = run(reg, store, ["tiny"], ["part-retrieval"], _opts(options=("feature=cls", "epochs=2")))
+    assert other[0].status == "done" and other[0].timing["encoder_passes"] == 0
     # --no-cache recomputes; the features, hence the scores, are the same.
     again = run(reg, store, ["tiny"], ["part-retrieval"], _opts(cache=False, force=True))
     assert again[0].timing["encoder_passes"] == 1

@@ -31,6 +31,10 @@ class Job:
     run_id: int
 
 
+# The pooled outputs: one vector an item each, cheap beside the encoder's forward pass.
+POOLED = frozenset({"cls", "embedding", "projection"})
+
+
 def load_dataset(plan: Plan) -> Any:
     """The dataset from its resolved folder; a missing folder or file is one line, not a trace."""
     spec = plan.dataset
@@ -278,6 +282,13 @@ class EncoderRun:
             if not todo.outputs and not todo.masks and "labels" in have:
                 served[key] = (entry, p, {"encoder_passes": 0, "cached": True})
                 continue
+            if todo.outputs & POOLED:
+                # A pass that computes one pooled vector computes them all for a few more
+                # floats an item: a later run that picks another (-o feature=...) then runs
+                # no encoder.
+                pooled = POOLED if described.get("has_projection") else POOLED - {"projection"}
+                extra = frozenset(o for o in pooled if p.array_name(o) not in have)
+                todo = dataclasses.replace(todo, outputs=todo.outputs | extra)
             try:
                 result = run_pass(
                     encoder,
