@@ -4,7 +4,7 @@ live during training, and whether its training loss levelled off."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -87,3 +87,29 @@ def subsample_curve(curve: Sequence[float], points: int = CURVE_POINTS) -> list[
         return list(curve)
     step = math.ceil(len(curve) / points)
     return [float(np.mean(curve[i : i + step])) for i in range(0, len(curve), step)]
+
+
+def lbfgs_curve(
+    params: list[torch.Tensor],
+    closure: Callable[[], torch.Tensor],
+    iterations: int,
+    *,
+    history: int,
+    max_evals: int = 25,  # loss evaluations one line search may spend
+) -> tuple[list[float], bool]:
+    """Full-batch L-BFGS with a strong-Wolfe line search, one iteration per optimiser call so
+    that the curve has a point per iteration (the curvature history is kept between calls).
+    Returns the objective before each iteration and after the last, and whether the solver
+    stopped on its own tolerances (a step that moved nothing) before ``iterations``."""
+    opt = torch.optim.LBFGS(
+        params, lr=1, max_iter=1, max_eval=max_evals, history_size=history, line_search_fn="strong_wolfe"
+    )
+    curve: list[float] = []
+    for _ in range(iterations):
+        before = torch.cat([p.detach().reshape(-1) for p in params])
+        curve.append(float(opt.step(closure)))
+        if torch.equal(before, torch.cat([p.detach().reshape(-1) for p in params])):
+            return curve, True
+    with torch.enable_grad():
+        curve.append(float(closure()))
+    return curve, False

@@ -27,7 +27,14 @@ from partbench.encoders.base import Encoder
 from partbench.features import Features, View
 from partbench.metrics import bootstrap_ci, chance_top1
 from partbench.tasks.base import Task, TaskResult, counts_by_class, percent
-from partbench.tasks.fitting import Standardise, device_copy, plateaued, subsample_curve, unconverged_warning
+from partbench.tasks.fitting import (
+    Standardise,
+    device_copy,
+    lbfgs_curve,
+    plateaued,
+    subsample_curve,
+    unconverged_warning,
+)
 
 REPORTS = ("validation", "best-on-test", "last")
 VALIDATION_SHARE = 0.2  # of each class's training items, held out to choose the epoch
@@ -45,7 +52,6 @@ PROBE_TOLERANCE = 0.02
 # 61). "report=last" fits LBFGS_L2 alone.
 L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 LBFGS_L2 = 1e-4
-LBFGS_MAX_EVALS = 25  # loss evaluations one line search may spend
 LBFGS_HISTORY = 50
 # The float32 features one chunk of a training batch or of a prediction holds at once: a
 # batch of 1,024 ViT-B token maps is 620 MB in float32, above the memory-mapped cache.
@@ -396,23 +402,7 @@ def _lbfgs(
         loss.backward()
         return loss.detach()
 
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1,
-        max_iter=1,
-        max_eval=LBFGS_MAX_EVALS,
-        history_size=LBFGS_HISTORY,
-        line_search_fn="strong_wolfe",
-    )
-    curve: list[float] = []
-    for _ in range(iterations):
-        before = torch.cat([p.detach().reshape(-1) for p in params])
-        curve.append(float(opt.step(closure)))
-        if torch.equal(before, torch.cat([p.detach().reshape(-1) for p in params])):
-            return curve, True
-    with torch.enable_grad():
-        curve.append(float(closure()))
-    return curve, False
+    return lbfgs_curve(params, closure, iterations, history=LBFGS_HISTORY)
 
 
 class Probe(Task):

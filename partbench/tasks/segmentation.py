@@ -37,7 +37,14 @@ from partbench.encoders.base import Encoder
 from partbench.features import FULL, Features, View
 from partbench.metrics import bootstrap_ci, chance_miou, miou_from_counts
 from partbench.tasks.base import Task, TaskResult, percent
-from partbench.tasks.fitting import Standardise, device_copy, plateaued, subsample_curve, unconverged_warning
+from partbench.tasks.fitting import (
+    Standardise,
+    device_copy,
+    lbfgs_curve,
+    plateaued,
+    subsample_curve,
+    unconverged_warning,
+)
 
 # The study reads blocks 4, 6, 8 and 12 of a 12-block ViT-B: these shares of the depth.
 STUDY_DEPTHS = (4 / 12, 6 / 12, 8 / 12, 12 / 12)
@@ -48,7 +55,6 @@ SOLVERS = ("lbfgs", "adamw")
 # the loss never levels off. On SynParts part-seg (mini-mae, standardised features) 1e-4
 # levels off within 300 iterations at 26 mIoU; 1e-3 levels off sooner but scores 23.
 LBFGS_L2 = 1e-4
-LBFGS_MAX_EVALS = 25  # loss evaluations one L-BFGS line search may spend
 LBFGS_HISTORY = 100  # curvature pairs kept; fewer took half as many iterations again on SynParts
 LBFGS_CHUNK_BYTES = 256 * 2**20  # one chunk's working set in a full-batch evaluation
 LBFGS_RESIDENT_BYTES = 2**30  # standardised training features kept in host memory, at most
@@ -378,27 +384,7 @@ def _fit_lbfgs(
         memo.update(at=flat, loss=total, grads=[p.grad.detach().clone() for p in params])
         return total
 
-    # One iteration per call, so that the curve has a point per iteration; the optimiser keeps
-    # its curvature history between calls.
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1,
-        max_iter=1,
-        max_eval=LBFGS_MAX_EVALS,
-        history_size=LBFGS_HISTORY,
-        line_search_fn="strong_wolfe",
-    )
-    curve: list[float] = []
-    stalled = False
-    for _ in range(iterations):
-        before = torch.cat([p.detach().reshape(-1) for p in params])
-        curve.append(float(opt.step(closure)))
-        if torch.equal(before, torch.cat([p.detach().reshape(-1) for p in params])):
-            stalled = True  # the solver's own tolerances say there is nothing left to gain
-            break
-    if not stalled:
-        curve.append(float(closure()))
-    return curve, stalled
+    return lbfgs_curve(params, closure, iterations, history=LBFGS_HISTORY)
 
 
 def _same_size_runs(masks: list[np.ndarray], classes: int) -> list[tuple[int, int]]:
