@@ -46,7 +46,7 @@ PROBE_TOLERANCE = 0.02
 # The linear probe's ridges (L-BFGS), tried from the largest down, each fit starting from the
 # last (a large ridge converges in a few dozen iterations). On SynParts the held-out choice
 # spans the grid: 1e-5 for self-supervised minis' part crops (held-out top-1 fell from 85 to
-# 63 as the ridge grew to 0.1 for mini-mocov3), 1e-2 to 1 for supervised minis' 800 object
+# 63 as the ridge grew to 0.1 for mini-mocov3), 1e-2 to 0.1 for supervised minis' 800 object
 # images. Below 1e-5 the fits did not level off within 500 iterations. SGD's 90 epochs of
 # two or three steps stopped far short of these optima (mini-random part-linear 47 against
 # 61). "report=last" fits LBFGS_L2 alone.
