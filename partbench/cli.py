@@ -435,7 +435,8 @@ def cache_info(fmt: str) -> None:
                 "key": e.folder.name,
                 "encoder": info.get("encoder", "?"),
                 "dataset": info.get("dataset", "?"),
-                "split": f"{info.get('split', '?')} {info.get('inputs', '')}".strip(),
+                "split": f"{info.get('split', '?')} {info.get('inputs', '')}".strip()
+                + (f", cut from {info['cut_from_split']}" if info.get("cut_from_split") else ""),
                 "outputs": sorted(k for k in e.arrays() if not k.startswith(("masks:", "labels", "sample_"))),
                 "bytes": e.size_bytes(),
             }

@@ -269,3 +269,100 @@ def test_compiled_encoder_keeps_compile_time_apart_and_scores_as_eager(tmp_path)
     assert compiled[0].status == "done" and timing["compile_seconds"] == timing["warmup_seconds"] > 0
     # Compiled kernels may sum in another order: the same score to well within its interval.
     assert compiled[0].value.value == pytest.approx(eager[0].value.value, abs=0.5)
+
+
+def _cub_entries() -> dict[str, object]:
+    return {e.info()["split"]: e for e in FeatureCache(cache_root()).entries()}
+
+
+def test_the_test_split_is_cut_from_the_all_split_that_holds_it(tmp_path, monkeypatch):
+    import dataset_trees as trees
+
+    root = trees.cub_tree(tmp_path / "cub")
+    reg = _registry_with(("tiny", "ok"))
+    opts = _opts(limit=None, dataset="cub200", data_root=root)
+    # Retrieval reads every image; the probes' test views read a subset of them with the same
+    # transform, and the attentive probe wants token maps, which retrieval does not.
+    tasks = ["part-retrieval", "part-linear", "part-attentive"]
+    outcomes = {o.task: o for o in run(reg, _store(tmp_path), ["tiny"], tasks, opts)}
+    assert all(o.status == "done" for o in outcomes.values())
+    entries = _cub_entries()
+    assert set(entries) == {"all", "train", "test"}
+    assert entries["test"].info()["cut_from"] == entries["all"].folder.name
+    assert "cut_from" not in entries["all"].info() and "cut_from" not in entries["train"].info()
+    assert "tokens" in entries["all"].arrays()  # written once, for both views
+    for task in ("part-linear", "part-attentive"):
+        assert outcomes[task].timing["encoder_passes"] == 1  # the train split alone
+
+    # The same views encoded directly (another cache) hold the same rows in the same order.
+    monkeypatch.setenv("PARTBENCH_CACHE", str(tmp_path / "direct"))
+    alone = run(reg, _store(tmp_path / "d"), ["tiny"], tasks[1:], opts)
+    assert [o.timing["encoder_passes"] for o in alone] == [2, 2]
+    assert [o.value for o in alone] == [outcomes[t].value for t in tasks[1:]]
+    direct = _cub_entries()["test"]
+    assert "cut_from" not in direct.info()
+    assert set(entries["test"].arrays()) == set(direct.arrays())
+    for name in ("labels", "sample_index"):
+        np.testing.assert_array_equal(entries["test"].read(name), direct.read(name))
+    for name in direct.arrays():
+        np.testing.assert_allclose(entries["test"].read(name), direct.read(name), rtol=1e-3, atol=1e-5)
+
+
+def test_a_cached_all_split_serves_a_later_runs_test_split(tmp_path):
+    import dataset_trees as trees
+
+    root = trees.cub_tree(tmp_path / "cub")
+    reg = _registry_with(("tiny", "ok"))
+    opts = _opts(limit=None, dataset="cub200", data_root=root)
+    run(reg, _store(tmp_path), ["tiny"], ["object-retrieval"], opts)
+    assert set(_cub_entries()) == {"all"}
+    later = run(reg, _store(tmp_path), ["tiny"], ["object-linear"], opts)
+    assert later[0].status == "done" and later[0].timing["encoder_passes"] == 1
+    entries = _cub_entries()
+    assert entries["test"].info()["cut_from"] == entries["all"].folder.name
+    shown = json.loads(CliRunner().invoke(cli, ["cache", "info", "--format", "json"]).output)["entries"]
+    assert sorted(e["split"] for e in shown) == ["all images", "test images, cut from all", "train images"]
+    # --limit keeps the first images of each split: the test split's first two are not all
+    # among the all split's first two, so nothing is cut and the pass runs.
+    limited = run(
+        reg,
+        _store(tmp_path),
+        ["tiny"],
+        ["object-retrieval", "object-linear"],
+        _opts(limit=2, dataset="cub200", data_root=root),
+    )
+    assert all(o.status == "done" for o in limited)
+    assert limited[1].timing["encoder_passes"] == 2
+
+
+def test_a_cut_keeps_each_samples_items_and_label_maps_in_the_subsets_order(tmp_path):
+    from partbench.cache import ArrayWriter, Entry
+    from partbench.extraction import read_masks
+    from partbench.subsets import cut
+
+    parent, child = Entry(tmp_path / "parent"), Entry(tmp_path / "child")
+    maps = [np.full((h, w), k, dtype=np.uint8) for k, (h, w) in enumerate([(2, 3), (1, 1), (4, 2), (3, 3)])]
+    arrays = {
+        "cls": np.arange(10, dtype=np.float32).reshape(5, 2),
+        "labels": np.array([7, 8, 9, 6, 5]),
+        "sample_index": np.array([0, 0, 1, 3, 3]),  # sample 2 gave no items
+        "masks:part-masks:full": np.concatenate([m.ravel() for m in maps]),
+        "masks:part-masks:full:shapes": np.array([m.shape for m in maps]),
+    }
+    files = {}
+    for name, a in arrays.items():
+        w = ArrayWriter(parent.folder, name)
+        w.append(a)
+        files[name] = w.close()
+    parent.commit(files, {"grid": [1, 1], "split": "all"})
+
+    timing = cut(parent, child, ["cls"], ["masks:part-masks:full"], [3, 1, 2], {"split": "test"}, "empty")
+    assert timing["encoder_passes"] == 0 and timing["cut_from"] == "parent"
+    np.testing.assert_array_equal(child.read("cls"), [[6, 7], [8, 9], [4, 5]])
+    np.testing.assert_array_equal(child.read("labels"), [6, 5, 9])
+    np.testing.assert_array_equal(child.read("sample_index"), [0, 0, 1])
+    got = read_masks(child, "masks:part-masks:full")
+    assert [m.tolist() for m in got] == [maps[k].tolist() for k in (3, 1, 2)]
+    assert child.info()["cut_from_split"] == "all" and child.info()["grid"] == [1, 1]
+    with pytest.raises(PartbenchError, match="empty"):
+        cut(parent, Entry(tmp_path / "none"), ["cls"], [], [2], {}, "empty")

@@ -64,6 +64,13 @@ class Dataset:
     def split_for(self, role: str) -> str:
         return self.splits[role]
 
+    def positions(self, split: str, within: str) -> Sequence[int] | None:
+        """Where each sample of ``split`` sits among the samples of ``within``, when every one
+        of them is there (CUB's test images are among its ``all`` images); None otherwise.
+        The runner then cuts a pass over ``split`` out of one over ``within`` instead of
+        encoding the same images twice."""
+        return None
+
     def fingerprint(self) -> str:
         """A short hash that tells two copies or versions of the data apart."""
         raise NotImplementedError

@@ -145,6 +145,12 @@ class CUB200(Dataset):
         ids = self.split_ids[split]
         return LazySamples(len(ids), lambda i: self._sample(ids[i]))
 
+    def positions(self, split: str, within: str) -> list[int] | None:
+        if within != "all" or split not in self.split_ids:
+            return None
+        where = {image_id: k for k, image_id in enumerate(self.split_ids["all"])}
+        return [where[i] for i in self.split_ids[split]]
+
     def _sample(self, image_id: int) -> Sample:
         name = self.image_names[image_id]
         image = load_rgb(
