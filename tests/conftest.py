@@ -4,6 +4,7 @@ unless it asks for more."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -11,11 +12,19 @@ import pytest
 from partbench.plugins import reset_registry
 
 
+SESSION_HOME = pytest.StashKey[str]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Module-scoped fixtures are set up before each test's own home: they too must never
     # read or write the user's real home (its feature cache would answer their runs).
-    os.environ["PARTBENCH_HOME"] = tempfile.mkdtemp(prefix="partbench-tests-")
+    config.stash[SESSION_HOME] = os.environ["PARTBENCH_HOME"] = tempfile.mkdtemp(prefix="partbench-tests-")
     os.environ.pop("PARTBENCH_DB", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SESSION_HOME in config.stash:
+        shutil.rmtree(config.stash[SESSION_HOME], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

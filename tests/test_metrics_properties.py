@@ -182,9 +182,13 @@ def tables(draw):
     return rows, lines, numbers
 
 
+# One folder for every example, removed when the session ends: a folder per example would
+# leave hundreds behind on each run (hypothesis does not take function-scoped fixtures).
+_TABLES = tempfile.TemporaryDirectory(prefix="partbench-tables-")
+
+
 def _write(lines: list[str]) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="partbench-tables-"))
-    path = folder / "parts.txt"
+    path = Path(_TABLES.name) / "parts.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
