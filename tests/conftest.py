@@ -11,7 +11,6 @@ import pytest
 
 from partbench.plugins import reset_registry
 
-
 SESSION_HOME = pytest.StashKey[str]()
 
 
