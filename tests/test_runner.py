@@ -308,6 +308,26 @@ def test_the_test_split_is_cut_from_the_all_split_that_holds_it(tmp_path, monkey
         np.testing.assert_allclose(entries["test"].read(name), direct.read(name), rtol=1e-3, atol=1e-5)
 
 
+def test_where_maps_are_not_taken_on_only_a_pooled_test_view_is_cut(tmp_path, monkeypatch):
+    import dataset_trees as trees
+
+    from partbench.runner import execute
+
+    monkeypatch.setattr(execute, "folds_maps", lambda device: False)  # what a GPU run does
+    root = trees.cub_tree(tmp_path / "cub")
+    reg = _registry_with(("tiny", "ok"))
+    opts = _opts(limit=None, dataset="cub200", data_root=root)
+    tasks = ["part-retrieval", "part-attentive"]
+    outcomes = {o.task: o for o in run(reg, _store(tmp_path), ["tiny"], tasks, opts)}
+    assert outcomes["part-attentive"].timing["encoder_passes"] == 2  # its tokens are encoded
+    entries = _cub_entries()
+    assert "cut_from" not in entries["test"].info() and "tokens" not in entries["all"].arrays()
+    monkeypatch.setenv("PARTBENCH_CACHE", str(tmp_path / "pooled"))
+    linear = run(reg, _store(tmp_path / "p"), ["tiny"], ["part-retrieval", "part-linear"], opts)
+    assert linear[1].timing["encoder_passes"] == 1
+    assert "cut_from" in _cub_entries()["test"].info()
+
+
 def test_a_cached_all_split_serves_a_later_runs_test_split(tmp_path):
     import dataset_trees as trees
 

@@ -265,11 +265,7 @@ class EncoderRun:
         every array the smaller pass lacks."""
         plan, data = self.plan, self.dataset
         limit = plan.opts.limit
-        # On a CPU the forward dominates: writing token maps for every image of the larger
-        # split costs far less than encoding the smaller one again (CUB part tasks, 120
-        # images: 335 s -> 250 s). On a GPU the one full-size measurement suspected the disk,
-        # and folding would double the maps written, so there only pooled outputs are folded.
-        fold_maps = plan.device.type != "cuda"
+        fold_maps = folds_maps(plan.device)
         cuts = {}
         for key, todo in todos.items():
             p = passes[key]
@@ -463,6 +459,15 @@ class EncoderRun:
                     dataset=plan.dataset.name,
                 )
             )
+
+
+def folds_maps(device: Any) -> bool:
+    """Whether a larger pass takes on a smaller one's token and stage maps. On a CPU the
+    forward dominates: writing maps for every image of the larger split costs far less than
+    encoding the smaller one again (CUB part tasks, 120 images: 335 s -> 250 s). On a GPU the
+    one full-size measurement suspected the disk, and taking them on would double the maps
+    written, so there only pooled outputs are taken on."""
+    return device.type != "cuda"
 
 
 def _fold(big: Any, small: Any) -> Any | None:
