@@ -216,6 +216,18 @@ def ssl_view(
     return normalize(x)
 
 
+def byol_pair(images: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+    """BYOL's asymmetric pair at the mini's size (crop scale 0.08-1; blur 1.0 on the first view,
+    blur 0.1 and solarisation 0.2 on the second), with the hue jitter spanning the whole colour
+    circle: SynParts colours every region with a uniformly random hue, so BYOL's +-0.1 turn
+    leaves two views of one image told apart from the others by colour alone."""
+    views = {"size": GLOBAL_SIZE, "scale": (0.08, 1.0), "hue": FULL_HUE}
+    return [
+        ssl_view(images, gen, blur=1.0, solar=0.0, **views),
+        ssl_view(images, gen, blur=0.1, solar=0.2, **views),
+    ]
+
+
 # DINO's global crops cover (0.4, 1) of a 224 px ImageNet image, often a whole object; a
 # SynParts object fills most of the frame, so the boundary between global and local crops
 # sits a little lower to keep local crops at the scale of one or two parts.

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from partbench.pretrain.backbone import encode
-from partbench.pretrain.data import multi_crop
 from partbench.pretrain.dino import Centering, DINORecipe, cross_view_loss
+from partbench.pretrain.train import Hyper
 
 
 def block_masks(
@@ -57,11 +57,16 @@ class IBOTRecipe(DINORecipe):
     DINO) + same-view masked patch-token loss, each with its own centre. 256 prototypes per
     layer. Shipped: teacher backbone and the class-token path of the teacher head.
 
-    Hyperparameters are DINO's short-run ones (dino.DINORecipe): iBOT's teacher temperature
+    Temperatures are DINO's short-run ones (dino.DINORecipe): iBOT's teacher temperature
     warm-up 0.04 -> 0.07 left both losses flat near ln K in short runs, so the teacher
     temperature stays at 0.01 for both token types."""
 
-    method, family, head_kind = "ibot", "both", "dino"  # hyper and temperatures: inherited from DINO
+    method, family, head_kind = "ibot", "both", "dino"  # temperatures: inherited from DINO
+    # DINO's earlier short-run settings, with which this file was shipped: multi-crop, batch
+    # 32, a trained patch projection.
+    hyper = Hyper(batch_size=32, lr=5e-4, weight_decay=0.04, warmup=0.3, clip=3.0, momentum=0.996)
+    n_local = 4
+    frozen_patch_projection = False
 
     def __init__(self, seed: int, steps: int, out_dim: int = 256, patch_out: int = 256):
         super().__init__(seed, steps, out_dim=out_dim, patch_out=patch_out)
@@ -76,7 +81,7 @@ class IBOTRecipe(DINORecipe):
     def loss(self, images, labels, gen, step):
         device = labels.device
         b = images.shape[0]
-        globals_, locals_ = multi_crop(images, gen, self.n_local)
+        globals_, locals_ = self.views(images, gen)
         side = globals_[0].shape[-1] // int(self.backbone.patch_embed.patch_size[0])
         mask = torch.cat([block_masks(b, side, gen) for _ in globals_]).to(device)
         g = torch.cat(globals_).to(device)

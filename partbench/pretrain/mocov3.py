@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from partbench.encoders.heads import MocoMLP
 from partbench.encoders.vit import build_mini_vit
-from partbench.pretrain.data import FULL_HUE, GLOBAL_SIZE, ssl_view
+from partbench.pretrain.data import byol_pair
 from partbench.pretrain.train import Hyper, Recipe
 
 
@@ -30,11 +30,9 @@ class MoCoV3Recipe(Recipe):
     instability). Shipped: the base (not momentum) backbone and its 3-layer projector, the
     output before the predictor.
 
-    The hue jitter spans the whole colour circle (data.FULL_HUE), not BYOL's +-0.1 turn:
-    SynParts colours every region with a uniformly random hue, so with BYOL's jitter two views
-    of one image are told apart from the others by colour alone. So trained (450 steps), part
-    kNN top-1 fell below the untrained network's (34.6 against 37.9); with the full circle
-    (1,000 steps) it rose to 58.5."""
+    The hue jitter spans the whole colour circle (data.byol_pair). With BYOL's +-0.1 turn,
+    trained 450 steps, part kNN top-1 fell below the untrained network's (34.6 against 37.9);
+    with the full circle (1,000 steps) it rose to 58.5."""
 
     method, family, head_kind = "mocov3", "contrastive", "mocov3"
     hyper = Hyper(batch_size=64, lr=1e-3, weight_decay=0.1, warmup=0.1, momentum=0.98)
@@ -55,10 +53,7 @@ class MoCoV3Recipe(Recipe):
 
     def loss(self, images, labels, gen, step):
         device = labels.device
-        views = {"size": GLOBAL_SIZE, "scale": (0.08, 1.0), "hue": FULL_HUE}
-        v1 = ssl_view(images, gen, blur=1.0, solar=0.0, **views)
-        v2 = ssl_view(images, gen, blur=0.1, solar=0.2, **views)
-        v1, v2 = v1.to(device), v2.to(device)
+        v1, v2 = (v.to(device) for v in byol_pair(images, gen))
         # Views go through separately so BatchNorm statistics are per view, as in MoCo v3.
         q1 = self.predictor(self.projector(self.backbone.forward_features(v1)[:, 0]))
         q2 = self.predictor(self.projector(self.backbone.forward_features(v2)[:, 0]))
