@@ -66,8 +66,8 @@ class DINORecipe(Recipe):
 
     Without multi-crop, on purpose: with DINO's two global and four 32 px local crops (BYOL's
     hue jitter or the full circle; learning rates from 1.25e-4 to 5e-4; teacher temperature
-    0.04; a frozen patch projection) part kNN top-1 on the teacher's class token fell below
-    the untrained network's 37.9% as training went on, to 29-36% after 600-800 steps. With
+    0.04; a frozen patch projection) part kNN top-1 on the teacher's class token stayed near
+    or fell below the untrained network's 37.9%, to 29-36% after 600-800 steps in most. With
     this pair of views, batch 64 and a frozen patch projection it rose: 40.2, 41.9, 42.8 and
     43.6% after 150, 300, 450 and 600 steps. DINO's paper trains without multi-crop too, as
     an ablation, at a lower score."""

@@ -274,7 +274,8 @@ class EncoderRun:
                 if positions is None:
                     continue
                 positions = list(positions[: limit if limit is not None else len(positions)])
-                bound = len(data.samples(split)) if limit is None else min(limit, len(data.samples(split)))
+                bound = len(data.samples(split))
+                bound = bound if limit is None else min(limit, bound)
                 if positions and max(positions) >= bound:
                     continue  # --limit keeps fewer of the larger split than this needs
                 parent_key = (p.inputs, split, p.transform)
