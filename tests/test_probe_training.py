@@ -16,9 +16,10 @@ from partbench.features import Features
 from partbench.specs import OptionError
 from partbench.tasks import segmentation as seg
 from partbench.tasks.builtin import _probe_options, _seg_options
-from partbench.tasks.fitting import plateaued
+from partbench.tasks.fitting import plateaued, score_levelled
 from partbench.tasks.probes import (
     LBFGS_L2,
+    PROBE_TOLERANCE,
     Probe,
     linear_head,
     stratified_holdout,
@@ -223,7 +224,7 @@ def test_lbfgs_linear_probe_fits_further_than_sgd_and_chooses_its_ridge_without_
     assert other.top1 != fit.top1
     # A short SGD schedule of the study's kind stops above the converged training loss.
     sgd = train_probe(lambda: linear_head(16, 3), x, y, xt, yt, epochs=3, base_lr=0.1, batch_size=64, seed=0)
-    assert not sgd.converged and fit.train_loss[-1] < sgd.train_loss[-1]
+    assert fit.train_loss[-1] < sgd.train_loss[-1]
 
 
 def test_lbfgs_linear_probe_other_reports():
@@ -297,6 +298,45 @@ def test_plateau_rule_counts_the_learning_rate_spent_not_the_steps():
     loss = 2.0 - np.cumsum(lr) / lr.sum()
     assert plateaued(loss)
     assert not plateaued(loss, lr)
+
+
+def test_score_rule_asks_whether_the_choosing_top1_still_rose_in_the_last_tenth_of_the_lr():
+    lr = 0.5 * (1 + np.cos(np.pi * np.arange(90) / 90))  # the probes' cosine, per epoch
+    rising = np.linspace(60.0, 90.0, 90)
+    assert not score_levelled(rising, lr)
+    # The last tenth of the learning rate is epochs 55-90 of this cosine: a curve that peaked
+    # at epoch 50 has levelled, as has one that gains half a point after it.
+    peaked = np.minimum(np.linspace(60.0, 95.0, 90), 80.0)
+    assert score_levelled(peaked, lr)
+    assert score_levelled(np.where(np.arange(90) >= 60, 80.5, peaked), lr)
+    assert not score_levelled(np.where(np.arange(90) >= 60, 80.6, peaked), lr)
+    # Too short to have a point on both sides of the window, or nothing spent.
+    assert not score_levelled([50.0], [1.0]) and not score_levelled([50.0, 50.0], [0.0, 0.0])
+
+
+def test_an_sgd_probe_is_judged_on_the_curve_that_chose_its_epoch():
+    x, y = _clustered(120, 6.0, 1)
+    xt, yt = _clustered(60, 6.0, 2)
+
+    def fit(report, epochs):
+        return train_probe(
+            lambda: linear_head(16, 3), x, y, xt, yt, epochs=epochs, base_lr=0.1, batch_size=64, seed=0,
+            report=report,
+        )  # fmt: skip
+
+    held, on_test, last = fit("validation", 30), fit("best-on-test", 30), fit("last", 30)
+    assert (held.gauge, on_test.gauge, last.gauge) == ("held-out top-1", "test top-1", "training loss")
+    lr = 0.5 * (1 + np.cos(np.pi * np.arange(30) / 30))
+    assert held.converged == score_levelled([100 * a for a in held.validation_top1], lr)
+    assert on_test.converged == score_levelled([100 * a for a in on_test.test_top1], lr)
+    assert last.converged == plateaued(last.train_loss, lr, PROBE_TOLERANCE)
+    # Two epochs leave no point after the last tenth of the learning rate began (cosine:
+    # 1 and 0.5), so the run cannot show that its score stopped rising; the warning says so.
+    feats = {"train": _features(x, y), "test": _features(xt, yt)}
+    probe = Probe("keypoints", "linear", {**OPTS, "solver": "sgd", "epochs": 2})
+    d = probe.evaluate(feats, Named(), device=CPU, seed=0).details
+    assert d["converged_on"] == "held-out top-1" and d["converged"] is False
+    assert d["warning"].startswith("the probe's held-out top-1 had not stopped rising by the last tenth")
 
 
 def test_one_epoch_on_a_hard_problem_is_flagged_and_a_long_easy_run_is_not():

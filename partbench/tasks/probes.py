@@ -32,6 +32,7 @@ from partbench.tasks.fitting import (
     device_copy,
     lbfgs_curve,
     plateaued,
+    score_levelled,
     subsample_curve,
     unconverged_warning,
 )
@@ -39,9 +40,11 @@ from partbench.tasks.fitting import (
 REPORTS = ("validation", "best-on-test", "last")
 VALIDATION_SHARE = 0.2  # of each class's training items, held out to choose the epoch
 
-# SGD's cosine tail keeps shaving the loss as its gradient noise falls, after the predictions
-# have settled: mini-mae's part-linear probe (SynParts, 640/320 images) changed its loss 1.7%
-# over the last tenth while its validation top-1 stayed within a point from epoch 40 to 90.
+# With report=last no score curve chose the epoch, so an SGD probe is judged on its training
+# loss. SGD's cosine tail keeps shaving the loss as its gradient noise falls, after the
+# predictions have settled: mini-mae's part-linear probe (SynParts, 640/320 images) changed
+# its loss 1.7% over the last tenth while its validation top-1 stayed within a point from
+# epoch 40 to 90.
 PROBE_TOLERANCE = 0.02
 # The linear probe's ridges (L-BFGS), tried from the largest down, each fit starting from the
 # last (a large ridge converges in a few dozen iterations). On SynParts the held-out choice
@@ -145,6 +148,7 @@ class ProbeFit:
     chosen_epoch: int  # 1-based
     train_loss: list[float]  # mean training loss of each epoch
     converged: bool
+    gauge: str = "training loss"  # what converged was judged on: or "held-out top-1", "test top-1"
     validation_items: int = 0
     validation_top1: list[float] = field(default_factory=list)  # per epoch, validation mode only
     test_top1: list[float] = field(default_factory=list)  # per epoch, best-on-test mode only
@@ -280,13 +284,21 @@ def train_probe(
         if best_state is not None:
             head.load_state_dict(best_state)
         best_correct = (predict(x_test, resident_test, test_all) == y_test_d).cpu().numpy()
+    # Judged on the curve that chose the epoch where there is one (fitting.SCORE_TOLERANCE).
+    chooser = val_curve or test_curve
+    if chooser:
+        gauge = "held-out top-1" if val_curve else "test top-1"
+        converged = score_levelled([100 * a for a in chooser], spent)
+    else:
+        gauge, converged = "training loss", plateaued(losses, spent, PROBE_TOLERANCE)
     return ProbeFit(
         top1=float(best_correct.mean()),
         correct=best_correct,
         epoch_choice=report,
         chosen_epoch=best_epoch,
         train_loss=losses,
-        converged=plateaued(losses, spent, PROBE_TOLERANCE),
+        converged=converged,
+        gauge=gauge,
         validation_items=len(held_idx),
         validation_top1=val_curve,
         test_top1=test_curve,
@@ -532,12 +544,13 @@ class Probe(Task):
             if first.test_top1:
                 details["test_top1_per_epoch"] = [round(100 * a, 3) for a in first.test_top1]
             details["train_loss_per_epoch"] = [round(v, 6) for v in first.train_loss]
+            details["converged_on"] = first.gauge
         details["converged"] = all(f.converged for f in fits)
         if not details["converged"]:
             budget = (
                 (options["lbfgs_iterations"], "L-BFGS iterations") if lbfgs else (options["epochs"], "epochs")
             )
-            details["warning"] = unconverged_warning("probe", *budget)
+            details["warning"] = unconverged_warning("probe", *budget, gauge=first.gauge)
         if first.kept_whole:
             details["validation_note"] = (
                 "kept whole in training, too small to hold an item out: "
