@@ -614,9 +614,22 @@ def pretrain(
     help="also write mini.md, mini.json and mini.svg there (the repository's leaderboard/)",
 )
 @click.option("--force", is_flag=True, help="re-run configurations that are already stored")
+@click.option(
+    "--lanes",
+    type=click.IntRange(min=1),
+    help="encoders run in N processes of one thread each [default: one per core on a CPU, 1 on a GPU]",
+)
 @db_option
 @user_errors
-def study(which: str, device: str, seed: int, output_dir: Path | None, force: bool, db: str | None) -> None:
+def study(
+    which: str,
+    device: str,
+    seed: int,
+    output_dir: Path | None,
+    force: bool,
+    lanes: int | None,
+    db: str | None,
+) -> None:
     """Run the study in miniature: the shipped mini encoders on every SynParts task."""
     from partbench import leaderboard as lb
     from partbench import study as mini
@@ -630,6 +643,7 @@ def study(which: str, device: str, seed: int, output_dir: Path | None, force: bo
             RunOptions(device=device, seed=seed, force=force),
             progress=progress,
             say=_problem(err),
+            lanes=mini.default_lanes(device) if lanes is None else lanes,
         )
     from partbench.text import rich_text
 

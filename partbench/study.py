@@ -12,6 +12,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,9 +196,90 @@ def _neg(v: float | None) -> float | None:
     return None if v is None else -v
 
 
+def default_lanes(device: str) -> int:
+    """One lane per core when the encoders run on the CPU, one on a GPU. The mini ViT is too
+    small for one process to keep two cores busy: one encoder on every SynParts task took
+    114 s with two threads and 141 s with one (2-core CPU, rendering included), so two
+    one-thread lanes finish the study sooner, and its numbers do not depend on the core count."""
+    if device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, len(MINI_ENCODERS)))
+
+
+def run_lanes(
+    encoders: Sequence[str],
+    lanes: int,
+    opts: RunOptions,
+    store: Store,
+    progress: Any = None,
+    tasks_each: int = 1,
+) -> list[tuple[Path, int]]:
+    """``partbench run -e ... -t all`` for ``encoders`` dealt over ``lanes`` processes of one
+    thread each, sharing the store and the feature cache. Each lane's output goes to
+    PARTBENCH_HOME/study/lane-N.log. Returns each lane's log and exit status."""
+    from partbench import paths
+
+    folder = paths.home() / "study"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = max((r.id for r in store.runs()), default=0)
+    started = []
+    for i in range(lanes):
+        group = encoders[i::lanes]
+        if not group:
+            continue
+        cmd = [sys.executable, "-m", "partbench", "run", "--task", "all", "--workers", "0"]
+        cmd += [arg for name in group for arg in ("--encoder", name)]
+        cmd += ["--dataset", opts.dataset, "--device", opts.device, "--seed", str(opts.seed)]
+        cmd += ["--db", store.url]
+        cmd += ["--force"] if opts.force else []
+        cmd += ["--limit", str(opts.limit)] if opts.limit is not None else []
+        log_path = folder / f"lane-{i + 1}.log"
+        log = log_path.open("w")
+        started.append((log_path, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+    total = len(encoders) * tasks_each
+    task_id = progress.add_task(f"{len(started)} lanes", total=total) if progress else None
+    try:
+        while any(proc.poll() is None for _, _, proc in started):
+            if progress:
+                finished = [r for r in store.runs() if r.id > before and r.status in ("done", "failed")]
+                progress.update(task_id, completed=min(total, len(finished)))
+            time.sleep(2)
+    finally:
+        for _, log, proc in started:
+            if proc.poll() is None:  # interrupted: no lane outlives the study
+                proc.terminate()
+                proc.wait()
+            log.close()
+        if progress:
+            progress.remove_task(task_id)
+    return [(path, proc.returncode) for path, _, proc in started]
+
+
 def run_mini_study(
-    registry: Registry, store: Store, opts: RunOptions, progress: Any = None, say: Any = print
+    registry: Registry,
+    store: Store,
+    opts: RunOptions,
+    progress: Any = None,
+    say: Any = print,
+    lanes: int = 1,
 ) -> StudyReport:
+    if lanes > 1:
+        from partbench.runner.plan import select_tasks
+
+        each = len(select_tasks(registry, ["all"], registry.dataset(opts.dataset)))
+        # Dealt in turn, the last encoder lands in a lane with one more than some others: the
+        # CNN goes there, as it encodes in about half a ViT's time (55 s against 100 s).
+        order = sorted(MINI_ENCODERS, key=lambda name: name == REFERENCE)
+        for path, status in run_lanes(order, lanes, opts, store, progress, each):
+            if status:
+                say(f"a study lane exited with status {status}; its output is in {path}")
+        # What the lanes stored is found and skipped; what one of them failed is run here.
+        opts = dataclasses.replace(opts, force=False)
     outcomes = run(registry, store, MINI_ENCODERS, ["all"], opts, progress=progress, say=say)
     projection: dict[str, dict[str, int]] = {}
     for feature in ("cls", "projection"):
@@ -221,8 +306,13 @@ def run_mini_study(
         outcomes,
         floor=floor,
         at_chance=tasks_at_chance(board),
-        weights={r.encoder: r.weights_id for r in runs if r.dataset == DATASET},
+        weights={e: w for e in MINI_ENCODERS if (w := _weights_of(runs, e)) is not None},
     )
+
+
+def _weights_of(runs: Sequence[Any], encoder: str) -> str | None:
+    found = [r.weights_id for r in runs if r.encoder == encoder and r.dataset == DATASET]
+    return found[-1] if found else None
 
 
 def to_markdown(report: StudyReport, command: str) -> str:

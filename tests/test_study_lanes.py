@@ -1,0 +1,48 @@
+"""The study in miniature runs its encoders in lanes: one-thread processes that share the
+store and the feature cache."""
+
+from __future__ import annotations
+
+from partbench.plugins import registry
+from partbench.runner import RunOptions
+from partbench.runner.plan import select_tasks
+from partbench.store import Store
+from partbench.study import MINI_ENCODERS, default_lanes, run_lanes
+
+ENCODERS = ["mini-random", "mini-cnn"]
+
+
+def test_lanes_store_every_task_of_every_encoder_from_one_thread_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTBENCH_HOME", str(tmp_path / "home"))
+    store = Store(f"sqlite:///{tmp_path / 'lanes.db'}")
+    reg = registry()
+    tasks = [t.name for t in select_tasks(reg, ["all"], reg.dataset("synparts"))]
+    opts = RunOptions(limit=16, workers=0)
+
+    ran = run_lanes(ENCODERS, 2, opts, store, tasks_each=len(tasks))
+    assert [status for _, status in ran] == [0, 0], [path.read_text()[-3000:] for path, _ in ran]
+    assert [path.name for path, _ in ran] == ["lane-1.log", "lane-2.log"]
+    assert "mini-random" in ran[0][0].read_text() and "mini-cnn" in ran[1][0].read_text()
+    done = store.runs(status="done")
+    assert sorted((r.encoder, r.task) for r in done) == sorted((e, t) for e in ENCODERS for t in tasks)
+    assert all(r.config["device"].endswith("1 threads)") for r in done), {r.config["device"] for r in done}
+    assert all(r.config["limit"] == 16 for r in done)
+
+    # A second study finds every run stored: the lanes add nothing.
+    again = run_lanes(ENCODERS, 2, opts, store, tasks_each=len(tasks))
+    assert [status for _, status in again] == [0, 0]
+    assert len(store.runs()) == len(done)
+
+
+def test_more_lanes_than_encoders_start_one_process_per_encoder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTBENCH_HOME", str(tmp_path / "home"))
+    store = Store(f"sqlite:///{tmp_path / 'lanes.db'}")
+    ran = run_lanes(["mini-random"], 3, RunOptions(limit=4, workers=0), store)
+    assert [path.name for path, _ in ran] == ["lane-1.log"]
+
+
+def test_one_lane_per_core_on_a_cpu():
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    assert default_lanes("cpu") == max(1, min(cores, len(MINI_ENCODERS)))
