@@ -225,7 +225,8 @@ def run_lanes(
 
     folder = paths.home() / "study"
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # The store's URL goes by the environment: on a command line its password would show in ps.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PARTBENCH_DB": store.url}
     before = max((r.id for r in store.runs()), default=0)
     started = []
     for i in range(lanes):
@@ -235,7 +236,6 @@ def run_lanes(
         cmd = [sys.executable, "-m", "partbench", "run", "--task", "all", "--workers", "0"]
         cmd += [arg for name in group for arg in ("--encoder", name)]
         cmd += ["--dataset", opts.dataset, "--device", opts.device, "--seed", str(opts.seed)]
-        cmd += ["--db", store.url]
         cmd += ["--force"] if opts.force else []
         cmd += ["--limit", str(opts.limit)] if opts.limit is not None else []
         log_path = folder / f"lane-{i + 1}.log"
