@@ -718,12 +718,17 @@ def features_from(entry: Entry, p: Pass, view: View, timing: Mapping[str, Any]) 
     )
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity where the platform says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers(device_type: str = "cuda") -> int:
     """DataLoader workers when --workers is not given: every core when a GPU runs the encoder.
     On a CPU the forward itself uses the cores, and decoding beside it only slows both on a
     small machine (measured on 2 cores: 82 s with 2 workers, 68 s with none, for mini-mae on
     every SynParts task): none up to 4 cores, half of them above."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     if device_type == "cuda":
         return cores
     return 0 if cores <= 4 else cores // 2

@@ -198,16 +198,16 @@ def _neg(v: float | None) -> float | None:
 
 def default_lanes(device: str) -> int:
     """One lane per core when the encoders run on the CPU, one on a GPU. The mini ViT is too
-    small for one process to keep two cores busy: one encoder on every SynParts task took
-    114 s with two threads and 141 s with one (2-core CPU, rendering included), so two
-    one-thread lanes finish the study sooner, and its numbers do not depend on the core count."""
-    if device != "cpu":
-        import torch
+    small for one process to keep two cores busy: a fresh study took 648 s in one two-thread
+    process and 480-541 s in two one-thread lanes (2-core CPU), and one-thread lanes give the
+    same numbers whatever the core count."""
+    import torch
 
-        if torch.cuda.is_available():
-            return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, len(MINI_ENCODERS)))
+    from partbench.extraction import available_cores
+
+    if device != "cpu" and torch.cuda.is_available():
+        return 1
+    return max(1, min(available_cores(), len(MINI_ENCODERS)))
 
 
 def run_lanes(

@@ -42,7 +42,6 @@ def test_more_lanes_than_encoders_start_one_process_per_encoder(tmp_path, monkey
 
 
 def test_one_lane_per_core_on_a_cpu():
-    import os
+    from partbench.extraction import available_cores
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    assert default_lanes("cpu") == max(1, min(cores, len(MINI_ENCODERS)))
+    assert default_lanes("cpu") == max(1, min(available_cores(), len(MINI_ENCODERS)))
