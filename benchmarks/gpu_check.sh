@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a GPU machine lent for a few minutes with no network:
 # partbench installed from this tree (its own packages from wheels in .whl/ where the machine
-# lacks them), the CUDA tests, then the study-scale check at full size. Logs and figures go
-# to $OUT (default ./gpu-check); arguments go to study_scale.py (--skip-ade, --images N).
+# lacks them), the disk's write speed, the study-scale check at full size, then the CUDA tests. Logs
+# and figures go to $OUT (default ./gpu-check); arguments go to study_scale.py (--skip-ade, --images N).
 #
 #     bash benchmarks/gpu_check.sh
 #
@@ -30,8 +30,31 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$out/
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
     python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
     nproc
+    free -g
 } | tee "$out/machine.txt"
 
-python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_metrics.py benchmarks/test_retrieval.py \
+# The disk the feature cache is written to, and the memory-backed /dev/shm beside it: the one
+# earlier H100 measurement suspected the disk of holding the extraction back.
+scratch=${SCRATCH:-/tmp/partbench-study-scale}
+mkdir -p "$scratch"
+{
+    df -h "$scratch" /dev/shm
+    echo "vm.dirty_ratio $(cat /proc/sys/vm/dirty_ratio) vm.dirty_background_ratio $(cat /proc/sys/vm/dirty_background_ratio)"
+    echo "4 GiB to $scratch, into the page cache:"
+    dd if=/dev/zero of="$scratch/dd.bin" bs=64M count=64 2>&1 | tail -1
+    echo "4 GiB to $scratch, synced to the disk:"
+    dd if=/dev/zero of="$scratch/dd.bin" bs=64M count=64 conv=fdatasync 2>&1 | tail -1
+    rm -f "$scratch/dd.bin"
+} | tee "$out/disk.txt"
+
+# With room in /dev/shm, the cold CUB step runs a second time with its cache there: the same
+# pass with the disk taken out.
+again=()
+if [ "$(df --output=avail -BG /dev/shm | tail -1 | tr -dc 0-9)" -ge 24 ]; then
+    again=(--cold-again-with-cache /dev/shm)
+fi
+python3 benchmarks/study_scale.py --work-dir "$scratch" --out "$out/study_scale.json" "${again[@]}" "$@" \
+    2>&1 | tee "$out/study_scale.txt"
+
+timeout 120 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_metrics.py benchmarks/test_retrieval.py \
     2>&1 | tee "$out/cuda_tests.txt"
-python3 benchmarks/study_scale.py --out "$out/study_scale.json" "$@" 2>&1 | tee "$out/study_scale.txt"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,10 @@ CUB_PART_NAMES = (
     "left wing", "nape", "right eye", "right leg", "right wing", "tail", "throat",
 )  # fmt: skip
 ADE_FULL = (20_210, 2_000)
+STALLS = (
+    "loader_wait_seconds", "device_wait_seconds", "writer_wait_seconds", "device_to_host_seconds",
+    "write_seconds", "written_mb",
+)  # fmt: skip
 PARTS = {11: (0.32, 0.30), 12: (0.35, 0.85), 9: (0.72, 0.40), 14: (0.85, 0.75)}  # x, y shares
 
 
@@ -215,6 +220,8 @@ def summarise(step: str, proc: dict, runs: list[dict]) -> dict:
         "peak_host_gib": proc["host_gib"],
         "peak_mapped_cache_gib": proc["cache_gib"],
         "peak_gpu_gib": max((t.get("peak_memory_mb") or 0 for t in timings), default=0) / 1024,
+        # Where the extraction's wall clock went besides the forward (older runs lack these).
+        **{key: sum(p.get(key) or 0 for p in passes.values()) for key in STALLS},
     }
 
 
@@ -231,6 +238,13 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="scratch folder [default: a temporary one]")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     parser.add_argument("--skip-ade", action="store_true")
+    parser.add_argument(
+        "--cold-again-with-cache",
+        type=Path,
+        metavar="DIR",
+        help="afterwards, run the cold CUB step again with the feature cache in DIR (say, a folder "
+        "of /dev/shm: if the pass then keeps the device busier, the disk was what held it back)",
+    )
     args = parser.parse_args()
 
     scratch = args.work_dir or Path(tempfile.mkdtemp(prefix="partbench-study-scale-"))
@@ -268,7 +282,18 @@ def main() -> None:
     if ade is not None:
         ade_args = [*common, "--dataset", "ade20k-part", "--data-root", str(ade), "--task", "part-seg"]
         proc = partbench(["run", *ade_args], env)
-        steps.append(summarise("ADE20K-Part part-seg", proc, stored_runs(db, env)[seen:]))
+        runs = stored_runs(db, env)
+        steps.append(summarise("ADE20K-Part part-seg", proc, runs[seen:]))
+        print(json.dumps(steps[-1]), flush=True)
+        seen = len(runs)
+    if args.cold_again_with_cache:
+        cache = args.cold_again_with_cache / "partbench-study-scale-cache"
+        again = {**env, "PARTBENCH_CACHE": str(cache)}
+        proc = partbench(["run", *cub_args, "--task", "part", "--force"], again)
+        steps.append(summarise(f"CUB part tasks, cold, cache in {args.cold_again_with_cache}", proc,
+                               stored_runs(db, env)[seen:]))  # fmt: skip
+        print(json.dumps(steps[-1]), flush=True)
+        shutil.rmtree(cache, ignore_errors=True)
 
     from rich.console import Console
     from rich.table import Table
@@ -289,6 +314,20 @@ def main() -> None:
             f(s["peak_host_gib"], ".1f"), f(s["peak_gpu_gib"], ".1f"),
         )  # fmt: skip
     Console(width=120).print(table)
+    stalls = Table(title="where the extraction's time went besides the forward", title_justify="left")
+    for c in ("step", "extraction s", "waiting for decoding s", "waiting for the device s",
+              "waiting for the writer s", "device-to-host s", "writing s", "written GiB",
+              "write GB/s"):  # fmt: skip
+        stalls.add_column(c, justify="left" if c == "step" else "right")
+    for s in steps:
+        rate = s["written_mb"] * 2**20 / 1e9 / s["write_seconds"] if s["write_seconds"] else None
+        stalls.add_row(
+            s["step"], f(s["extraction_seconds"], ".0f"), f(s["loader_wait_seconds"], ".1f"),
+            f(s["device_wait_seconds"], ".1f"), f(s["writer_wait_seconds"], ".1f"),
+            f(s["device_to_host_seconds"], ".1f"),
+            f(s["write_seconds"], ".1f"), f(s["written_mb"] / 1024, ".1f"), f(rate, ".2f"),
+        )  # fmt: skip
+    Console(width=140).print(stalls)
     for s in steps:
         print(f"{s['step']}: {'; '.join(s['runs'])}; mapped cache peak {s['peak_mapped_cache_gib']:.1f} GiB")
     if args.out:

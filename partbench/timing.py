@@ -121,12 +121,19 @@ def merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         cached=len(fresh) < len(summaries),
         **_peaks(summaries),
     )
+    for key in STALLS:
+        merged[key] = sum(s.get(key) or 0 for s in fresh)
     busy = sum((s.get("device_busy_share") or 0) * s["wall_seconds"] for s in fresh)
     merged["device_busy_share"] = busy / wall if wall > 0 else None
     return merged
 
 
-PER_PASS = ("images", "wall_seconds", "forward_seconds", "images_per_second", "device_busy_share")
+# Where a pass's wall clock went besides the forward (see extraction._Writer); summed over passes.
+STALLS = (
+    "loader_wait_seconds", "device_wait_seconds", "writer_wait_seconds", "device_to_host_seconds",
+    "write_seconds", "written_mb",
+)  # fmt: skip
+PER_PASS = ("images", "wall_seconds", "forward_seconds", "images_per_second", "device_busy_share", *STALLS)
 
 
 def _per_pass(fresh: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

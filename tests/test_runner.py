@@ -233,6 +233,20 @@ def test_each_run_stores_its_per_item_results_chance_and_end_to_end_timing(tmp_p
     assert seg.config["views"]["train"]["stages"] == [0, 1]
 
 
+def test_a_pass_stores_where_its_wall_clock_went(tmp_path):
+    outcome = run(_registry_with(("tiny", "ok")), _store(tmp_path), ["tiny"], ["part-retrieval"], _opts())[0]
+    (figures,) = outcome.timing["passes"].values()
+    (entry,) = FeatureCache(cache_root()).entries()
+    outputs = [a for a in entry.arrays() if a not in ("labels", "sample_index")]
+    written = sum(entry.read(a).nbytes for a in outputs)
+    assert written > 0 and figures["written_mb"] * 2**20 == written
+    waits = ("loader_wait_seconds", "writer_wait_seconds", "device_to_host_seconds", "write_seconds")
+    assert all(figures[k] >= 0 for k in waits)
+    # The main thread's waits and the timed forwards happen one after another within the pass.
+    main_thread = figures["loader_wait_seconds"] + figures["writer_wait_seconds"] + figures["forward_seconds"]
+    assert main_thread <= figures["wall_seconds"]
+
+
 def test_cache_info_and_clear_from_the_command_line(tmp_path):
     runner = CliRunner()
     db = f"sqlite:///{tmp_path / 'c.db'}"
