@@ -412,6 +412,21 @@ def test_lbfgs_in_chunks_matches_one_pass_and_handles_maps_of_several_sizes(monk
     assert torch.allclose(whole.head[1].weight, chunked.head[1].weight, atol=1e-3)
 
 
+def test_lbfgs_chunks_on_a_gpu_are_sized_from_its_free_memory(monkeypatch):
+    """At ADE20K-Part's size the CPU's chunk budget gave 6 images a chunk, 3,368 chunks an
+    evaluation; on a GPU the budgets grow with the memory left free, never below the CPU's."""
+    cpu = seg._lbfgs_budgets(torch.device("cpu"))
+    assert cpu == (seg.LBFGS_CHUNK_BYTES, seg.LBFGS_RESIDENT_BYTES)
+    free = {"bytes": 50 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * 2**30))
+    chunk, keep = seg._lbfgs_budgets(torch.device("cuda"))
+    assert (chunk, keep) == (50 * 2**30 // 8, 50 * 2**30 // 4)
+    per_image = 4 * (3 * 196 * 3072 + 12 * 209 * 56 * 56)  # ViT-B's four stages, 209 classes
+    assert chunk // per_image >= 100  # hundreds of images a chunk, not 6
+    free["bytes"] = 2**30  # a nearly full card: the CPU's budgets still hold
+    assert seg._lbfgs_budgets(torch.device("cuda")) == cpu
+
+
 @pytest.mark.parametrize(
     ("grid", "sizes"),
     [((4, 4), [(16, 16)] * 3), ((3, 5), [(7, 11), (3, 5), (2, 9), (40, 13)])],
