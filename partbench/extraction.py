@@ -265,7 +265,10 @@ class _Offload:
         self.device = device
         self.stream = torch.cuda.Stream(device)
 
-    def __call__(self, arrays: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
+    def __call__(self, arrays: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any, Any]:
+        """(host copies, an event recorded after them, the device tensors). The writer holds
+        the device tensors until the event has passed, so that the allocator cannot give
+        their memory to a later forward while the copy still reads it."""
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the outputs are ready
         host = {}
         with torch.cuda.stream(self.stream):
@@ -274,10 +277,9 @@ class _Offload:
                 # block out again before the copy into it has finished.
                 host[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                 host[name].copy_(t, non_blocking=True)
-                t.record_stream(self.stream)  # the device memory outlives the copy
             done = torch.cuda.Event()
             done.record(self.stream)
-        return host, done
+        return host, done, arrays
 
 
 # --- outputs: checked, converted, written ------------------------------------------------
@@ -418,11 +420,13 @@ class _Writer:
                 return
             if self.error is not None:
                 continue
-            arrays, copied = item
+            # item[2], the device tensors the copies read, must live until the copies are done.
+            arrays, copied = item[0], item[1]
             try:
                 t0 = time.perf_counter()
                 if copied is not None:
                     copied.synchronize()
+                item = None  # the copies are done: the device memory may be reused
                 self.copy_seconds += time.perf_counter() - t0
                 for name, t in arrays.items():
                     if name in self.writers:
@@ -436,12 +440,13 @@ class _Writer:
             except BaseException as exc:  # reported by finish()
                 self.error = exc
 
-    def put(self, arrays: dict[str, torch.Tensor], copied: Any = None) -> None:
-        """Queue a batch's outputs; ``copied``, an event, says when host copies are complete."""
+    def put(self, arrays: dict[str, torch.Tensor], copied: Any = None, sources: Any = None) -> None:
+        """Queue a batch's outputs. After an _Offload, ``copied`` is the event that says the
+        host copies are complete and ``sources`` the device tensors they are read from."""
         if self.error is not None:
             raise self.error
         t0 = time.perf_counter()
-        self.q.put((arrays, copied))
+        self.q.put((arrays, copied, sources))
         self.wait_seconds += time.perf_counter() - t0
 
     def figures(self) -> dict[str, float]:
