@@ -14,8 +14,8 @@ from partbench.pretrain.train import METHODS, make_recipe, pretrain
 from partbench.specs import EncoderRequest
 
 BATCH = 8
-# Shipped before the gate existed and not yet retrained; the README's miniature section says so.
-FAILED_GATE_AFTER_SHIPPING = ("mini-ibot.safetensors",)
+# Files shipped before the gate existed that fail it (the README would name them): none now.
+FAILED_GATE_AFTER_SHIPPING: tuple[str, ...] = ()
 
 
 @pytest.fixture(scope="module")
@@ -251,15 +251,31 @@ def test_a_run_trained_apart_is_shipped_only_with_the_shipped_data(tmp_path, mon
     assert shipping.read_manifest(weights)["files"]["mini-supervised.safetensors"]["gate"] == passing
 
 
-def test_dino_keeps_its_patch_projection_untrained_and_ibot_its_shipped_multi_crop(data):
-    """DINO now trains as MoCo v3 does on SynParts (a BYOL pair, a frozen patch projection);
-    iBOT's shipped file came from DINO's earlier recipe, which it keeps, so that the
-    manifest's command still reproduces it."""
-    trainable = {m: {n for n, _ in make_recipe(m, seed=0, steps=10).trainable()} for m in ("dino", "ibot")}
-    assert not any(n.startswith("backbone.patch_embed.proj") for n in trainable["dino"])
-    assert any(n.startswith("backbone.patch_embed.proj") for n in trainable["ibot"])
-    gen = torch.Generator().manual_seed(0)
-    globals_, locals_ = make_recipe("dino", seed=0, steps=10).views(data.images[:4], gen)
-    assert len(globals_) == 2 and locals_ == []
-    globals_, locals_ = make_recipe("ibot", seed=0, steps=10).views(data.images[:4], gen)
-    assert len(globals_) == 2 and len(locals_) == 4 and locals_[0].shape[-1] == 32
+def test_dino_and_ibot_train_on_byols_pair_with_the_patch_projection_left_untrained(data):
+    """Both train as MoCo v3 does on SynParts: a BYOL pair of views, no local crops, and the
+    patch projection frozen at its initialisation."""
+    for method in ("dino", "ibot"):
+        recipe = make_recipe(method, seed=0, steps=10)
+        assert not any(n.startswith("backbone.patch_embed.proj") for n, _ in recipe.trainable())
+        globals_, locals_ = recipe.views(data.images[:4], torch.Generator().manual_seed(0))
+        assert len(globals_) == 2 and locals_ == []
+
+
+def test_ibot_patch_targets_are_the_students_crops_coloured_apart(data, monkeypatch):
+    """The teacher's patch targets come from the very crops the student sees masked (each
+    masked patch has its target at its own place), coloured by a second draw of the jitter."""
+    import partbench.pretrain.ibot as ibot
+
+    real, coloured = ibot.byol_colours, []
+
+    def spy(crops, gen):
+        coloured.append((crops, real(crops, gen)))
+        return coloured[-1][1]
+
+    monkeypatch.setattr(ibot, "byol_colours", spy)
+    recipe = make_recipe("ibot", seed=0, steps=10)
+    loss = recipe.loss(data.images[:4], data.labels[:4], torch.Generator().manual_seed(0), 0)
+    assert torch.isfinite(loss)
+    (crops_student, student), (crops_teacher, teacher) = coloured
+    assert crops_student is crops_teacher
+    assert all(not torch.equal(a, b) for a, b in zip(student, teacher, strict=True))

@@ -210,10 +210,19 @@ def ssl_view(
     """The BYOL-style view that MoCo v3, DINO and iBOT share: crop, flip, colour jitter (hue
     shift up to ``hue`` turns), grayscale, blur and solarisation with view-specific
     probabilities; then normalise."""
-    x = random_resized_crop(to_float(images), size, scale, gen)
+    return photometric(random_resized_crop(to_float(images), size, scale, gen), gen, blur, solar, hue)
+
+
+def photometric(x: torch.Tensor, gen: torch.Generator, blur: float, solar: float, hue: float) -> torch.Tensor:
+    """The colour half of ssl_view, on crops already cut: colour jitter, grayscale, blur and
+    solarisation with the given probabilities; then normalise."""
     x = random_grayscale(color_jitter(x, gen, hue=hue), gen)
     x = solarize(gaussian_blur(x, gen, blur), gen, solar)
     return normalize(x)
+
+
+BYOL_SCALE = (0.08, 1.0)
+BYOL_COLOUR = ({"blur": 1.0, "solar": 0.0}, {"blur": 0.1, "solar": 0.2})  # the two views'
 
 
 def byol_pair(images: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
@@ -221,11 +230,18 @@ def byol_pair(images: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
     blur 0.1 and solarisation 0.2 on the second), with the hue jitter spanning the whole colour
     circle: SynParts colours every region with a uniformly random hue, so BYOL's +-0.1 turn
     leaves two views of one image told apart from the others by colour alone."""
-    views = {"size": GLOBAL_SIZE, "scale": (0.08, 1.0), "hue": FULL_HUE}
-    return [
-        ssl_view(images, gen, blur=1.0, solar=0.0, **views),
-        ssl_view(images, gen, blur=0.1, solar=0.2, **views),
-    ]
+    views = {"size": GLOBAL_SIZE, "scale": BYOL_SCALE, "hue": FULL_HUE}
+    return [ssl_view(images, gen, **colour, **views) for colour in BYOL_COLOUR]
+
+
+def byol_crops(images: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+    """The two crops of BYOL's pair, not yet coloured (photometric colours them, once or more)."""
+    return [random_resized_crop(to_float(images), GLOBAL_SIZE, BYOL_SCALE, gen) for _ in BYOL_COLOUR]
+
+
+def byol_colours(crops: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
+    """Each of byol_crops' crops coloured as its view of BYOL's pair, hue over the whole circle."""
+    return [photometric(c, gen, hue=FULL_HUE, **colour) for c, colour in zip(crops, BYOL_COLOUR, strict=True)]
 
 
 # DINO's global crops cover (0.4, 1) of a 224 px ImageNet image, often a whole object; a
