@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from partbench.timing import STALLS
+
 CUB_FULL = 11_788
 # parts/parts.txt of the release, in order (the reader checks the names it selects).
 CUB_PART_NAMES = (
@@ -45,10 +47,6 @@ CUB_PART_NAMES = (
     "left wing", "nape", "right eye", "right leg", "right wing", "tail", "throat",
 )  # fmt: skip
 ADE_FULL = (20_210, 2_000)
-STALLS = (
-    "loader_wait_seconds", "device_wait_seconds", "writer_wait_seconds", "device_to_host_seconds",
-    "write_seconds", "written_mb",
-)  # fmt: skip
 PARTS = {11: (0.32, 0.30), 12: (0.35, 0.85), 9: (0.72, 0.40), 14: (0.85, 0.75)}  # x, y shares
 
 

@@ -240,3 +240,5 @@ def test_study_scale_script_runs_small_on_a_cpu(tmp_path):
     # All images and the training split; the test split's crops are cut from the first.
     assert cold["encoder_passes"] == 2 and all(": done" in r for r in cold["runs"])
     assert warm["encoder_passes"] == 0 and warm["runs"][0].startswith("part-retrieval: done")
+    # Where the extraction's time went: the cold step wrote its features, the warm one nothing.
+    assert cold["written_mb"] > 0 and cold["write_seconds"] > 0 and warm["written_mb"] == 0
