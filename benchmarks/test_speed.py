@@ -127,3 +127,87 @@ def test_seg_loss_at_labelled_pixels(benchmark, seg_problem, baseline_seconds):
     ref = _upsample_whole_maps(head, x, targets)
     assert torch.allclose(ours, ref, rtol=1e-5)
     record_ratio(benchmark, base)
+
+
+def _render_some(n: int) -> list:
+    from partbench.datasets.synparts import render
+
+    return [render(0, "test", i) for i in range(n)]
+
+
+def _whole_grid(monkeypatch) -> None:
+    from partbench.datasets import synparts
+
+    monkeypatch.setattr(synparts, "_window", lambda x, y, radius, n, ss: (slice(0, n), slice(0, n)))
+
+
+@pytest.mark.benchmark(group="SynParts, 64 samples")
+def test_render_baseline_shapes_on_the_whole_grid(benchmark, monkeypatch):
+    _whole_grid(monkeypatch)
+    benchmark.pedantic(_render_some, args=(64,), rounds=1, iterations=1)
+
+
+@pytest.mark.benchmark(group="SynParts, 64 samples")
+def test_render_shapes_on_their_windows(benchmark, monkeypatch, baseline_seconds):
+    ours = benchmark(_render_some, 64)
+    with monkeypatch.context() as m:
+        _whole_grid(m)
+        base = baseline_seconds(lambda: _render_some(64), 1)
+        whole = _render_some(64)
+    for a, b in zip(ours, whole, strict=True):  # the same samples, pixel for pixel
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.part_mask, b.part_mask)
+    record_ratio(benchmark, base)
+
+
+def _runs_for_pairing(k: int = 7):
+    # k encoders' per-item results on a study-sized level: 1,600 images, 5,625 part crops.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 8, 1600)
+    crops = rng.integers(0, 9, 5625)
+    runs = []
+    for _ in range(k):
+        inter = rng.integers(0, 50, (1600, 10)).astype(float)
+        runs.append(
+            [
+                ("top1", {"correct": (rng.uniform(size=1600) < 0.5).astype(float)}),
+                ("mAP", {"ap": rng.uniform(size=5625), "label": crops}),
+                ("mIoU", {"intersection": inter, "union": inter + rng.integers(0, 50, (1600, 10))}),
+                ("mAP", {"ap": rng.uniform(size=1600), "label": labels}),
+            ]
+        )
+    return runs
+
+
+def _pair_all(runs, forget: bool) -> list:
+    from partbench import metrics
+
+    out = []
+    for i in range(len(runs)):
+        for j in range(len(runs)):
+            if i != j:
+                if forget:
+                    metrics._DRAW_MEMO.clear()
+                out.append(metrics.paired_level_bootstrap(runs[i], runs[j], n_resamples=200))
+    return out
+
+
+@pytest.mark.benchmark(group="paired level bootstraps, every pair of 7 runs")
+def test_pairing_baseline_drawing_every_pair_afresh(benchmark):
+    runs = _runs_for_pairing()
+    benchmark.pedantic(_pair_all, args=(runs, True), rounds=1, iterations=1)
+
+
+@pytest.mark.benchmark(group="paired level bootstraps, every pair of 7 runs")
+def test_pairing_with_remembered_draws(benchmark, baseline_seconds):
+    from partbench import metrics
+
+    runs = _runs_for_pairing()
+    base = baseline_seconds(lambda: _pair_all(runs, True), 1)
+    fresh = _pair_all(runs, True)
+
+    def remembered() -> list:
+        metrics._DRAW_MEMO.clear()  # each round starts from nothing, as a study does
+        return _pair_all(runs, False)
+
+    assert benchmark(remembered) == fresh
+    record_ratio(benchmark, base)

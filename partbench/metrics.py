@@ -30,8 +30,10 @@ from stored per-item results equals the one the task computed when it ran.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -401,6 +403,10 @@ def score_from_items(metric: str, items: Mapping[str, np.ndarray], counts: np.nd
     return float(prepared.scores(c)[0])
 
 
+# The attributes an ItemScorer's scores read, per metric (top1: ``values``).
+_SCORED_FIELDS = {"mIoU": ("inter", "union"), "mAP": ("valid", "values", "starts"), "AP": ("valid", "values")}
+
+
 class ItemScorer:
     """One task's per-item results (``metric``'s ``ITEM_FIELDS``), checked once and laid out
     to score many bootstrap draws at once: ``scores(counts)`` takes a (resamples x n) matrix
@@ -413,6 +419,7 @@ class ItemScorer:
         if missing:
             raise ValueError(f"{metric} needs per-item {missing}; got {sorted(items)}")
         self.metric = metric
+        self._digest: str | None = None
         if metric in ("mAP", "AP"):
             ap = np.asarray(items["ap"], dtype=np.float64).reshape(-1)
             self.n = len(ap)
@@ -456,6 +463,17 @@ class ItemScorer:
             num = np.add.reduceat(w * self.values, self.starts, axis=1)
             den = np.add.reduceat(w, self.starts, axis=1)
             return 100 * _mean_present(num / np.where(den > 0, den, 1), den > 0)
+
+    def digest(self) -> str:
+        """What the scores of any draw depend on, hashed: the memo's key (see ``_draws``)."""
+        if self._digest is None:
+            h = hashlib.blake2b(self.metric.encode(), digest_size=16)
+            for name in _SCORED_FIELDS.get(self.metric, ("values",)):
+                a = np.ascontiguousarray(getattr(self, name))
+                h.update(f"{name}{a.dtype.str}{a.shape}".encode())
+                h.update(a.tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
 
     def same_items(self, other: ItemScorer) -> None:
         """Paired comparisons need the same items in the same order."""
@@ -506,18 +524,68 @@ def _draws(
     k = len(sides[0])
     points = [sum(float(t.scores(None)[0]) for t in side) / k for side in sides]
     totals = [np.zeros(n_resamples) for _ in sides]
+    ns = tuple(t.n for t in sides[0])
     for j in range(k):
-        n = sides[0][j].n
+        n = ns[j]
         if n == 0:
             for total in totals:
                 total[:] = np.nan
             continue
-        b0 = 0
-        for counts in _count_batches(rng, n, n_resamples):
-            for total, side in zip(totals, sides, strict=True):
-                total[b0 : b0 + len(counts)] += side[j].scores(counts)
-            b0 += len(counts)
+        # Task j's draws follow from the seed, the draw count and the item counts up to j.
+        drawn = (seed, n_resamples, ns[: j + 1])
+        keys = [(drawn, side[j].digest()) for side in sides]
+        found = [_DRAW_MEMO.get(key) for key in keys]
+        state = _DRAW_MEMO.get((drawn, "state"))
+        if state is None or any(f is None for f in found):
+            made = [np.zeros(n_resamples) if f is None else None for f in found]
+            b0 = 0
+            for counts in _count_batches(rng, n, n_resamples):
+                for out, side in zip(made, sides, strict=True):
+                    if out is not None:
+                        out[b0 : b0 + len(counts)] = side[j].scores(counts)
+                b0 += len(counts)
+            for i, out in enumerate(made):
+                if out is not None:
+                    out.flags.writeable = False
+                    found[i] = _DRAW_MEMO.put(keys[i], out)
+            _DRAW_MEMO.put((drawn, "state"), rng.bit_generator.state)
+        else:
+            rng.bit_generator.state = state  # where drawing task j would have left it
+        for total, scores in zip(totals, found, strict=True):
+            total += scores
     return points, [total / k for total in totals]
+
+
+class _Memo:
+    """A bounded store, oldest use evicted first."""
+
+    def __init__(self, entries: int):
+        self.entries = entries
+        self.store: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        value = self.store.get(key)
+        if value is not None:
+            self.store.move_to_end(key)
+        return value
+
+    def clear(self) -> None:
+        self.store.clear()
+
+    def put(self, key: Any, value: Any) -> Any:
+        self.store[key] = value
+        self.store.move_to_end(key)
+        while len(self.store) > self.entries:
+            self.store.popitem(last=False)
+        return value
+
+
+# A leaderboard and a study's claims pair every run with several others under the same draws,
+# and scoring the draws again each time was 25 s of a 530 s study. A run's scores on task j's
+# draws are a pure function of its items, the seed, the draw count and the item counts of
+# tasks 0..j, so they are kept (8 KB per 1,000 draws), with the generator's state after task j,
+# and a call whose every side is known skips drawing that task.
+_DRAW_MEMO = _Memo(4096)
 
 
 def _prepare(tasks: Sequence[tuple[str, Mapping[str, np.ndarray]]]) -> list[ItemScorer]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
 import subprocess
@@ -32,6 +33,7 @@ CONTRASTIVE = ("mini-mocov3", "mini-dino")
 MASKED = ("mini-mae",)
 BOTH = ("mini-ibot",)
 WITH_PROJECTION = ("mini-mocov3", "mini-dino", "mini-ibot")
+PROJECTION_FEATURES = ("cls", "projection")  # part retrieval on each, for claim 4
 REFERENCE = "mini-cnn"  # a CNN trained like mini-supervised: what "learned" looks like here
 FLOOR = "mini-random"
 MINI_ENCODERS = (SUPERVISED, *CONTRASTIVE, *MASKED, *BOTH, REFERENCE, FLOOR)
@@ -210,6 +212,15 @@ def default_lanes(device: str) -> int:
     return max(1, min(available_cores(), len(MINI_ENCODERS)))
 
 
+def _run_args(encoders: Sequence[str], tasks: str, opts: RunOptions, *options: str) -> list[str]:
+    args = [sys.executable, "-m", "partbench", "run", "--task", tasks, "--workers", "0"]
+    args += [arg for name in encoders for arg in ("--encoder", name)]
+    args += ["--dataset", opts.dataset, "--device", opts.device, "--seed", str(opts.seed)]
+    args += [arg for option in options for arg in ("--option", option)]
+    args += ["--force"] if opts.force else []
+    return args + (["--limit", str(opts.limit)] if opts.limit is not None else [])
+
+
 def run_lanes(
     encoders: Sequence[str],
     lanes: int,
@@ -217,10 +228,14 @@ def run_lanes(
     store: Store,
     progress: Any = None,
     tasks_each: int = 1,
+    then: Sequence[tuple[Sequence[str], str, str]] = (),
 ) -> list[tuple[Path, int]]:
     """``partbench run -e ... -t all`` for ``encoders`` dealt over ``lanes`` processes of one
-    thread each, sharing the store and the feature cache. Each lane's output goes to
-    PARTBENCH_HOME/study/lane-N.log. Returns each lane's log and exit status."""
+    thread each, sharing the store and the feature cache. ``then`` holds further runs, each
+    (encoders, tasks, one task option), that the lane dealt the fewest encoders starts when its
+    own are done: put the encoders they read in that lane and their features are cached by
+    then. Each lane's output goes to PARTBENCH_HOME/study/lane-N.log. Returns each lane's log
+    and exit status (its first failing command's)."""
     from partbench import paths
 
     folder = paths.home() / "study"
@@ -228,27 +243,32 @@ def run_lanes(
     # The store's URL goes by the environment: on a command line its password would show in ps.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PARTBENCH_DB": store.url}
     before = max((r.id for r in store.runs()), default=0)
+    groups = [g for g in (encoders[i::lanes] for i in range(lanes)) if g]
+    queues = [[_run_args(group, "all", opts)] for group in groups]
+    lightest = min(range(len(groups)), key=lambda i: (len(groups[i]), -i))
+    queues[lightest] += [_run_args(names, tasks, opts, option) for names, tasks, option in then]
     started = []
-    for i in range(lanes):
-        group = encoders[i::lanes]
-        if not group:
-            continue
-        cmd = [sys.executable, "-m", "partbench", "run", "--task", "all", "--workers", "0"]
-        cmd += [arg for name in group for arg in ("--encoder", name)]
-        cmd += ["--dataset", opts.dataset, "--device", opts.device, "--seed", str(opts.seed)]
-        cmd += ["--force"] if opts.force else []
-        cmd += ["--limit", str(opts.limit)] if opts.limit is not None else []
+    for i, queue in enumerate(queues):
         log_path = folder / f"lane-{i + 1}.log"
         log = log_path.open("w")
-        started.append((log_path, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
-    total = len(encoders) * tasks_each
+        started.append(
+            [log_path, log, subprocess.Popen(queue.pop(0), stdout=log, stderr=subprocess.STDOUT, env=env)]
+        )
+    total = len(encoders) * tasks_each + sum(len(names) for names, _, _ in then)
     task_id = progress.add_task(f"{len(started)} lanes", total=total) if progress else None
     try:
-        while any(proc.poll() is None for _, _, proc in started):
+        while True:
+            for lane, queue in zip(started, queues, strict=True):
+                if lane[2].poll() == 0 and queue:  # the lane's next command, in the same log
+                    lane[2] = subprocess.Popen(
+                        queue.pop(0), stdout=lane[1], stderr=subprocess.STDOUT, env=env
+                    )
+            if all(lane[2].poll() is not None for lane in started):
+                break
             if progress:
                 finished = [r for r in store.runs() if r.id > before and r.status in ("done", "failed")]
                 progress.update(task_id, completed=min(total, len(finished)))
-            time.sleep(2)
+            time.sleep(1)
     finally:
         for _, log, proc in started:
             if proc.poll() is None:  # interrupted: no lane outlives the study
@@ -271,18 +291,31 @@ def run_mini_study(
     if lanes > 1:
         from partbench.runner.plan import select_tasks
 
-        each = len(select_tasks(registry, ["all"], registry.dataset(opts.dataset)))
+        spec = registry.dataset(opts.dataset)
+        each = len(select_tasks(registry, ["all"], spec))
+        # Generated data is made once, here, for every lane (the lanes load the dataset with
+        # its defaults); a limited run reads a few samples, which each lane makes itself.
+        if spec.builtin_data and opts.limit is None and not opts.dataset_options:
+            spec.load(None).prepare(workers=lanes)
         # Dealt in turn, the last encoder lands in a lane with one more than some others: the
-        # CNN goes there, as it encodes in about half a ViT's time (55 s against 100 s).
-        order = sorted(MINI_ENCODERS, key=lambda name: name == REFERENCE)
-        for path, status in run_lanes(order, lanes, opts, store, progress, each):
+        # CNN goes there, as it encodes and scores in about half a ViT's time (64 s against
+        # 120 s). With two lanes the encoders with a projection head share the other lane,
+        # which then scores their projection and class-token retrievals from its own cache
+        # while the first lane does the CNN (they ran after both lanes before: 16 s).
+        plain = [e for e in MINI_ENCODERS if e not in (*WITH_PROJECTION, REFERENCE)]
+        order = [e for pair in itertools.zip_longest(plain, WITH_PROJECTION) for e in pair if e]
+        order.append(REFERENCE)
+        then = [
+            (WITH_PROJECTION, "part-retrieval", f"part-retrieval.feature={f}") for f in PROJECTION_FEATURES
+        ]
+        for path, status in run_lanes(order, lanes, opts, store, progress, each, then):
             if status:
                 say(f"a study lane exited with status {status}; its output is in {path}")
         # What the lanes stored is found and skipped; what one of them failed is run here.
         opts = dataclasses.replace(opts, force=False)
     outcomes = run(registry, store, MINI_ENCODERS, ["all"], opts, progress=progress, say=say)
     projection: dict[str, dict[str, int]] = {}
-    for feature in ("cls", "projection"):
+    for feature in PROJECTION_FEATURES:
         variant = dataclasses.replace(opts, options=(*opts.options, f"part-retrieval.feature={feature}"))
         for o in run(
             registry,

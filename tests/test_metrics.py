@@ -292,6 +292,7 @@ def test_level_bootstrap_draws_every_task_and_matches_the_definition(monkeypatch
     assert level_bootstrap(tasks, n_resamples=200, seed=5) == (mean, lo, hi)  # seeded
     assert level_bootstrap(tasks, n_resamples=200, seed=6) != (mean, lo, hi)
     monkeypatch.setattr(metrics, "_DRAW_ENTRIES", 7)  # one resample per batch: the same draws
+    metrics._DRAW_MEMO.clear()
     assert level_bootstrap(tasks, n_resamples=200, seed=5) == pytest.approx((mean, lo, hi), abs=1e-9)
 
 
@@ -304,6 +305,34 @@ def test_one_task_level_interval_is_the_tasks_own_interval(metric):
     assert level_bootstrap([(metric, items)], seed=9, n_resamples=300)[1:] == pytest.approx(
         (lo, hi), abs=1e-9
     )
+
+
+def test_remembered_draws_are_the_draws_of_a_fresh_computation():
+    # Runs paired in turn, tasks whose draws are all known next to ones that are not: each
+    # result must be the one computed with nothing remembered, and the definition's.
+    a, b, c, d = (_items(s) for s in (11, 12, 13, 14))
+
+    def level(x, y=None):
+        return [("top1", {"correct": x["top1"]["correct"]}), ("mIoU", (y or x)["mIoU"])]
+
+    calls = [
+        (level(a), level(b)),
+        (level(a), level(c)),  # a's draws known, c's not, on both tasks
+        (level(c), level(b)),  # everything known
+        (level(a), level(b, d)),  # the first task known, the second not for one side
+        (level(a)[:1], level(c)[:1]),
+    ]
+    metrics._DRAW_MEMO.clear()
+    remembered = [paired_level_bootstrap(x, y, n_resamples=120, seed=3) for x, y in calls]
+    fresh = []
+    for x, y in calls:
+        metrics._DRAW_MEMO.clear()
+        fresh.append(paired_level_bootstrap(x, y, n_resamples=120, seed=3))
+    assert remembered == fresh
+    x, y = calls[3]
+    draws = _reference_draws(x, 120, 3) - _reference_draws(y, 120, 3)
+    interval = (np.quantile(draws, 0.025), np.quantile(draws, 0.975))
+    assert remembered[3][1:] == pytest.approx(interval, abs=1e-9)
 
 
 def test_paired_bootstrap_sees_a_consistent_difference():

@@ -19,19 +19,25 @@ def test_lanes_store_every_task_of_every_encoder_from_one_thread_processes(tmp_p
     tasks = [t.name for t in select_tasks(reg, ["all"], reg.dataset("synparts"))]
     opts = RunOptions(limit=16, workers=0)
 
-    ran = run_lanes(ENCODERS, 2, opts, store, tasks_each=len(tasks))
+    # A further run that reads what its lane cached, as the study's projection retrievals do.
+    then = [(["mini-cnn"], "part-retrieval", "part-retrieval.include_self=false")]
+    ran = run_lanes(ENCODERS, 2, opts, store, tasks_each=len(tasks), then=then)
     assert [status for _, status in ran] == [0, 0], [path.read_text()[-3000:] for path, _ in ran]
     assert [path.name for path, _ in ran] == ["lane-1.log", "lane-2.log"]
     assert "mini-random" in ran[0][0].read_text() and "mini-cnn" in ran[1][0].read_text()
     done = store.runs(status="done")
+    variant = [r for r in done if r.config["task"]["options"].get("include_self") is False]
+    assert [(r.encoder, r.task) for r in variant] == [("mini-cnn", "part-retrieval")]
+    assert variant[0].timing["encoder_passes"] == 0  # the lane's own cache: nothing encoded again
+    done = [r for r in done if r not in variant]
     assert sorted((r.encoder, r.task) for r in done) == sorted((e, t) for e in ENCODERS for t in tasks)
     assert all(r.config["device"].endswith("1 threads)") for r in done), {r.config["device"] for r in done}
     assert all(r.config["limit"] == 16 for r in done)
 
     # A second study finds every run stored: the lanes add nothing.
-    again = run_lanes(ENCODERS, 2, opts, store, tasks_each=len(tasks))
+    again = run_lanes(ENCODERS, 2, opts, store, tasks_each=len(tasks), then=then)
     assert [status for _, status in again] == [0, 0]
-    assert len(store.runs()) == len(done)
+    assert len(store.runs()) == len(done) + len(variant)
 
 
 def test_more_lanes_than_encoders_start_one_process_per_encoder(tmp_path, monkeypatch):

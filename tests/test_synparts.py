@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from partbench.datasets import synparts
 from partbench.datasets.base import IGNORE
 from partbench.datasets.synparts import OBJECT_CLASSES, PART_TYPES, SynParts, render
 from partbench.datasets.views import crop_rule, crop_square, part_crops, resize_for_encoder
@@ -30,6 +31,27 @@ def test_samples_are_deterministic_and_differ_by_seed_and_split():
     assert not np.array_equal(a.image, render(0, "test", 5).image)
     assert SynParts(seed=0).fingerprint() != SynParts(seed=1).fingerprint()
     assert SynParts(seed=0).fingerprint() == SynParts(seed=0).fingerprint()
+
+
+def test_every_part_lies_within_its_reach():
+    grid = np.linspace(-3, 3, 1201)
+    u, v = np.meshgrid(grid, grid)
+    r = np.hypot(u, v)
+    for part in PART_TYPES:
+        mask, _ = synparts._part_shape(part, u, v)
+        assert mask.any() and r[mask].max() < synparts.PART_REACH, part
+
+
+def test_drawing_shapes_on_their_windows_gives_the_whole_grid_image(monkeypatch):
+    # The shipped encoders were pretrained on these renders: drawing each shape on its window
+    # must leave every pixel, mask and keypoint as drawing it on the whole grid does.
+    windowed = [render(0, split, i) for split in ("train", "test", "pretrain") for i in range(0, 120, 3)]
+    monkeypatch.setattr(synparts, "_window", lambda x, y, radius, n, ss: (slice(0, n), slice(0, n)))
+    whole = [render(0, split, i) for split in ("train", "test", "pretrain") for i in range(0, 120, 3)]
+    for a, b in zip(windowed, whole, strict=True):
+        assert a.key == b.key and a.label == b.label
+        for field in ("image", "part_mask", "object_mask", "keypoints"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), (a.key, field)
 
 
 def test_annotations_agree_with_each_other():
@@ -110,3 +132,43 @@ def test_dataset_options_are_parsed_and_checked():
         _synparts(trian="3")
     with pytest.raises(PartbenchError, match="test=0"):
         _synparts(test="0")
+
+
+def _fields_equal(a, b) -> bool:
+    same = a.key == b.key and a.label == b.label and type(a.label) is type(b.label)
+    for field in ("image", "keypoints", "part_mask", "object_mask"):
+        x, y = getattr(a, field), getattr(b, field)
+        same = same and x.dtype == y.dtype and np.array_equal(x, y)
+    return same
+
+
+def test_prepared_renders_are_the_samples_and_are_read_instead_of_drawn(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTBENCH_HOME", str(tmp_path))
+    ds = SynParts(train=7, test=9)
+    ds.prepare(workers=2)  # two processes, each drawing part of each split
+    paths = {split: ds.renders_path(split) for split in ("train", "test")}
+    assert all(p.is_file() for p in paths.values())
+    stamps = {split: p.stat().st_mtime_ns for split, p in paths.items()}
+    ds.prepare(workers=2)  # already there: nothing drawn or written again
+    assert {split: p.stat().st_mtime_ns for split, p in paths.items()} == stamps
+
+    expected = {split: [render(0, split, i) for i in range(n)] for split, n in (("train", 7), ("test", 9))}
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("a prepared sample was drawn again")
+
+    monkeypatch.setattr(synparts, "render", no_drawing)
+    fresh = SynParts(train=7, test=9)  # another process's view of the same data
+    for split, samples in expected.items():
+        assert all(_fields_equal(a, b) for a, b in zip(fresh.samples(split), samples, strict=True))
+
+
+def test_damaged_renders_are_named_and_drawn_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTBENCH_HOME", str(tmp_path))
+    ds = SynParts(train=3, test=2)
+    ds.prepare()
+    path = ds.renders_path("test")
+    path.write_bytes(path.read_bytes()[:100])  # cut short
+    with pytest.warns(UserWarning, match=str(path.name)):
+        got = SynParts(train=3, test=2).samples("test")[1]
+    assert _fields_equal(got, render(0, "test", 1))

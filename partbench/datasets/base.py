@@ -75,6 +75,11 @@ class Dataset:
         """A short hash that tells two copies or versions of the data apart."""
         raise NotImplementedError
 
+    def prepare(self, workers: int = 1) -> None:
+        """Work done once, in up to ``workers`` processes, so that several processes reading
+        this dataset afterwards (a study's lanes) share it instead of each doing it. Most
+        datasets read files and have none."""
+
     def classes_for(self, view: str) -> Sequence[str]:
         return {
             "images": self.object_classes,
