@@ -3,6 +3,8 @@ store and the feature cache."""
 
 from __future__ import annotations
 
+import pytest
+
 from partbench.plugins import registry
 from partbench.runner import RunOptions
 from partbench.runner.plan import select_tasks
@@ -51,3 +53,28 @@ def test_one_lane_per_core_on_a_cpu():
     from partbench.extraction import available_cores
 
     assert default_lanes("cpu") == max(1, min(available_cores(), len(MINI_ENCODERS)))
+
+
+def test_the_study_prepares_its_data_once_before_the_lanes_start(tmp_path, monkeypatch):
+    from partbench import study
+    from partbench.datasets.synparts import SynParts
+
+    class Stop(Exception):
+        pass
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(SynParts, "prepare", lambda self, workers=1: calls.append(("prepare", workers)))
+
+    def lanes(*args, **kwargs):
+        calls.append(("lanes",))
+        raise Stop
+
+    monkeypatch.setattr(study, "run_lanes", lanes)
+    store = Store(f"sqlite:///{tmp_path / 'lanes.db'}")
+    with pytest.raises(Stop):
+        study.run_mini_study(registry(), store, RunOptions(), lanes=2)
+    assert calls == [("prepare", 2), ("lanes",)]
+    calls.clear()
+    with pytest.raises(Stop):  # a limited study reads a few samples: each lane draws its own
+        study.run_mini_study(registry(), store, RunOptions(limit=4), lanes=2)
+    assert calls == [("lanes",)]
