@@ -179,6 +179,10 @@ def _window(x: float, y: float, radius: float, n: int, ss: int) -> tuple[slice, 
     return span(y), span(x)
 
 
+def _key(split: str, index: int) -> str:
+    return f"synparts/{split}/{index}"
+
+
 def render(seed: int, split: str, index: int, size: int = 96) -> Sample:
     """Build one SynParts sample. Pure: the same arguments always give the same sample."""
     split_id = {"train": 0, "test": 1}.get(split, 2)
@@ -272,7 +276,7 @@ def render(seed: int, split: str, index: int, size: int = 96) -> Sample:
     object_mask = np.where(obj_small, label, IGNORE)
     return Sample(
         image=(img * 255 + 0.5).astype(np.uint8),
-        key=f"synparts/{split}/{index}",
+        key=_key(split, index),
         label=label,
         keypoints=kps,
         part_mask=part_mask.astype(np.uint8),
@@ -317,7 +321,7 @@ class Renders:
     def sample(self, split: str, index: int) -> Sample:
         return Sample(
             image=self.images[index],
-            key=f"synparts/{split}/{index}",
+            key=_key(split, index),
             label=int(self.labels[index]),
             keypoints=self.keypoints[index, : self.keypoint_counts[index]].copy(),
             part_mask=self.part_masks[index],
@@ -401,13 +405,11 @@ class SynParts(Dataset):
         todo = [split for split in self.counts if not self.renders_path(split).is_file()]
         if not todo:
             return
-        jobs = [
-            (split, lo, min(lo + per, n))
-            for split in todo
-            for n in [self.counts[split]]
-            for per in [max(1, -(-n // max(1, workers)))]
-            for lo in range(0, n, per)
-        ]
+        jobs = []  # (split, first, stop): each split cut into one span per worker
+        for split in todo:
+            n = self.counts[split]
+            per = max(1, -(-n // max(1, workers)))
+            jobs += [(split, lo, min(lo + per, n)) for lo in range(0, n, per)]
         # spawn, not fork: the caller may hold torch's threads, which a forked child inherits
         # in whatever state they were.
         with ProcessPoolExecutor(max(1, workers), mp_context=get_context("spawn")) as pool:
