@@ -67,6 +67,28 @@ def test_test_split_is_refused():
         load_pretrain_images(4, split="test", cache=False)
 
 
+def test_pretraining_images_are_kept_like_the_benchmarks_renders(tmp_path, monkeypatch):
+    import numpy as np
+
+    from partbench.datasets import synparts
+
+    monkeypatch.setenv("PARTBENCH_HOME", str(tmp_path))
+    drawn = load_pretrain_images(6, size=48, workers=2)  # two processes, three images each
+    path = synparts.renders_path(0, "pretrain", 6, 48)
+    assert path.is_file()
+    for i in range(6):
+        sample = synparts.render(0, "pretrain", i, 48)
+        assert np.array_equal(drawn.images[i].permute(1, 2, 0).numpy(), sample.image)
+        assert int(drawn.labels[i]) == sample.label
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("kept images were drawn again")
+
+    monkeypatch.setattr(synparts, "render", no_drawing)
+    again = load_pretrain_images(6, size=48)
+    assert torch.equal(again.images, drawn.images) and torch.equal(again.labels, drawn.labels)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     # Tiny batches gain nothing from a second thread, and on shared cores lose a lot.

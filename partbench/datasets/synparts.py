@@ -361,6 +361,56 @@ def _render_range(seed: int, split: str, lo: int, hi: int, size: int) -> Renders
     return Renders.of([render(seed, split, i, size) for i in range(lo, hi)])
 
 
+def renders_path(seed: int, split: str, n: int, size: int) -> Path:
+    """Where the first ``n`` samples of ``split`` are kept once drawn, in PARTBENCH_HOME/cache."""
+    from partbench import paths
+
+    return paths.home() / "cache" / f"synparts-v{VERSION}-{seed}-{split}-{size}px-{n}.npz"
+
+
+def draw(seed: int, counts: Mapping[str, int], size: int = 96, workers: int = 1) -> dict[str, Renders]:
+    """The first ``counts[split]`` samples of each split, ``workers`` processes drawing spans
+    of each (at 13 ms an image, the benchmark's 2,600 take 35 s on one core)."""
+    if workers <= 1:
+        return {split: _render_range(seed, split, 0, n, size) for split, n in counts.items()}
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    jobs = []  # (split, first, stop): each split cut into one span per worker
+    for split, n in counts.items():
+        per = max(1, -(-n // workers))
+        jobs += [(split, lo, min(lo + per, n)) for lo in range(0, n, per)]
+    # spawn, not fork: the caller may hold torch's threads, which a forked child inherits
+    # in whatever state they were.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_render_range, seed, s, lo, hi, size) for s, lo, hi in jobs]
+        parts = [f.result() for f in futures]
+    return {
+        split: Renders.join([part for (s, _, _), part in zip(jobs, parts, strict=True) if s == split])
+        for split in counts
+    }
+
+
+def load_or_draw(
+    seed: int, counts: Mapping[str, int], size: int = 96, workers: int = 1
+) -> dict[str, Renders]:
+    """``draw``'s renders, read from PARTBENCH_HOME/cache where they were kept and drawn (then
+    kept) where not: pretraining and every process of a study share one copy."""
+    kept: dict[str, Renders] = {}
+    missing: dict[str, int] = {}
+    for split, n in counts.items():
+        renders = Renders.load(renders_path(seed, split, n, size), n, size)
+        if renders is None:
+            missing[split] = n
+        else:
+            kept[split] = renders
+    if missing:
+        for split, renders in draw(seed, missing, size, workers).items():
+            renders.save(renders_path(seed, split, counts[split], size))
+            kept[split] = renders
+    return {split: kept[split] for split in counts}
+
+
 class SynParts(Dataset):
     name = "synparts"
     capabilities = frozenset({"images", "keypoints", "part-masks", "object-masks"})
@@ -383,42 +433,22 @@ class SynParts(Dataset):
         if key not in self._cache:
             if split not in self._renders:
                 self._renders[split] = Renders.load(self.renders_path(split), self.counts[split], self.size)
-            stored = self._renders[split]
-            if stored is not None:
-                self._cache[key] = stored.sample(split, index)
+            renders = self._renders[split]
+            if renders is not None:
+                self._cache[key] = renders.sample(split, index)
             else:
                 self._cache[key] = render(self.seed, split, index, self.size)
         return self._cache[key]
 
     def renders_path(self, split: str) -> Path:
-        from partbench import paths
-
-        return paths.home() / "cache" / f"synparts-{self.fingerprint()}-{split}.npz"
+        return renders_path(self.seed, split, self.counts[split], self.size)
 
     def prepare(self, workers: int = 1) -> None:
-        """Render both splits into PARTBENCH_HOME/cache, ``workers`` processes drawing parts of
-        each, unless they are there: at 13 ms an image, each of a study's lanes drew all 2,600
-        itself before its first encoder could start (35 s)."""
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
-        todo = [split for split in self.counts if not self.renders_path(split).is_file()]
-        if not todo:
-            return
-        jobs = []  # (split, first, stop): each split cut into one span per worker
-        for split in todo:
-            n = self.counts[split]
-            per = max(1, -(-n // max(1, workers)))
-            jobs += [(split, lo, min(lo + per, n)) for lo in range(0, n, per)]
-        # spawn, not fork: the caller may hold torch's threads, which a forked child inherits
-        # in whatever state they were.
-        with ProcessPoolExecutor(max(1, workers), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_render_range, self.seed, s, lo, hi, self.size) for s, lo, hi in jobs]
-            parts = [f.result() for f in futures]
-        for split in todo:
-            Renders.join([part for (s, _, _), part in zip(jobs, parts, strict=True) if s == split]).save(
-                self.renders_path(split)
-            )
+        """Keep both splits' renders in PARTBENCH_HOME/cache, unless they are there: each of a
+        study's lanes drew all 2,600 itself before its first encoder could start."""
+        todo = {split: n for split, n in self.counts.items() if not self.renders_path(split).is_file()}
+        if todo:
+            load_or_draw(self.seed, todo, self.size, workers)
 
     def samples(self, split: str) -> LazySamples[Sample]:
         if split not in self.counts:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,17 +32,6 @@ class PretrainImages:
         return len(self.labels)
 
 
-def _render_all(n: int, data_seed: int, size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
-    from partbench.datasets.synparts import render
-
-    images = np.empty((n, size, size, 3), np.uint8)
-    labels = np.empty(n, np.int64)
-    for i in range(n):
-        sample = render(data_seed, split, i, size)
-        images[i], labels[i] = sample.image, sample.label
-    return images, labels
-
-
 def load_pretrain_images(
     n: int,
     *,
@@ -52,28 +39,19 @@ def load_pretrain_images(
     size: int = SOURCE_SIZE,
     split: str = PRETRAIN_SPLIT,
     cache: bool = True,
+    workers: int = 1,
 ) -> PretrainImages:
-    """``n`` SynParts images of ``split``, cached on disk because rendering costs ~10 ms each."""
+    """``n`` SynParts images of ``split``, kept in PARTBENCH_HOME/cache (``cache``) as the
+    benchmark's own renders are."""
     if split == "test":
         raise ValueError("pretraining on the test split would leak the benchmark into the encoder")
-    from partbench.datasets.synparts import VERSION
+    from partbench.datasets import synparts
 
-    path: Path | None = None
-    if cache:
-        from partbench import paths
-
-        path = paths.home() / "cache" / f"synparts-v{VERSION}-{data_seed}-{split}-{size}-{n}.npz"
-    if path is not None and path.is_file():
-        with np.load(path) as z:
-            images, labels = z["images"], z["labels"]
-    else:
-        images, labels = _render_all(n, data_seed, size, split)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, images=images, labels=labels)
-            tmp.replace(path)
-    return PretrainImages(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
+    load = synparts.load_or_draw if cache else synparts.draw
+    renders = load(data_seed, {split: n}, size, workers)[split]
+    return PretrainImages(
+        torch.from_numpy(renders.images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(renders.labels)
+    )
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
