@@ -73,7 +73,7 @@ def test_pretraining_images_are_kept_like_the_benchmarks_renders(tmp_path, monke
     from partbench.datasets import synparts
 
     monkeypatch.setenv("PARTBENCH_HOME", str(tmp_path))
-    drawn = load_pretrain_images(6, size=48, workers=2)  # two processes, three images each
+    drawn = load_pretrain_images(6, size=48)
     path = synparts.renders_path(0, "pretrain", 6, 48)
     assert path.is_file()
     for i in range(6):

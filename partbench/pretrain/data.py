@@ -39,7 +39,6 @@ def load_pretrain_images(
     size: int = SOURCE_SIZE,
     split: str = PRETRAIN_SPLIT,
     cache: bool = True,
-    workers: int = 1,
 ) -> PretrainImages:
     """``n`` SynParts images of ``split``, kept in PARTBENCH_HOME/cache (``cache``) as the
     benchmark's own renders are."""
@@ -48,7 +47,7 @@ def load_pretrain_images(
     from partbench.datasets import synparts
 
     load = synparts.load_or_draw if cache else synparts.draw
-    renders = load(data_seed, {split: n}, size, workers)[split]
+    renders = load(data_seed, {split: n}, size)[split]
     return PretrainImages(
         torch.from_numpy(renders.images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(renders.labels)
     )

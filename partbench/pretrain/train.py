@@ -162,7 +162,7 @@ def pretrain(
         out_dir = paths.home() / "pretrain"
     out_dir = Path(out_dir)
     if data is None:
-        data = load_pretrain_images(images, data_seed=data_seed, workers=threads or 1)
+        data = load_pretrain_images(images, data_seed=data_seed)
 
     # fork_rng keeps the caller's global RNG as it was; everything inside is seeded.
     with torch.random.fork_rng(devices=[]):
