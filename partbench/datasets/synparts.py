@@ -370,7 +370,9 @@ def renders_path(seed: int, split: str, n: int, size: int) -> Path:
 
 def draw(seed: int, counts: Mapping[str, int], size: int = 96, workers: int = 1) -> dict[str, Renders]:
     """The first ``counts[split]`` samples of each split, ``workers`` processes drawing spans
-    of each (at 13 ms an image, the benchmark's 2,600 take 35 s on one core)."""
+    of each (at 13 ms an image, the benchmark's 2,600 take 35 s on one core). The processes
+    are spawned, so a script that calls this with ``workers > 1`` needs its
+    ``if __name__ == "__main__":`` guard, as for any multiprocessing pool."""
     if workers <= 1:
         return {split: _render_range(seed, split, 0, n, size) for split, n in counts.items()}
     from concurrent.futures import ProcessPoolExecutor
