@@ -425,8 +425,10 @@ def cache() -> None:
 def cache_info(fmt: str) -> None:
     """Show each cached entry: encoder, dataset, split, outputs and size."""
     from partbench.cache import FeatureCache, cache_root
+    from partbench.datasets.synparts import kept_renders
 
     root = cache_root()
+    renders = [{"file": str(f), "bytes": f.stat().st_size} for f in kept_renders()]
     rows = []
     for e in FeatureCache(root).entries():
         info = e.info()
@@ -442,7 +444,7 @@ def cache_info(fmt: str) -> None:
             }
         )
     if fmt == "json":
-        click.echo(json.dumps({"root": str(root), "entries": rows}, indent=2))
+        click.echo(json.dumps({"root": str(root), "entries": rows, "synparts_renders": renders}, indent=2))
         return
     from rich.markup import escape
     from rich.table import Table
@@ -460,17 +462,29 @@ def cache_info(fmt: str) -> None:
         )
     _console().print(table)
     click.echo(f"{len(rows)} entries, {_size(sum(r['bytes'] for r in rows))}")
+    if renders:
+        click.echo(f"SynParts renders: {len(renders)} files, {_size(sum(r['bytes'] for r in renders))}")
 
 
 @cache.command("clear")
 @click.option("--encoder", "-e", help="only this encoder's entries")
 @user_errors
 def cache_clear(encoder: str | None) -> None:
-    """Free the cache's space (all of it, or one encoder's)."""
+    """Free the cache's space: every feature entry and SynParts' kept renders (or one
+    encoder's features alone)."""
     from partbench.cache import FeatureCache, cache_root
 
     count, freed = FeatureCache(cache_root()).clear(encoder)
     click.echo(f"Removed {count} entries, {_size(freed)}")
+    if encoder is None:
+        from partbench.datasets.synparts import kept_renders
+
+        files = kept_renders()
+        size = sum(f.stat().st_size for f in files)
+        for f in files:
+            f.unlink(missing_ok=True)
+        if files:
+            click.echo(f"Removed {len(files)} SynParts render files, {_size(size)} (drawn again when needed)")
 
 
 def _size(n: int) -> str:
@@ -661,8 +675,14 @@ def study(
         )
     if output_dir is not None:
         command = "partbench study mini --output-dir " + str(output_dir)
-        for path in mini.write(report, output_dir, command):
+        written = mini.write(report, output_dir, command)
+        for path in written:
             click.echo(f"Wrote {path}", err=True)
+        if output_dir / "mini.png" not in written:
+            err.print(
+                "[yellow]Not written:[/] mini.png (no Chromium found: install Debian's chromium, or"
+                " set PARTBENCH_CHROMIUM); mini.html is the same page"
+            )
     if any(o.status == "failed" for o in report.outcomes):
         sys.exit(1)
 

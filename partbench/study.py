@@ -411,9 +411,17 @@ def claims_record(report: StudyReport) -> dict[str, Any]:
     }
 
 
-def write(report: StudyReport, out_dir: Path, command: str, screenshot: bool = True) -> list[Path]:
-    """mini.md (the claims and the board), mini.json, mini.svg, mini.html and its screenshot."""
+def write(report: StudyReport, out_dir: Path, command: str, screenshot: bool | None = None) -> list[Path]:
+    """mini.md (the claims and the board), mini.json, mini.svg, mini.html and its screenshot,
+    mini.png. ``screenshot=None`` takes the picture where Chromium is found; where it is not,
+    an older mini.png is removed rather than left beside results it does not show."""
+    if screenshot is None:
+        from partbench.render.browser import find_chromium
+
+        screenshot = find_chromium() is not None
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not screenshot:
+        (out_dir / "mini.png").unlink(missing_ok=True)
     claims = out_dir / "mini-claims.json"
     claims.write_text(json.dumps(claims_record(report), indent=1) + "\n")
     files = lb.write_all(

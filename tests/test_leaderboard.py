@@ -748,6 +748,26 @@ def test_write_all_writes_the_committed_set(store, tmp_path):
     assert "partbench study mini --output-dir leaderboard" in (tmp_path / "out" / "mini.md").read_text()
 
 
+def test_the_study_writes_its_set_without_a_browser_and_drops_an_older_picture(store, tmp_path, monkeypatch):
+    from partbench.study import StudyReport, write
+
+    monkeypatch.setenv("PARTBENCH_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mini.png").write_bytes(b"an older run's picture")
+    (board,) = boards(store)
+    written = write(StudyReport(board, claims=[], outcomes=[]), out, "partbench study mini --output-dir out")
+    assert sorted(p.name for p in written) == [
+        "mini-claims.json",
+        "mini.html",
+        "mini.json",
+        "mini.md",
+        "mini.svg",
+    ]
+    assert not (out / "mini.png").exists()
+    assert "| a |" in (out / "mini.md").read_text()
+
+
 # --------------------------------------------------------------------------- the command line
 
 

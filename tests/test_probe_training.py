@@ -339,6 +339,31 @@ def test_an_sgd_probe_is_judged_on_the_curve_that_chose_its_epoch():
     assert d["warning"].startswith("the probe's held-out top-1 had not stopped rising by the last tenth")
 
 
+def test_a_schedule_that_did_not_level_off_is_trained_again_twice_as_long_within_max_epochs():
+    x, y = _clustered(120, 6.0, 1)
+    xt, yt = _clustered(60, 6.0, 2)
+    feats = {"train": _features(x, y), "test": _features(xt, yt)}
+    opts = {**OPTS, "solver": "sgd", "epochs": 2, "max_epochs": 16}
+    res = Probe("keypoints", "linear", opts).evaluate(feats, Named(), device=CPU, seed=0)
+    d = res.details
+    # Two epochs cannot show a level curve; the first schedule that does is the one scored.
+    tried = d.get("unconverged_schedules", [])
+    assert tried[:1] == [2] and all(b == 2 * a for a, b in zip(tried, [*tried[1:], d["epochs"]], strict=True))
+    assert d["epochs"] <= 16 and len(d["validation_top1_per_epoch"]) == d["epochs"]
+    assert d["converged"] or d["epochs"] == 16
+    # A fresh schedule of that length, not a continuation: the same fit trained directly.
+    alone = train_probe(
+        lambda: linear_head(16, 3), x, y, xt, yt, epochs=d["epochs"], base_lr=0.1, batch_size=32, seed=0
+    )
+    assert res.metrics["top1"].value == pytest.approx(100 * alone.top1)
+    assert d["chosen_epoch"] == alone.chosen_epoch
+    # max_epochs below twice the epochs keeps the study's single schedule, and says so.
+    once = Probe("keypoints", "linear", {**opts, "max_epochs": 3})
+    once = once.evaluate(feats, Named(), device=CPU, seed=0)
+    assert once.details["epochs"] == 2 and "unconverged_schedules" not in once.details
+    assert "after 2 epochs" in once.details["warning"] or "2 epochs'" in once.details["warning"]
+
+
 def test_one_epoch_on_a_hard_problem_is_flagged_and_a_long_easy_run_is_not():
     x, y = _clustered(120, 6.0, 1)
     xt, yt = _clustered(60, 6.0, 2)

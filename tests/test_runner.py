@@ -257,10 +257,21 @@ def test_cache_info_and_clear_from_the_command_line(tmp_path):
     entries = json.loads(info.output)["entries"]
     assert {e["split"] for e in entries} == {"train images", "test images"}
     assert all(e["encoder"] == "mini-random" and e["bytes"] > 0 for e in entries)
+    # SynParts renders kept by a study, under this version's name and an earlier one's.
+    from partbench import paths
+
+    names = ("synparts-v1-0-test-96px-1600.npz", "synparts-0f3a-test.npz")
+    kept = [paths.home() / "cache" / n for n in names]
+    for f in kept:
+        f.write_bytes(b"x" * 1000)
+    listed = json.loads(runner.invoke(cli, ["cache", "info", "--format", "json"]).output)["synparts_renders"]
+    assert sorted(r["file"] for r in listed) == sorted(map(str, kept))
+    assert "SynParts renders: 2 files" in runner.invoke(cli, ["cache", "info"]).output
     cleared = runner.invoke(cli, ["cache", "clear", "--encoder", "someone-else"])
-    assert "Removed 0 entries" in cleared.output
+    assert "Removed 0 entries" in cleared.output and all(f.exists() for f in kept)
     cleared = runner.invoke(cli, ["cache", "clear"])
-    assert "Removed 2 entries" in cleared.output
+    assert "Removed 2 entries" in cleared.output and "Removed 2 SynParts render files" in cleared.output
+    assert not any(f.exists() for f in kept)
     assert json.loads(runner.invoke(cli, ["cache", "info", "--format", "json"]).output)["entries"] == []
 
 

@@ -368,6 +368,15 @@ def renders_path(seed: int, split: str, n: int, size: int) -> Path:
     return paths.home() / "cache" / f"synparts-v{VERSION}-{seed}-{split}-{size}px-{n}.npz"
 
 
+def kept_renders() -> list[Path]:
+    """Every SynParts render file in PARTBENCH_HOME/cache, those of other seeds, sizes and
+    earlier versions' names included: all of them can be drawn again."""
+    from partbench import paths
+
+    folder = paths.home() / "cache"
+    return sorted(folder.glob("synparts-*.npz")) if folder.is_dir() else []
+
+
 def draw(seed: int, counts: Mapping[str, int], size: int = 96, workers: int = 1) -> dict[str, Renders]:
     """The first ``counts[split]`` samples of each split, ``workers`` processes drawing spans
     of each (at 13 ms an image, the benchmark's 2,600 take 35 s on one core). The processes

@@ -158,6 +158,8 @@ class ProbeFit:
     chosen_l2: float | None = None
     top1_per_l2: list[float] = field(default_factory=list)  # on held-out items, or on the test split
     iterations_run: int = 0
+    epochs: int = 0  # SGD: the schedule's length
+    unconverged_schedules: list[int] = field(default_factory=list)  # SGD: shorter ones tried first
 
 
 def train_probe(
@@ -303,6 +305,7 @@ def train_probe(
         validation_top1=val_curve,
         test_top1=test_curve,
         kept_whole=kept,
+        epochs=epochs,
     )
 
 
@@ -445,26 +448,39 @@ class Probe(Task):
         repeats: int,
         device: torch.device,
     ) -> list[ProbeFit]:
+        """One fit per repeat. A fit that had not converged is trained again from the start with
+        twice the epochs (a cosine schedule cannot be extended), while that stays within
+        ``max_epochs``; the last schedule tried is the one scored. The decision reads only the
+        curve that chose the epoch, so with the default report the test split stays unseen."""
         options = self.options
-        return [
-            train_probe(
-                make,
-                x_tr,
-                y_tr,
-                x_te,
-                y_te,
-                epochs=options["epochs"],
-                base_lr=options["lr"],
-                batch_size=options["batch_size"],
-                seed=seed + r,
-                report=options["report"],
-                validation=options.get("validation", VALIDATION_SHARE),
-                # One held-out share for every repeat: their spread is that of training alone.
-                split_seed=seed,
-                device=device,
-            )
-            for r in range(repeats)
-        ]
+        most = options.get("max_epochs", options["epochs"])
+        fits = []
+        for r in range(repeats):
+            epochs, tried = options["epochs"], []
+            while True:
+                fit = train_probe(
+                    make,
+                    x_tr,
+                    y_tr,
+                    x_te,
+                    y_te,
+                    epochs=epochs,
+                    base_lr=options["lr"],
+                    batch_size=options["batch_size"],
+                    seed=seed + r,
+                    report=options["report"],
+                    validation=options.get("validation", VALIDATION_SHARE),
+                    # One held-out share for every repeat: their spread is that of training alone.
+                    split_seed=seed,
+                    device=device,
+                )
+                if fit.converged or 2 * epochs > most:
+                    break
+                tried.append(epochs)
+                epochs *= 2
+            fit.unconverged_schedules = tried
+            fits.append(fit)
+        return fits
 
     def evaluate(
         self,
@@ -523,6 +539,8 @@ class Probe(Task):
             details["top1_repeats"] = [100 * a for a in accs]
             details["top1_std"] = float(100 * np.std(accs, ddof=1))
             details["chosen_epoch_repeats"] = [f.chosen_epoch for f in fits]
+            if not lbfgs:
+                details["epochs_repeats"] = [f.epochs for f in fits]
         first = fits[0]
         details["solver"] = first.solver
         details["train_items"] = len(y_tr) - first.validation_items
@@ -538,6 +556,9 @@ class Probe(Task):
             details["train_loss_curve"] = [round(v, 6) for v in subsample_curve(first.train_loss)]
         else:
             details["epoch_choice"] = first.epoch_choice
+            details["epochs"] = first.epochs
+            if first.unconverged_schedules:
+                details["unconverged_schedules"] = first.unconverged_schedules
             details["chosen_epoch"] = first.chosen_epoch
             if first.validation_top1:
                 details["validation_top1_per_epoch"] = [round(100 * a, 3) for a in first.validation_top1]
@@ -547,9 +568,8 @@ class Probe(Task):
             details["converged_on"] = first.gauge
         details["converged"] = all(f.converged for f in fits)
         if not details["converged"]:
-            budget = (
-                (options["lbfgs_iterations"], "L-BFGS iterations") if lbfgs else (options["epochs"], "epochs")
-            )
+            longest = max(f.epochs for f in fits)
+            budget = (options["lbfgs_iterations"], "L-BFGS iterations") if lbfgs else (longest, "epochs")
             details["warning"] = unconverged_warning("probe", *budget, gauge=first.gauge)
         if first.kept_whole:
             details["validation_note"] = (
