@@ -107,8 +107,7 @@ def test_seg_loss_baseline_upsample_whole_maps(benchmark, seg_problem):
 
 @pytest.mark.benchmark(group="segmentation head loss and gradient, 1,000 maps")
 def test_seg_loss_at_labelled_pixels(benchmark, seg_problem, baseline_seconds):
-    import torch.nn.functional as F
-
+    from partbench.tasks.fitting import cross_entropy_sum
     from partbench.tasks.segmentation import PixelTaps
 
     x, targets = seg_problem
@@ -118,7 +117,7 @@ def test_seg_loss_at_labelled_pixels(benchmark, seg_problem, baseline_seconds):
     rows = x.reshape(-1, 512).index_select(0, taps.used)
 
     def evaluate():
-        loss = F.cross_entropy(taps.logits(head(rows)), taps.labels, reduction="sum")
+        loss = cross_entropy_sum(taps.logits(head(rows)), taps.labels)
         loss.backward()
         return loss
 
@@ -126,6 +125,40 @@ def test_seg_loss_at_labelled_pixels(benchmark, seg_problem, baseline_seconds):
     head.zero_grad()
     ref = _upsample_whole_maps(head, x, targets)
     assert torch.allclose(ours, ref, rtol=1e-5)
+    record_ratio(benchmark, base)
+
+
+@pytest.fixture(scope="module")
+def pixel_logits():
+    """A segmentation chunk's labelled pixels: 150,000 rows of 10 classes' logits."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(150_000, 10, generator=gen), torch.randint(0, 10, (150_000,), generator=gen)
+
+
+def _loss_and_gradient(loss_fn, logits, labels):
+    z = logits.clone().requires_grad_()
+    loss_fn(z, labels).backward()
+    return z.grad
+
+
+def _torch_summed_cross_entropy(z, labels):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(z, labels, reduction="sum")
+
+
+@pytest.mark.benchmark(group="summed cross-entropy and its gradient, 150,000 x 10")
+def test_cross_entropy_baseline_torch(benchmark, pixel_logits):
+    benchmark(_loss_and_gradient, _torch_summed_cross_entropy, *pixel_logits)
+
+
+@pytest.mark.benchmark(group="summed cross-entropy and its gradient, 150,000 x 10")
+def test_cross_entropy_with_its_gradient_in_one_pass(benchmark, pixel_logits, baseline_seconds):
+    from partbench.tasks.fitting import cross_entropy_sum
+
+    base = baseline_seconds(lambda: _loss_and_gradient(_torch_summed_cross_entropy, *pixel_logits))
+    ours = benchmark(_loss_and_gradient, cross_entropy_sum, *pixel_logits)
+    assert torch.allclose(ours, _loss_and_gradient(_torch_summed_cross_entropy, *pixel_logits), atol=1e-6)
     record_ratio(benchmark, base)
 
 

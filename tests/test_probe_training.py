@@ -383,6 +383,20 @@ def test_one_epoch_on_a_hard_problem_is_flagged_and_a_long_easy_run_is_not():
 # Segmentation heads ---------------------------------------------------------------------------
 
 
+def test_summed_cross_entropy_and_its_gradient_are_torchs():
+    from partbench.tasks.fitting import cross_entropy_sum
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (5 * torch.randn(300, 7, generator=gen, dtype=torch.float64)).requires_grad_()
+    labels = torch.randint(0, 7, (300,), generator=gen)
+    ours = cross_entropy_sum(logits, labels)
+    (grad,) = torch.autograd.grad(2.5 * ours, logits)
+    ref = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(2.5 * ref, logits)
+    assert torch.allclose(ours, ref) and torch.allclose(grad, ref_grad)
+    assert torch.autograd.gradcheck(cross_entropy_sum, (logits[:12].detach().requires_grad_(), labels[:12]))
+
+
 def _seg_features(n: int, noise: float, seed: int, sizes: tuple[int, ...] = (16,)) -> Features:
     """3 classes on a 4 x 4 patch grid, the class of each patch in its one-hot feature plus
     noise; label maps upsampled to one of ``sizes`` with a band of ignored pixels."""

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -29,6 +28,7 @@ from partbench.metrics import bootstrap_ci, chance_top1
 from partbench.tasks.base import Task, TaskResult, counts_by_class, percent
 from partbench.tasks.fitting import (
     Standardise,
+    cross_entropy_sum,
     device_copy,
     lbfgs_curve,
     plateaued,
@@ -413,7 +413,7 @@ def _lbfgs(
     def closure() -> torch.Tensor:
         for p in params:
             p.grad = None
-        loss = F.cross_entropy(linear(z), y) + 0.5 * l2 * linear.weight.square().sum()
+        loss = cross_entropy_sum(linear(z), y) / len(y) + 0.5 * l2 * linear.weight.square().sum()
         loss.backward()
         return loss.detach()
 

@@ -39,6 +39,7 @@ from partbench.metrics import bootstrap_ci, chance_miou, miou_from_counts
 from partbench.tasks.base import Task, TaskResult, percent
 from partbench.tasks.fitting import (
     Standardise,
+    cross_entropy_sum,
     device_copy,
     lbfgs_curve,
     plateaued,
@@ -373,7 +374,7 @@ def _fit_lbfgs(
             i, j = spans[n]
             feats = (x if resident is None else resident)[i:j].to(device).float()
             token_logits = head(feats).reshape(-1, classes).index_select(0, taps.used)
-        return F.cross_entropy(taps.logits(token_logits), taps.labels, reduction="sum")
+        return cross_entropy_sum(taps.logits(token_logits), taps.labels)
 
     params = [linear.weight, linear.bias]
     # The line search may end on a point it evaluated last, and the next iteration starts by
