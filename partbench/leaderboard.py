@@ -1033,9 +1033,11 @@ def _chance_notes(board: Board) -> list[str]:
 
 
 def _diff_text(c: Comparison) -> str:
+    from partbench.render.formatting import difference_text, signed
+
     if c.paired and c.low is not None:
-        return f"{c.diff:+.1f} [{c.low:+.1f}, {c.high:+.1f}]"
-    return f"{c.diff:+.1f} (not paired)"
+        return difference_text(c.diff, c.low, c.high)
+    return f"{signed(c.diff)} (not paired)"
 
 
 def to_data(boards: Sequence[Board]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import Any
 from partbench import leaderboard as lb
 from partbench.encoders.mini import MINI
 from partbench.plugins import Registry
+from partbench.render.formatting import difference_text
 from partbench.runner import Outcome, RunOptions, run
 from partbench.store import Store
 
@@ -81,8 +82,7 @@ class Difference:
         return 0
 
     def text(self) -> str:
-        ci = f" [{self.low:+.1f}, {self.high:+.1f}]" if self.low is not None and self.high is not None else ""
-        return f"{self.a} − {self.b} {self.diff:+.1f}{ci}"
+        return f"{self.a} − {self.b} {difference_text(self.diff, self.low, self.high)}"
 
 
 @dataclass
@@ -388,10 +388,10 @@ def to_markdown(report: StudyReport, command: str) -> str:
         "|---|---|---|---|---|",
     ]
     for d in report.floor:
-        ci = f" [{d.low:+.1f}, {d.high:+.1f}]" if d.low is not None and d.high is not None else ""
         chance = ", ".join(report.at_chance.get(d.a, [])) or "none"
         clear = "yes" if d.sign > 0 else "no, below" if d.sign < 0 else "no"
-        lines.append(f"| {d.a} | {SERVES[d.a]} | {d.diff:+.1f}{ci} | {clear} | {md(chance)} |")
+        difference = difference_text(d.diff, d.low, d.high)
+        lines.append(f"| {d.a} | {SERVES[d.a]} | {difference} | {clear} | {md(chance)} |")
     lines += ["", "## Leaderboard", "", boards_markdown([report.board]).replace("### ", "#### ")]
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from partbench import leaderboard as lb
 from partbench import metrics
 from partbench.cli import cli
-from partbench.render import terminal
+from partbench.render import formatting, terminal
 from partbench.store import MetricValue, Store
 from partbench.study import check_claims
 
@@ -610,6 +610,13 @@ def test_at_chance_means_the_interval_reaches_chance_or_lies_below_it():
     assert not lb.at_chance(20.0, [17.0, 23.0], 16.7)  # clear of it
     assert lb.at_chance(16.0, [None, None], 16.7) and not lb.at_chance(17.0, None, 16.7)  # no interval
     assert not lb.at_chance(10.0, [8.0, 12.0], None) and not lb.at_chance(None, None, 16.7)  # unknown
+
+
+def test_a_bound_that_rounds_to_zero_still_shows_its_side_of_zero():
+    assert formatting.difference_text(-0.4, -0.7, -0.04) == "-0.4 [-0.7, -0.04]"
+    assert formatting.difference_text(0.3, 0.004, 0.6) == "+0.3 [+0.004, +0.6]"
+    assert formatting.difference_text(1.25, 0.96, 1.54) == "+1.2 [+1.0, +1.5]"  # one decimal otherwise
+    assert formatting.difference_text(0.0) == "+0.0" and formatting.signed(-0.05) == "-0.1"
 
 
 def test_a_board_without_chance_levels_shows_dashes_and_no_marks(store):

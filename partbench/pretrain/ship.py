@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from partbench.pretrain.gate import rule
+from partbench.render.formatting import difference_text
 
 if TYPE_CHECKING:
     from partbench.pretrain.train import PretrainResult
@@ -143,7 +144,7 @@ def install(result: PretrainResult, *, threads: int, weights_dir: Path = WEIGHTS
         raise GateFailed(
             f"mini-{method} after {steps} steps: {passed['level']} kNN top-1 "
             f"{passed['knn_top1']:.1f} against {passed['floor_top1']:.1f} at initialisation "
-            f"(difference {passed['difference']:+.1f} [{passed['low']:+.1f}, {passed['high']:+.1f}]); "
+            f"(difference {difference_text(passed['difference'], passed['low'], passed['high'])}); "
             f"not installed, kept in {rejected}"
         )
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
             verdict = "passed" if gate["passed"] else "FAILED"
             print(
                 f"mini-{method}: gate {verdict}, kNN {gate['knn_top1']:.1f} vs {gate['floor_top1']:.1f} "
-                f"({gate['difference']:+.1f} [{gate['low']:+.1f}, {gate['high']:+.1f}])"
+                f"({difference_text(gate['difference'], gate['low'], gate['high'])})"
             )
             continue
         if args.install is not None:

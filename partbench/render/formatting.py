@@ -36,6 +36,22 @@ def value(v: float | None, at_chance: bool = False) -> str:
     return f"{v:.1f}{CHANCE_MARK if at_chance else ''}"
 
 
+def signed(x: float) -> str:
+    """A difference in points, signed, to one decimal. One that rounds to 0.0 but is not 0 gets
+    one significant digit instead (``-0.04``): an interval's bound printed as ``-0.0`` would
+    hide on which side of 0 it lies, which is the one thing a reader looks for."""
+    if x != 0 and round(abs(x), 1) == 0:
+        return f"{x:+.1g}"
+    return f"{x:+.1f}"
+
+
+def difference_text(diff: float, low: float | None = None, high: float | None = None) -> str:
+    """``+1.2 [+0.4, +2.0]``: a difference and, when it has one, its interval."""
+    if low is None or high is None:
+        return signed(diff)
+    return f"{signed(diff)} [{signed(low)}, {signed(high)}]"
+
+
 def _has(ci: Sequence[float | None] | None) -> bool:
     """An interval with two finite bounds (a resample of items with no valid score has none)."""
     return bool(ci) and all(b is not None and math.isfinite(b) for b in ci)  # type: ignore[union-attr]

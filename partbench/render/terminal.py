@@ -273,9 +273,9 @@ def comparison(comps: Sequence[Comparison], a: str, b: str, *, width: int | None
         return f"{c.columns[0]}\n({c.metric})"
 
     def diff(c: Comparison) -> Any:
-        text = Text(f"{c.diff:+.1f}")
+        text = Text(formatting.signed(c.diff))
         if c.paired and c.low is not None:
-            text.append(f"\n[{c.low:+.1f}, {c.high:+.1f}]", style="dim")
+            text.append(f"\n[{formatting.signed(c.low)}, {formatting.signed(c.high)}]", style="dim")
         else:
             text.append("\nnot paired", style="dim")
         return text
