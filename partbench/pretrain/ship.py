@@ -36,7 +36,7 @@ MANIFEST = "manifest.json"
 SHIPPED: dict[str, dict[str, int]] = {
     "supervised": {"steps": 3000, "batch_size": 64},
     "supervised-cnn": {"steps": 1500, "batch_size": 64},
-    "mocov3": {"steps": 1000, "batch_size": 64},
+    "mocov3": {"steps": 1600, "batch_size": 64},
     "dino": {"steps": 1300, "batch_size": 64},
     "mae": {"steps": 3300, "batch_size": 128},
     "ibot": {"steps": 950, "batch_size": 64},
