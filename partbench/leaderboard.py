@@ -1033,7 +1033,7 @@ def _chance_notes(board: Board) -> list[str]:
 
 
 def _diff_text(c: Comparison) -> str:
-    from partbench.render.formatting import difference_text, signed
+    from partbench.render.formatting import difference_text, signed  # it imports this module
 
     if c.paired and c.low is not None:
         return difference_text(c.diff, c.low, c.high)

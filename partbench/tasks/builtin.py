@@ -63,10 +63,11 @@ def _probe_options(lr: float, feature: bool, batch_size: int = 1024) -> dict[str
     return opts
 
 
-# The study's 90 epochs left the attentive probes of mini-dino and mini-ibot on SynParts part
-# crops still rising (held-out top-1, fitting.score_levelled); 180 epochs levelled off and
-# scored the same on the test split (87.4 and 87.1 against 87.4 and 87.4). Two doublings leave
-# a margin: a probe that never levels off costs seven times the first schedule (90 + 180 + 360).
+# The study's 90 epochs left the attentive probes of the 600-step mini-dino and mini-ibot on
+# SynParts part crops still rising (held-out top-1, fitting.score_levelled); 180 epochs
+# levelled off and scored the same on the test split (87.4 and 87.1 against 87.4 and 87.4).
+# Two doublings leave a margin: a probe that never levels off costs seven times the first
+# schedule (90 + 180 + 360).
 MAX_EPOCHS = 360
 
 # L-BFGS iterations per ridge of a linear probe. On SynParts part crops (mini encoders, class
