@@ -13,7 +13,9 @@ partbench therefore departs from it openly:
   where the study runs 160k) underfits badly: on SynParts part-seg the 500-iteration head of
   ``mini-mae`` scores 15.1 mIoU and the converged one 26.
 - Features are standardised per channel on the training set, which leaves the head a linear
-  map of the raw features and conditions the problem.
+  map of the raw features and conditions the problem, and L-BFGS steps in coordinates
+  whitened by their second moment (fitting.WhitenedWeight): the same optimum, reached in
+  30-110 iterations on SynParts where the unwhitened fit ran to its 300-iteration cap.
 - The training loss is taken on label maps sampled down (nearest) to four times the patch
   grid, which costs a fraction of full resolution (on SynParts it scored the same with the
   AdamW head); evaluation is always at the label map's full resolution.
@@ -22,6 +24,7 @@ Every run stores its training-loss curve and whether it levelled off."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,11 +41,14 @@ from partbench.features import FULL, Features, View
 from partbench.metrics import bootstrap_ci, chance_miou, miou_from_counts
 from partbench.tasks.base import Task, TaskResult, percent
 from partbench.tasks.fitting import (
+    MOMENT_ROWS,
     Standardise,
+    WhitenedWeight,
     cross_entropy_sum,
     device_copy,
     lbfgs_curve,
     plateaued,
+    second_moment,
     subsample_curve,
     unconverged_warning,
 )
@@ -366,17 +372,30 @@ def _fit_lbfgs(
             kept[n], kept_bytes = (taps, rows), kept_bytes + size
         return taps, rows
 
-    def chunk_loss(n: int) -> torch.Tensor:
+    def chunk_loss(n: int, w: torch.Tensor) -> torch.Tensor:
         taps, rows = prepare(n)
         if rows is not None:
-            token_logits = linear(rows)
+            token_logits = F.linear(rows, w, linear.bias)
         else:
             i, j = spans[n]
-            feats = (x if resident is None else resident)[i:j].to(device).float()
-            token_logits = head(feats).reshape(-1, classes).index_select(0, taps.used)
+            feats = head[0]((x if resident is None else resident)[i:j].to(device).float())
+            token_logits = F.linear(feats, w, linear.bias).reshape(-1, classes).index_select(0, taps.used)
         return cross_entropy_sum(taps.logits(token_logits), taps.labels)
 
-    params = [linear.weight, linear.bias]
+    def moment_rows():
+        # The tokens the loss reads, standardised: from every span, or evenly spaced spans
+        # when there are more than fitting.MOMENT_ROWS tokens in all.
+        for n in range(0, len(spans), max(1, math.ceil(len(x) * x.shape[1] / MOMENT_ROWS))):
+            taps, rows = prepare(n)
+            if rows is None:
+                i, j = spans[n]
+                flat = (x if resident is None else resident)[i:j].reshape(-1, x.shape[-1])
+                rows = head[0](flat.index_select(0, taps.used.to(flat.device)).to(device).float())
+            yield rows
+
+    with torch.no_grad():
+        whitened = WhitenedWeight(linear, second_moment(moment_rows()))
+    params = whitened.params
     # The line search may end on a point it evaluated last, and the next iteration starts by
     # evaluating it again: a full pass over the data that the memo answers instead.
     memo: dict[str, Any] = {}
@@ -389,18 +408,22 @@ def _fit_lbfgs(
             return memo["loss"]
         for p in params:
             p.grad = None
+        w = whitened.weight()
         total = torch.zeros((), device=device)
         for n in range(len(spans)):
-            loss = chunk_loss(n) / valid
+            loss = chunk_loss(n, w) / valid
             loss.backward()  # gradients accumulate over the chunks
             total += loss.detach()
-        penalty = 0.5 * LBFGS_L2 * linear.weight.square().sum()
+        penalty = 0.5 * LBFGS_L2 * w.square().sum()
         penalty.backward()
         total += penalty.detach()
+        whitened.pull(w)
         memo.update(at=flat, loss=total, grads=[p.grad.detach().clone() for p in params])
         return total
 
-    return lbfgs_curve(params, closure, iterations, history=LBFGS_HISTORY)
+    curve = lbfgs_curve(params, closure, iterations, history=LBFGS_HISTORY)
+    whitened.store()
+    return curve
 
 
 def _same_size_runs(masks: list[np.ndarray], classes: int) -> list[tuple[int, int]]:
