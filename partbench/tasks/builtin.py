@@ -76,8 +76,9 @@ MAX_EPOCHS = 360
 FITTED_VERSION = "2"
 
 # L-BFGS iterations per ridge of a linear probe. In whitened coordinates (fitting.
-# WhitenedWeight) every ridge of the grid stopped on L-BFGS' own tolerance on SynParts part
-# crops and images (mini encoders) within 6-170 iterations; unwhitened, 1e-5 ran to this cap.
+# WhitenedWeight) the chosen ridge of every mini encoder's SynParts probe stopped on L-BFGS'
+# own tolerance within 6-169 iterations, and every ridge of the grid within 7-89 for mini-mae
+# and mini-supervised; unwhitened, mini-mae's object-linear 1e-5 ran to this cap.
 LINEAR_ITERATIONS = 500
 
 # L-BFGS iterations of a segmentation head. In whitened coordinates the SynParts heads stopped
