@@ -213,7 +213,8 @@ def default_lanes(device: str) -> int:
 
 
 def _run_args(encoders: Sequence[str], tasks: str, opts: RunOptions, *options: str) -> list[str]:
-    args = [sys.executable, "-m", "partbench", "run", "--task", tasks, "--workers", "0"]
+    """``partbench run``'s arguments (after ``partbench``) for one lane command."""
+    args = ["run", "--task", tasks, "--workers", "0"]
     args += [arg for name in encoders for arg in ("--encoder", name)]
     args += ["--dataset", opts.dataset, "--device", opts.device, "--seed", str(opts.seed)]
     args += [arg for option in options for arg in ("--option", option)]
@@ -232,10 +233,11 @@ def run_lanes(
 ) -> list[tuple[Path, int]]:
     """``partbench run -e ... -t all`` for ``encoders`` dealt over ``lanes`` processes of one
     thread each, sharing the store and the feature cache. ``then`` holds further runs, each
-    (encoders, tasks, one task option), that the lane dealt the fewest encoders starts when its
-    own are done: put the encoders they read in that lane and their features are cached by
-    then. Each lane's output goes to PARTBENCH_HOME/study/lane-N.log. Returns each lane's log
-    and exit status (its first failing command's)."""
+    (encoders, tasks, one task option), that the lane dealt the fewest encoders makes when its
+    own are done, in the same process (partbench.lane): put the encoders they read in that lane
+    and their features are cached by then. Each lane's output goes to
+    PARTBENCH_HOME/study/lane-N.log. Returns each lane's log and exit status (its first failing
+    command's)."""
     from partbench import paths
 
     folder = paths.home() / "study"
@@ -244,27 +246,19 @@ def run_lanes(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PARTBENCH_DB": store.url}
     before = max((r.id for r in store.runs()), default=0)
     groups = [g for g in (encoders[i::lanes] for i in range(lanes)) if g]
-    queues = [[_run_args(group, "all", opts)] for group in groups]
+    commands = [[_run_args(group, "all", opts)] for group in groups]
     lightest = min(range(len(groups)), key=lambda i: (len(groups[i]), -i))
-    queues[lightest] += [_run_args(names, tasks, opts, option) for names, tasks, option in then]
+    commands[lightest] += [_run_args(names, tasks, opts, option) for names, tasks, option in then]
     started = []
-    for i, queue in enumerate(queues):
+    for i, lane in enumerate(commands):
         log_path = folder / f"lane-{i + 1}.log"
         log = log_path.open("w")
-        started.append(
-            [log_path, log, subprocess.Popen(queue.pop(0), stdout=log, stderr=subprocess.STDOUT, env=env)]
-        )
+        argv = [sys.executable, "-m", "partbench.lane", json.dumps(lane)]
+        started.append((log_path, log, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)))
     total = len(encoders) * tasks_each + sum(len(names) for names, _, _ in then)
     task_id = progress.add_task(f"{len(started)} lanes", total=total) if progress else None
     try:
-        while True:
-            for lane, queue in zip(started, queues, strict=True):
-                if lane[2].poll() == 0 and queue:  # the lane's next command, in the same log
-                    lane[2] = subprocess.Popen(
-                        queue.pop(0), stdout=lane[1], stderr=subprocess.STDOUT, env=env
-                    )
-            if all(lane[2].poll() is not None for lane in started):
-                break
+        while any(proc.poll() is None for _, _, proc in started):
             if progress:
                 finished = [r for r in store.runs() if r.id > before and r.status in ("done", "failed")]
                 progress.update(task_id, completed=min(total, len(finished)))

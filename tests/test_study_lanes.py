@@ -21,9 +21,21 @@ def test_lanes_store_every_task_of_every_encoder_from_one_thread_processes(tmp_p
     tasks = [t.name for t in select_tasks(reg, ["all"], reg.dataset("synparts"))]
     opts = RunOptions(limit=16, workers=0)
 
+    from partbench import study
+
+    started: list[list[str]] = []
+    popen = study.subprocess.Popen
+
+    def counted(argv, **kwargs):
+        started.append(argv)
+        return popen(argv, **kwargs)
+
+    monkeypatch.setattr(study.subprocess, "Popen", counted)
     # A further run that reads what its lane cached, as the study's projection retrievals do.
     then = [(["mini-cnn"], "part-retrieval", "part-retrieval.include_self=false")]
     ran = run_lanes(ENCODERS, 2, opts, store, tasks_each=len(tasks), then=then)
+    # One process a lane: the further run shares its lane's process, not a start-up of its own.
+    assert len(started) == 2 and all(argv[1:3] == ["-m", "partbench.lane"] for argv in started)
     assert [status for _, status in ran] == [0, 0], [path.read_text()[-3000:] for path, _ in ran]
     assert [path.name for path, _ in ran] == ["lane-1.log", "lane-2.log"]
     assert "mini-random" in ran[0][0].read_text() and "mini-cnn" in ran[1][0].read_text()
@@ -78,3 +90,16 @@ def test_the_study_prepares_its_data_once_before_the_lanes_start(tmp_path, monke
     with pytest.raises(Stop):  # a limited study reads a few samples: each lane draws its own
         study.run_mini_study(registry(), store, RunOptions(limit=4), lanes=2)
     assert calls == [("lanes",)]
+
+
+def test_a_lane_stops_at_its_first_failing_command_and_returns_its_status(capsys):
+    from partbench import lane
+
+    status = lane.main(['[["run", "--encoder", "no-such-encoder", "--task", "all"], ["list", "encoders"]]'])
+    out = capsys.readouterr()
+    assert status == 1
+    assert "no-such-encoder" in out.err
+    assert "mini-random" not in out.out  # the second command never ran
+    assert lane.main(['[["list", "encoders"], ["list", "tasks"]]']) == 0
+    out = capsys.readouterr().out
+    assert "mini-random" in out and "part-seg" in out
