@@ -170,8 +170,8 @@ def correlated_seg_problem(pytestconfig):
     its features' structure: the four stages are noisy copies of one 128-channel map, as four
     depths of one network are strongly correlated, and that map's variance decays across its
     directions; labels a linear function of it, unlabelled where their margin is small. On
-    SynParts' real features the whitened fits took 2-5 times less time (30-110 iterations
-    against the 300-iteration cap); this problem is harder for the plain fit."""
+    SynParts' real features the whitened fits took 1.4-8 times less time (31-111 iterations
+    against up to the 300-iteration cap); this problem is harder for the plain fit."""
     from conftest import full_size
 
     from partbench.datasets.base import IGNORE
@@ -196,7 +196,7 @@ def correlated_seg_problem(pytestconfig):
 class _PlainWeight:
     """WhitenedWeight's interface with no change of coordinates: the fit it replaced."""
 
-    def __init__(self, linear, moment, ridge=0.0):
+    def __init__(self, linear, spectrum, ridge=0.0):
         self.linear, self.v = linear, linear.weight
 
     @property

@@ -4,7 +4,7 @@ line as typed, in one process, one after the other.
     python -m partbench.lane '[["run", "--encoder", "mini-dino", ...], ["run", ...]]'
 
 A lane's later commands (the study's projection retrievals) are short: started as processes
-of their own, each spent 6-7 s importing torch and timm again for 1.5 s of scoring, on the
+of their own, each spent 6-7 s importing torch and timm again for 4.5 s of scoring, on the
 lane that finishes last."""
 
 from __future__ import annotations

@@ -221,12 +221,12 @@ def _correlated(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 
 
 def test_whitened_weight_is_the_same_head_with_the_gradient_of_its_coordinates():
-    from partbench.tasks.fitting import WhitenedWeight, cross_entropy_sum, second_moment
+    from partbench.tasks.fitting import WhitenedWeight, cross_entropy_sum, second_moment, spectrum
 
     z, y = _correlated()
     linear = nn.Linear(32, 3)
     start = linear.weight.detach().clone()
-    ww = WhitenedWeight(linear, second_moment([z]), ridge=1e-3)
+    ww = WhitenedWeight(linear, spectrum(second_moment([z])), ridge=1e-3)
     w = ww.weight()
     assert torch.allclose(w, start, atol=1e-4)  # V starts where W stood
     cross_entropy_sum(F.linear(z, w, linear.bias), y).backward()
@@ -241,7 +241,7 @@ def test_whitened_weight_is_the_same_head_with_the_gradient_of_its_coordinates()
 
 
 def test_whitened_lbfgs_reaches_the_plain_optimum_in_fewer_iterations():
-    from partbench.tasks.fitting import cross_entropy_sum, lbfgs_curve, second_moment
+    from partbench.tasks.fitting import cross_entropy_sum, lbfgs_curve, second_moment, spectrum
     from partbench.tasks.probes import _lbfgs
 
     z, y = _correlated()
@@ -264,7 +264,7 @@ def test_whitened_lbfgs_reaches_the_plain_optimum_in_fewer_iterations():
     whitened = nn.Linear(32, 3)
     nn.init.zeros_(whitened.weight)
     nn.init.zeros_(whitened.bias)
-    curve, stalled = _lbfgs(whitened, z, y, l2, 300, second_moment([z]))
+    curve, stalled = _lbfgs(whitened, z, y, l2, 300, spectrum(second_moment([z])))
     assert stalled  # stopped on L-BFGS' own tolerance, not on the budget
     assert len(curve) < len(plain_curve) / 2  # 16 against 52 iterations when measured
     with torch.no_grad():

@@ -166,10 +166,18 @@ def second_moment(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
     return total / rows
 
 
+def spectrum(moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigenvalues (clamped at 0) and eigenvectors of a second moment, in float64: one
+    decomposition serves every ridge of a probe's grid."""
+    evals, vecs = torch.linalg.eigh(moment.double())
+    return evals.clamp(min=0), vecs
+
+
 class WhitenedWeight:
     """A linear head's weight W fitted in whitened coordinates: L-BFGS steps in V = W P^-1 with
-    P = (M + f I)^(-1/2), M the features' second moment, f a floor. The objective is the same
-    function of W, so the optimum is the same head; what changes is how fast L-BFGS reaches it.
+    P = (M + f I)^(-1/2), M the features' second moment (given as its ``spectrum``), f a
+    floor. The objective is the same function of W, so the optimum is the same head; what
+    changes is how fast L-BFGS reaches it.
     On standardised features whose channels are strongly correlated (a segmentation head reads
     four depths of one network) the curvature in W spans orders of magnitude and L-BFGS crawls:
     most of SynParts' segmentation heads ran to their 300-iteration cap, while in V every one
@@ -179,9 +187,9 @@ class WhitenedWeight:
     backward, then ``ww.pull(w)``; ``ww.params`` go to the optimiser; ``ww.store()`` writes
     W back into the head."""
 
-    def __init__(self, linear: nn.Linear, moment: torch.Tensor, ridge: float = 0.0):
-        evals, vecs = torch.linalg.eigh(moment.double())
-        evals = evals.clamp(min=0) + WHITENING_FLOOR * float(evals.mean()) + ridge / CURVATURE_SHARE
+    def __init__(self, linear: nn.Linear, spectrum: tuple[torch.Tensor, torch.Tensor], ridge: float = 0.0):
+        evals, vecs = spectrum
+        evals = evals + WHITENING_FLOOR * float(evals.mean()) + ridge / CURVATURE_SHARE
         device = linear.weight.device
         self.p = ((vecs * evals.rsqrt()) @ vecs.T).float().to(device)  # symmetric
         p_inv = ((vecs * evals.sqrt()) @ vecs.T).float().to(device)

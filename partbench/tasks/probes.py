@@ -37,6 +37,7 @@ from partbench.tasks.fitting import (
     plateaued,
     score_levelled,
     second_moment,
+    spectrum,
     subsample_curve,
     unconverged_warning,
 )
@@ -358,7 +359,7 @@ def train_linear_lbfgs(
     z_fit = scale(x_fit.float())
     y_fit = torch.as_tensor(labels[fit_np], dtype=torch.long, device=device)
     del x_fit
-    moment = second_moment(z_fit[i : i + MOMENT_ROWS] for i in range(0, len(z_fit), MOMENT_ROWS))
+    whitening = spectrum(second_moment(z_fit[i : i + MOMENT_ROWS] for i in range(0, len(z_fit), MOMENT_ROWS)))
     linear = nn.Linear(z_fit.shape[1], classes).to(device)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
@@ -379,7 +380,7 @@ def train_linear_lbfgs(
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         for l2 in grid:
-            curve, stalled = _lbfgs(linear, z_fit, y_fit, l2, iterations, moment)
+            curve, stalled = _lbfgs(linear, z_fit, y_fit, l2, iterations, whitening)
             if report == "validation" and x_held is not None:
                 score = float((predict(x_held) == y_held).float().mean())
             elif report == "best-on-test":
@@ -414,12 +415,18 @@ def train_linear_lbfgs(
 
 
 def _lbfgs(
-    linear: nn.Linear, z: torch.Tensor, y: torch.Tensor, l2: float, iterations: int, moment: torch.Tensor
+    linear: nn.Linear,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    l2: float,
+    iterations: int,
+    whitening: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[list[float], bool]:
-    """Fit ``linear`` in place from where it stands, stepping in coordinates whitened by
-    ``moment``, the second moment of ``z`` (fitting.WhitenedWeight). Returns the objective
-    before each iteration and after the last, and whether L-BFGS stopped on its own tolerances."""
-    whitened = WhitenedWeight(linear, moment, ridge=l2)
+    """Fit ``linear`` in place from where it stands, stepping in coordinates whitened by the
+    second moment of ``z`` (its ``whitening`` spectrum; fitting.WhitenedWeight). Returns the
+    objective before each iteration and after the last, and whether L-BFGS stopped on its own
+    tolerances."""
+    whitened = WhitenedWeight(linear, whitening, ridge=l2)
 
     def closure() -> torch.Tensor:
         for p in whitened.params:

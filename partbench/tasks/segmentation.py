@@ -15,7 +15,7 @@ partbench therefore departs from it openly:
 - Features are standardised per channel on the training set, which leaves the head a linear
   map of the raw features and conditions the problem, and L-BFGS steps in coordinates
   whitened by their second moment (fitting.WhitenedWeight): the same optimum, reached in
-  30-110 iterations on SynParts where the unwhitened fit ran to its 300-iteration cap.
+  31-111 iterations on SynParts where the unwhitened fit ran to its 300-iteration cap.
 - The training loss is taken on label maps sampled down (nearest) to four times the patch
   grid, which costs a fraction of full resolution (on SynParts it scored the same with the
   AdamW head); evaluation is always at the label map's full resolution.
@@ -49,6 +49,7 @@ from partbench.tasks.fitting import (
     lbfgs_curve,
     plateaued,
     second_moment,
+    spectrum,
     subsample_curve,
     unconverged_warning,
 )
@@ -394,7 +395,7 @@ def _fit_lbfgs(
             yield rows
 
     with torch.no_grad():
-        whitened = WhitenedWeight(linear, second_moment(moment_rows()))
+        whitened = WhitenedWeight(linear, spectrum(second_moment(moment_rows())))
     params = whitened.params
     # The line search may end on a point it evaluated last, and the next iteration starts by
     # evaluating it again: a full pass over the data that the memo answers instead.
