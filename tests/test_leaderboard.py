@@ -22,7 +22,8 @@ from partbench import leaderboard as lb
 from partbench import metrics
 from partbench.cli import cli
 from partbench.render import formatting, terminal
-from partbench.store import MetricValue, Store
+from partbench.specs import MetricValue
+from partbench.store import Store
 from partbench.study import check_claims
 
 N = 300  # items per task: big enough for paired tests to see a 4-point gain, small enough to be fast
