@@ -8,6 +8,7 @@ Its rooms:
 - ``engine``: URLs, engines, SQLite pragmas, read and write transactions with retries;
 - ``schema``: what an opened database holds, and the migrations run on open;
 - ``lifecycle``: claim, heartbeat, finish or fail, prune; adopting runs from another store;
+- ``claims``: the atomic claim of a configuration behind claiming and adopting;
 - ``pending``: results that could not be written, kept in files until they can;
 - ``queries``: reading runs back.
 

@@ -5,10 +5,7 @@ settled as 'done' (metrics, per-item results, chance levels), 'failed' or 'inter
 and traceback). A 'running' row whose heartbeat is stale, or whose process is gone from this
 host, is *abandoned*: shown so, never blocking a new claim, removed by ``prune``.
 
-- Claiming a configuration is atomic: of several processes claiming it at once exactly one gets
-  a run id. On SQLite the write transaction is serialized as a whole; on PostgreSQL (read
-  committed) the claim row is locked first and the runs of the configuration are read in one
-  statement, and a new claim row is settled by its primary key.
+- Claiming a configuration is atomic (``partbench.store.claims``).
 - A result that cannot be written waits in a pending file (``partbench.store.pending``), stored
   by the next store opened on the database.
 - Nothing that is not a finite number reaches a metric or a JSON column.
@@ -27,19 +24,15 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from partbench.errors import PartbenchError
+from partbench.store.claims import LostRace, adopt_run, claim_run
 from partbench.store.engine import Database, Unwritable
 from partbench.store.liveness import HEARTBEAT_INTERVAL, HOST, is_abandoned
 from partbench.store.models import SETTLED_BY_FAIL, Metric, Run, RunClaim, RunItems
 from partbench.store.pending import PendingResult, PendingResults
 from partbench.store.values import aware, clean_json, encode_items, finite, now, text
-
-
-class _LostRace(Exception):
-    """Another process claimed the configuration in the same instant."""
 
 
 class _NotRunning(PartbenchError):
@@ -65,100 +58,6 @@ def clean_fields(fields: dict[str, Any]) -> dict[str, Any]:
                 )
             fields[key] = text(value)
     return fields
-
-
-def _locked_holder(s: Session, config_hash: str) -> int | None:
-    """The run holding a configuration's claim, its row locked first of all. On a server with
-    row locks (PostgreSQL, read committed) every read after the lock sees what the previous
-    holder committed, so two claimers cannot both see "nobody runs it" and both swap the claim.
-    A claim row that does not exist yet is settled by its primary key instead. On SQLite
-    (no FOR UPDATE) BEGIN IMMEDIATE already serializes the whole transaction."""
-    return s.scalar(select(RunClaim.run_id).where(RunClaim.config_hash == config_hash).with_for_update())
-
-
-def _take_claim(s: Session, config_hash: str, run_id: int, holder: int | None, at: dt.datetime) -> None:
-    """Make ``run_id`` the configuration's holder, or raise _LostRace when another process
-    took it in the same instant."""
-    if holder is None:
-        try:
-            with s.begin_nested():
-                s.add(RunClaim(config_hash=config_hash, run_id=run_id, claimed_at=at))
-        except IntegrityError:
-            raise _LostRace from None
-    else:  # compare and swap: only the process that still sees the old holder wins
-        swapped = s.execute(
-            update(RunClaim)
-            .where(RunClaim.config_hash == config_hash, RunClaim.run_id == holder)
-            .values(run_id=run_id, claimed_at=at)
-        )
-        if swapped.rowcount != 1:
-            raise _LostRace
-
-
-def _claim(s: Session, config_hash: str, fields: dict[str, Any], force: bool, timeout: float) -> int | None:
-    at = now()
-    holder = _locked_holder(s, config_hash)
-    # Done and running rows in one statement, so one snapshot: asked apart, a run that
-    # finishes between the two questions would be seen neither done nor running.
-    rows = list(
-        s.scalars(select(Run).where(Run.config_hash == config_hash, Run.status.in_(("done", "running"))))
-    )
-    if not force and any(r.status == "done" for r in rows):
-        return None
-    running = [r for r in rows if r.status == "running"]
-    if any(not is_abandoned(r, timeout, at) for r in running):
-        return None
-    run = Run(
-        status="running",
-        config_hash=config_hash,
-        host=HOST,
-        pid=os.getpid(),
-        heartbeat_at=at,
-        started_at=at,
-        **fields,
-    )
-    s.add(run)
-    s.flush()
-    _take_claim(s, config_hash, run.id, holder, at)
-    for old in running:
-        old.status, old.finished_at = "interrupted", at
-        old.error = f"abandoned (no live process: {old.host}, pid {old.pid}); run {run.id} took over"
-    return run.id
-
-
-def _adopt(
-    s: Session,
-    fields: dict[str, Any],
-    metrics: Sequence[tuple[str, float, float | None, float | None]],
-    item: tuple[bytes, dict | None] | None,
-    timeout: float,
-) -> tuple[str, int | None]:
-    status, config_hash = fields["status"], fields.get("config_hash")
-    at = now()
-    holder = _locked_holder(s, config_hash) if status == "done" else None
-    here = list(s.scalars(select(Run).where(Run.config_hash == config_hash)))  # one snapshot
-    if any(r.status == "done" for r in here):
-        return "done-here", None
-    if any(
-        r.status == status
-        and aware(r.started_at) == fields["started_at"]
-        and (r.host, r.pid) == (fields.get("host"), fields.get("pid"))
-        for r in here
-    ):
-        return "present", None
-    if status == "done" and any(r.status == "running" and not is_abandoned(r, timeout, at) for r in here):
-        return "running-here", None
-    run = Run(**fields)
-    s.add(run)
-    s.flush()
-    if status == "done":
-        _take_claim(s, config_hash, run.id, holder, at)
-    for name, value, low, high in metrics:
-        s.add(Metric(run_id=run.id, name=name, value=value, ci_low=low, ci_high=high))
-    if item is not None:
-        blob, summary = item
-        s.add(RunItems(run_id=run.id, summary=summary or {}, nbytes=len(blob), data=blob))
-    return "imported", run.id
 
 
 def _finish_record(
@@ -264,8 +163,8 @@ class RunLifecycle(Database):
         interrupted, naming the run that took over."""
         fields = clean_fields(dict(fields))
         try:
-            return self.write(lambda s: _claim(s, config_hash, fields, force, self.heartbeat_timeout))
-        except _LostRace:
+            return self.write(lambda s: claim_run(s, config_hash, fields, force, self.heartbeat_timeout))
+        except LostRace:
             return None
         except Unwritable as exc:
             raise PartbenchError(f"{exc}; nothing was started") from exc
@@ -305,11 +204,10 @@ class RunLifecycle(Database):
         ]
         for key in ("started_at", "finished_at", "heartbeat_at"):
             fields[key] = aware(fields.get(key))
-        item = None if blob is None else (blob, summary)
         for _ in range(2):
             try:
-                return self.write(lambda s: _adopt(s, fields, rows, item, self.heartbeat_timeout))
-            except _LostRace:
+                return self.write(lambda s: adopt_run(s, fields, rows, blob, summary, self.heartbeat_timeout))
+            except LostRace:
                 continue  # another writer took the configuration this instant: look again
         return "running-here", None
 
