@@ -16,12 +16,25 @@ from typing import Any
 import numpy as np
 
 from partbench.datasets.base import Dataset, LazySamples, Sample
+from partbench.datasets.declaration import real_dataset
 from partbench.datasets.fingerprints import fingerprint
-from partbench.datasets.layouts import CIFAR10 as LAYOUT
-from partbench.datasets.layouts import default_root
+from partbench.datasets.layouts import Layout, default_root
 from partbench.errors import DataError
 
 SIDE = 32
+
+LAYOUT = Layout(
+    dataset="cifar10",
+    source="https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-python.tar.gz)",
+    describe="cifar-10-batches-py/ with data_batch_1..5, test_batch, batches.meta",
+    required=(
+        *(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+    ),
+    nests=("cifar-10-batches-py", ""),
+)
+
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, whichever module
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
@@ -142,3 +155,16 @@ def load(root: Path | str | None = None, **options: object) -> CIFAR10:
     if options:
         raise DataError(f"cifar10 takes no options, got {sorted(options)}")
     return CIFAR10(root)
+
+
+DATASETS = (
+    real_dataset(
+        "cifar10",
+        load,
+        capabilities={"images"},
+        description="CIFAR-10 python release: 10 classes, 32 px",
+        layouts=(LAYOUT,),
+        order=90,
+        suites={"study": ("object-retrieval", "object-linear")},
+    ),
+)

@@ -15,11 +15,25 @@ from pathlib import Path
 import numpy as np
 
 from partbench.datasets.base import IGNORE, Dataset, LazySamples, Sample
+from partbench.datasets.declaration import real_dataset
 from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import checked_mask, load_index_map, load_rgb
-from partbench.datasets.layouts import PARTIMAGENET, default_root
+from partbench.datasets.layouts import Layout, default_root
 from partbench.datasets.segsets import Pair, pair_files
 from partbench.errors import DataError
+
+PARTIMAGENET = Layout(
+    dataset="partimagenet",
+    source="https://github.com/TACJu/PartImageNet (PartImageNet_Seg)",
+    describe=(
+        "images/{train,val,test}/*.JPEG and annotations/{train,val,test}/*.png "
+        "(part index maps 0-39, 40 background, 255 ignore)"
+    ),
+    required=tuple(
+        f"{kind}/{split}" for split in ("train", "val", "test") for kind in ("images", "annotations")
+    ),
+    nests=("", "PartImageNet", "PartImageNet_Seg"),
+)
 
 SUPERCATEGORIES = (
     ("Quadruped", ("Head", "Body", "Foot", "Tail")),
@@ -94,3 +108,15 @@ def load(root: Path | str | None = None, **options: object) -> PartImageNet:
     if options:
         raise DataError(f"partimagenet takes no options, got {sorted(options)}")
     return PartImageNet(root)
+
+
+DATASETS = (
+    real_dataset(
+        "partimagenet",
+        load,
+        capabilities={"images", "part-masks", "object-masks"},
+        description="PartImageNet: 40 parts of 11 super-categories",
+        layouts=(PARTIMAGENET,),
+        order=30,
+    ),
+)
