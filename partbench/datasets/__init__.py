@@ -10,9 +10,14 @@ five folders of label maps, declares five.
 
 Nothing else lists the datasets: builtin.py registers every declared one (through the same
 ``register_datasets`` hook a plugin uses), fetch.py finds archives and layouts there, and
-partbench/suites.py builds the built-in suites' pairs from them. Modules without
-``DATASETS`` (base, views, layouts, ...) are the machinery. Adding a dataset is a new module
-here plus a tree in its official format in tests/dataset_trees.py for its reader's tests.
+partbench/suites.py builds the built-in suites' pairs from them. Every module of this package
+is a dataset module except the machinery named in ``builtin.MACHINERY`` (base, views,
+layouts, ...). Adding a dataset is a new module here plus a tree in its official format in
+tests/dataset_trees.py for its reader's tests.
+
+Registering the datasets imports every dataset module, and ``partbench list`` should not wait
+for numpy: a dataset module imports numpy and PIL inside the functions that use them
+(``if TYPE_CHECKING:`` for annotations), never at its top.
 
 Import from the submodules: this file stays empty so that plugins load without torch.
 """

@@ -16,14 +16,38 @@ from partbench.hookspecs import hookimpl
 from partbench.specs import DatasetSpec
 
 PACKAGE = "partbench.datasets"
+# The modules of the package that hold no dataset. Every other module is a dataset module and
+# must declare DATASETS: a module forgotten here fails registration by name, rather than
+# slowing every command down with what it imports (views.py imports numpy and PIL).
+MACHINERY = frozenset(
+    {
+        "base",
+        "builtin",
+        "declaration",
+        "fetch",
+        "fingerprints",
+        "image_files",
+        "layouts",
+        "text_tables",
+        "views",
+    }
+)
 
 
 @cache
 def _declarations() -> tuple[Declaration, ...]:
     found: dict[str, tuple[str, Declaration]] = {}
     for info in pkgutil.iter_modules(import_module(PACKAGE).__path__):
+        if info.name in MACHINERY:
+            continue
         module = f"{PACKAGE}.{info.name}"
-        for declaration in getattr(import_module(module), "DATASETS", ()):
+        declarations = getattr(import_module(module), "DATASETS", None)
+        if not declarations:
+            raise TypeError(
+                f"{module} declares no DATASETS; a module of {PACKAGE} that holds no dataset "
+                f"belongs in {__name__}.MACHINERY"
+            )
+        for declaration in declarations:
             if not isinstance(declaration, Declaration):
                 raise TypeError(f"{module}.DATASETS holds {declaration!r}, not a Declaration")
             if declaration.name in found:

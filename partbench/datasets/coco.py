@@ -16,8 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from partbench.datasets.base import Dataset, LazySamples, Sample
 from partbench.datasets.declaration import real_dataset
@@ -25,6 +24,9 @@ from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import load_rgb
 from partbench.datasets.layouts import Layout, default_root
 from partbench.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # (1-based position in COCO's 17-keypoint list, name); the position here is the part class.
 SELECTED_KEYPOINTS = ((1, "nose"), (11, "right wrist"), (16, "left ankle"))
@@ -79,6 +81,8 @@ class COCOKeypoints(Dataset):
 
     def _index(self, split: str) -> list[_Item]:
         """Parse and check one split's JSON; done on first use, as train2017's is 240 MB."""
+        import numpy as np
+
         if split in self._items:
             return self._items[split]
         path = self.annotation_file(split)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from partbench.datasets.base import Dataset, LazySamples, Sample
 from partbench.datasets.declaration import Archive, real_dataset
 from partbench.datasets.fingerprints import fingerprint
@@ -139,6 +137,8 @@ class CUB200(Dataset):
                 )
 
     def _read_part_locs(self) -> None:
+        import numpy as np
+
         path = self.base / "parts" / "part_locs.txt"
         slot = {part_id: k for k, (part_id, _) in enumerate(SELECTED_PARTS)}
         keypoints = {
