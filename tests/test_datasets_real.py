@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from partbench.datasets import cifar, coco, cub, partimagenet, segsets
-from partbench.datasets.fetch import fetch
 from partbench.datasets.base import IGNORE, Sample
+from partbench.datasets.fetch import fetch
 from partbench.datasets.views import crop_box, crop_rule, crop_square, part_crops
 from partbench.errors import DataError
 from partbench.plugins import build_registry, plugin_manager

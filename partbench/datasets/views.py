@@ -48,7 +48,7 @@ def crop_box(x: float, y: float, r: int) -> tuple[int, int, int, int]:
     Rounding the centre first differs when a coordinate ends in .5 and r is odd: x = 2.5, r = 1
     is cut from round(1.5) = 2, where round(2.5) - 1 = 1.
     """
-    x0, y0, x1, y1 = (int(round(v)) for v in (x - r, y - r, x + r, y + r))
+    x0, y0, x1, y1 = (round(float(v)) for v in (x - r, y - r, x + r, y + r))
     return x0, y0, x1, y1
 
 
