@@ -301,9 +301,12 @@ class EncoderRun:
         return {k: c for k, c in cuts.items() if c[0] not in cuts}
 
     def _entry_for(self, described: dict[str, Any], p: Any) -> Entry:
+        from partbench.datasets.views import CROP_VERSION
         from partbench.extraction import EXTRACTION_VERSION
 
         plan = self.plan
+        # The crop rule enters the key of crop passes only: whole-image entries stay valid.
+        crops = {"crop_rule": CROP_VERSION} if p.inputs == "crops" else {}
         key = cache_key(
             {
                 "encoder": described,
@@ -318,6 +321,7 @@ class EncoderRun:
                 "limit": plan.opts.limit,
                 "compile": plan.opts.compile,
                 "extraction": EXTRACTION_VERSION,
+                **crops,
             }
         )
         return self.cache.entry(key)
