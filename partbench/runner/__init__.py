@@ -18,7 +18,7 @@ from typing import Any
 from partbench.distributed import World
 from partbench.plugins import Registry
 from partbench.runner.config import RunConfig, declared_config
-from partbench.runner.plan import Machine, Plan, RunOptions, make_plan, select_tasks, task_options
+from partbench.runner.plan import Machine, Plan, RunOptions, RunRequest, make_plan, select_tasks, task_options
 from partbench.runner.record import Outcome, Recorder
 from partbench.store import Store
 
@@ -28,6 +28,7 @@ __all__ = [
     "Plan",
     "RunConfig",
     "RunOptions",
+    "RunRequest",
     "declared_config",
     "make_plan",
     "run",

@@ -77,6 +77,26 @@ class RunOptions:
 
 
 @dataclass(frozen=True)
+class RunRequest:
+    """One call of ``runner.run`` as plain data: what a study's lane process is asked to run."""
+
+    encoders: tuple[str, ...]
+    tasks: tuple[str, ...]
+    options: RunOptions
+
+    def to_json(self) -> dict[str, Any]:
+        return {"encoders": list(self.encoders), "tasks": list(self.tasks), "options": self.options.to_json()}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> RunRequest:
+        try:
+            options = RunOptions.from_json(value["options"])
+            return cls(tuple(value["encoders"]), tuple(value["tasks"]), options)
+        except (KeyError, TypeError) as exc:
+            raise PartbenchError(f"run request: expected encoders, tasks and options ({exc})") from None
+
+
+@dataclass(frozen=True)
 class Machine:
     """Where a plan runs: the device (a torch.device here; None for a job that runs on another
     machine, of which only the device type is known) and what the run records of the machine."""
