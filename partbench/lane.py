@@ -13,6 +13,7 @@ import json
 import sys
 
 from partbench.cli import _console, _print_outcomes, _problem, _progress, _registry, _store, user_errors
+from partbench.errors import PartbenchError
 from partbench.runner import RunRequest, run
 
 
@@ -32,7 +33,11 @@ def run_request(request: RunRequest) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run each request of the JSON list in ``argv[0]``; stop at the first that fails and return
     its exit status (0 when all succeed)."""
-    requests = [RunRequest.from_json(r) for r in json.loads((sys.argv[1:] if argv is None else argv)[0])]
+    try:
+        requests = [RunRequest.from_json(r) for r in json.loads((sys.argv[1:] if argv is None else argv)[0])]
+    except (PartbenchError, ValueError, TypeError) as exc:
+        print(f"Error: the lane's requests: {exc}", file=sys.stderr)
+        return 1
     for request in requests:
         try:
             run_request(request)
