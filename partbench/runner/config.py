@@ -148,11 +148,8 @@ def run_config(
             }
             for role, v in views.items()
         },
-        seed=declared["seed"],
-        limit=declared["limit"],
-        precision=declared["precision"],
-        repeats=declared["repeats"],
-        compile=declared["compile"],
+        # seed, limit, precision, repeats, compile: whatever else the plan declares
+        **{k: v for k, v in declared.items() if k not in ("encoder", "task", "dataset")},
         batch_size=plan.opts.batch_size,
         device=plan.machine.text,
         workers=plan.opts.workers,  # type: ignore[arg-type]  # resolved in a plan for this machine

@@ -6,8 +6,9 @@ precision, workers resolved for the machine the run happens on) and that machine
 What one (encoder, task) run is follows from the plan alone up to what loading the dataset
 and the encoder tells (runner/config.py).
 
-A new run option is a field of RunOptions; when it changes scores it also enters
-``config.declared_config``, and the runner reads it from ``plan.opts``.
+A new run option is a field of RunOptions (and its flag in cli.py); the runner reads it from
+``plan.opts``. One that changes scores also enters ``config.declared_config`` and is a field of
+RunConfig: the hash, the sweep's check and the run's record then all hold it.
 """
 
 from __future__ import annotations
