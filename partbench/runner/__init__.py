@@ -53,13 +53,15 @@ def run(
     """Evaluate every encoder on every selected task; one outcome per (encoder, task)."""
     import torch
 
-    from partbench.cache import FeatureCache, cache_root
+    from partbench.cache import FeatureCache, cache_root, check_root
     from partbench.runner.execute import EncoderRun, load_dataset
 
     world = World.from_env()
     plan = make_plan(registry, encoders, tasks, opts)
     if world.main:
         store.check_writable()  # before any encoder is loaded: a result that cannot be stored is lost
+    if opts.cache:
+        check_root(cache_root())  # likewise: a pass that cannot be kept fails after its encoder loaded
     plan.device = resolve_device(opts.device, world.local_rank if world.size > 1 else None)
     world.start(plan.device.type)
     plan.precision = resolve_precision(opts.precision, plan.device)
