@@ -277,7 +277,7 @@ class Entry:
         return info if isinstance(info, dict) else {}
 
     def size_bytes(self) -> int:
-        return _size(self.folder)
+        return size_of(self.folder)
 
     def set_aside(self, problem: Problem) -> Path | None:
         """Move the entry into ``<root>/.bad`` (never delete what a user may want to look at),
@@ -441,7 +441,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _size(path: Path) -> int:
+def size_of(path: Path) -> int:
     """Bytes under ``path`` (a file or a folder), never following links."""
     try:
         st = os.lstat(path)
@@ -587,7 +587,7 @@ class FeatureCache:
             count += 1
         if encoder is None:
             for p in self.leftovers():
-                freed += _size(p)
+                freed += size_of(p)
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
                 else:

@@ -171,6 +171,9 @@ def key_values(raw: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
+MAX_BATCH_SIZE = 2**16  # images per forward: 9.8 GB of pinned uint8 at 224 px
+
+
 def make_plan(registry: Registry, encoders: Sequence[str], tasks: Sequence[str], opts: RunOptions) -> Plan:
     """Check every name and setting; nothing is loaded and nothing is stored."""
     ds_spec = registry.dataset(opts.dataset)
@@ -182,6 +185,9 @@ def make_plan(registry: Registry, encoders: Sequence[str], tasks: Sequence[str],
     for flag, value in (("--repeats", opts.repeats), ("--batch-size", opts.batch_size)):
         if value < 1:
             raise PartbenchError(f"{flag} must be at least 1, got {value}")
+    if opts.batch_size > MAX_BATCH_SIZE:
+        # A batch's pinned staging buffer alone would need batch x size^2 x 3 bytes.
+        raise PartbenchError(f"--batch-size must lie in 1..{MAX_BATCH_SIZE}, got {opts.batch_size}")
     if opts.limit is not None and opts.limit < 1:
         raise PartbenchError(f"--limit must be at least 1, got {opts.limit}")
     if opts.workers is not None and opts.workers < 0:
