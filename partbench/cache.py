@@ -430,11 +430,20 @@ def _check_array(folder: Path, name: str, record: Any, full: bool) -> ArrayInfo:
                 data = f.read(BLOCK)
                 if hashlib.blake2b(data, digest_size=_DIGEST_SIZE).hexdigest() != blocks[k]:
                     raise Problem("digest-mismatch", f"{what}: {file} does not match its recorded digest")
-                if check_finite and not np.isfinite(np.frombuffer(data, dtype=dtype)).all():
+                if check_finite and not _finite(data, dtype):
                     raise Problem("non-finite", f"{what}: {file} holds NaN or infinite values")
     except OSError as exc:
         raise Problem("unreadable-file", f"{what}: {file} cannot be read ({exc.strerror})") from None
     return ArrayInfo(file, dtype.str, tuple(shape))
+
+
+def _finite(data: bytes, dtype: np.dtype) -> bool:
+    if dtype.itemsize == 2 and dtype.kind == "f":
+        # float16 through its bits: an exponent of all ones is inf or NaN (twice numpy's
+        # isfinite, which converts every value to float32 first).
+        bits = np.frombuffer(data, dtype=dtype.str.replace("f", "u"))
+        return not len(bits) or int((bits & 0x7FFF).max()) < 0x7C00
+    return bool(np.isfinite(np.frombuffer(data, dtype=dtype)).all())
 
 
 def _safe(name: str) -> str:
