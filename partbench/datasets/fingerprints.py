@@ -36,12 +36,17 @@ def fingerprint(
     index = StatIndex(base)
     for folder in sorted(Path(d) for d in image_dirs):
         entries = []
+        # Plain strings, not Paths: a CUB-size tree has 11,788 files and this runs at every start.
+        prefix = _relative(folder, base)
+        prefix = "" if prefix == "." else prefix + "/"
+        top = str(folder)
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames.sort()
+            inner = os.path.relpath(dirpath, top).replace(os.sep, "/")
+            inner = prefix if inner == "." else f"{prefix}{inner}/"
             for name in filenames:
-                path = Path(dirpath) / name
-                rel = _relative(path, base)
-                size, content = index.digest(path, rel)
+                rel = inner + name
+                size, content = index.digest(os.path.join(dirpath, name), rel)
                 entries.append(f"{rel}\t{size}\t{content}")
         digest.update(b"\0dir\0" + "\n".join(sorted(entries)).encode())
     index.save()
@@ -72,7 +77,7 @@ class StatIndex:
                 self.files = stored["files"]
         self.seen: set[str] = set()
 
-    def digest(self, path: Path, rel: str) -> tuple[int, str]:
+    def digest(self, path: Path | str, rel: str) -> tuple[int, str]:
         """(size, content digest) of a file; a file that is not a regular one is not read
         (a FIFO would block), and stands in the fingerprint as what it is."""
         self.seen.add(rel)
