@@ -472,17 +472,17 @@ def test_synparts_renders_whose_pixels_changed_are_drawn_again(tmp_path, monkeyp
 
 
 def test_a_killed_fetchs_work_folder_is_removed_and_a_live_ones_kept(tmp_path):
-    dead = tmp_path / ".cub200-abc.fetch"
-    (dead / "unpacked").mkdir(parents=True)
-    (dead / "cub200.archive").write_bytes(b"x" * 1000)
-    (dead / fetch_mod.WORK_LOCK).write_text("")
-    live = tmp_path / ".cub200-def.fetch"
-    live.mkdir()
-    fd = os.open(live / fetch_mod.WORK_LOCK, os.O_RDWR | os.O_CREAT)
+    dead, live, new = (tmp_path / f".cub200-{k}.fetch" for k in ("abc", "def", "ghi"))
+    for folder in (dead, live, new):
+        (folder / "unpacked").mkdir(parents=True)
+        (folder / "cub200.archive").write_bytes(b"x" * 1000)
+    for folder in (dead, live):  # last written a while ago
+        os.utime(folder, (0, os.stat(folder).st_mtime - 2 * fetch_mod.GRACE_SECONDS))
+    fd = os.open(live, os.O_RDONLY)  # as a fetch in progress holds it
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         assert fetch_mod.remove_abandoned(tmp_path) == [dead]
-        assert not dead.exists() and live.exists()
+        assert not dead.exists() and live.exists() and new.exists()
     finally:
         os.close(fd)
 

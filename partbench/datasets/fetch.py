@@ -9,7 +9,6 @@ nothing behind, least of all something that looks like data.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
@@ -117,7 +116,7 @@ def fetch(
             dest.parent.mkdir(parents=True, exist_ok=True)
             remove_abandoned(dest.parent)
             workdir = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".fetch", dir=dest.parent))
-            held = os.open(workdir / WORK_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+            held = os.open(workdir, os.O_RDONLY)
         except OSError as exc:
             raise DataError(f"{dest.parent}: cannot be written ({exc})") from None
         fcntl.flock(held, fcntl.LOCK_EX)  # released when this process ends, however it ends
@@ -147,24 +146,20 @@ def fetch(
             os.close(held)
 
 
-WORK_LOCK = ".lock"
-_UNLOCKED_GRACE_SECONDS = 3600.0  # a work folder made but not yet locked is someone's, for now
+GRACE_SECONDS = 60.0  # a work folder this new may not be locked yet: it is left alone
 
 
 def abandoned(folder: Path) -> list[Path]:
     """Work folders of fetches that ended without cleaning up (SIGKILL, a power cut): their
-    lock is free. A live fetch holds its folder's lock for as long as it runs."""
+    lock is free. A live fetch holds a lock on its work folder for as long as it runs."""
     out = []
     for p in sorted(folder.glob(".*.fetch")) if folder.is_dir() else []:
         if not p.is_dir() or p.is_symlink():
             continue
         try:
-            fd = os.open(p / WORK_LOCK, os.O_RDONLY)
-        except FileNotFoundError:
-            with contextlib.suppress(OSError):
-                if time.time() - p.stat().st_mtime > _UNLOCKED_GRACE_SECONDS:
-                    out.append(p)
-            continue
+            if time.time() - p.stat().st_mtime < GRACE_SECONDS:
+                continue
+            fd = os.open(p, os.O_RDONLY)
         except OSError:
             continue
         try:
