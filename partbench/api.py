@@ -32,6 +32,7 @@ from partbench.specs import (
     EncoderRequest,
     EncoderSpec,
     MetricValue,
+    SuiteSpec,
     TaskOption,
     TaskSpec,
 )
@@ -53,8 +54,6 @@ _LAZY: dict[str, str] = {
     "Sample": "partbench.datasets.base",
     "LazySamples": "partbench.datasets.base",
     "IGNORE": "partbench.datasets.base",
-    # suites
-    "SuiteSpec": "partbench.suites",
     # metrics: plain functions on arrays
     "metrics": "partbench.metrics",
     "retrieval_ap": "partbench.metrics",
@@ -157,5 +156,4 @@ if TYPE_CHECKING:  # for type checkers and editors: the lazy names as ordinary i
         score_from_items,
         top1,
     )
-    from partbench.suites import SuiteSpec
     from partbench.tasks.base import Task, TaskResult, counts_by_class, percent

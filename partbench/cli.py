@@ -332,7 +332,7 @@ def runs(
         click.echo(f"Removed {store.prune()} abandoned run(s).")
         return
     if run_id is not None:
-        from partbench.store import format_detail
+        from partbench.listing import format_detail
 
         detail = store.detail(run_id)
         click.echo(json.dumps(detail, indent=2, default=str) if fmt == "json" else format_detail(detail))

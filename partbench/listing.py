@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from partbench.paths import data_root
@@ -188,6 +190,23 @@ def run_record(run) -> dict[str, Any]:
         "finished_at": run.finished_at,
         "error": run.error,
     }
+
+
+def format_detail(detail: Mapping[str, Any]) -> str:
+    """``partbench runs --id N`` as plain text (never markup): one field a line, then the
+    error and its traceback verbatim."""
+    lines = []
+    for key, value in detail.items():
+        if key in ("error", "traceback"):
+            continue
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, default=str, sort_keys=True)
+        lines.append(f"{key}: {'' if value is None else value}")
+    if detail.get("error"):
+        lines.append(f"error: {detail['error']}")
+    if detail.get("traceback"):
+        lines += ["traceback:", str(detail["traceback"]).rstrip()]
+    return "\n".join(lines)
 
 
 def render_runs(records: list[dict[str, Any]]):

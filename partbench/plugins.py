@@ -23,7 +23,7 @@ import pluggy
 
 from partbench import hookspecs
 from partbench.errors import UnknownNameError
-from partbench.specs import DatasetSpec, EncoderSpec, TaskSpec
+from partbench.specs import DatasetSpec, EncoderSpec, SuiteSpec, TaskSpec
 
 GROUP = "partbench"
 BUILTIN = "partbench"  # the distribution whose names no plugin can take
@@ -38,7 +38,7 @@ class Registry:
     encoders: dict[str, EncoderSpec] = field(default_factory=dict)
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
-    suites: dict[str, Any] = field(default_factory=dict)  # name -> partbench.suites.SuiteSpec
+    suites: dict[str, SuiteSpec] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # plugins that failed, in words
     versions: dict[str, str] = field(default_factory=dict)  # distribution -> its version
     plugin_problems: dict[str, list[str]] = field(default_factory=dict)  # distribution -> problems
@@ -243,8 +243,6 @@ def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) 
     _collect(pm, "register_tasks", TaskSpec, reg.tasks, reg)
     _collect(pm, "register_datasets", DatasetSpec, reg.datasets, reg)
     if hasattr(pm.hook, "register_suites"):
-        from partbench.suites import SuiteSpec
-
         _collect(pm, "register_suites", SuiteSpec, reg.suites, reg)
     return reg
 

@@ -351,7 +351,7 @@ def records() -> list[dict[str, Any]]:
 
 
 def _pid_alive(pid: int) -> bool:
-    from partbench.store import _pid_alive as alive
+    from partbench.store.liveness import pid_alive as alive
 
     return alive(pid)
 

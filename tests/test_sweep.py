@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from partbench.errors import PartbenchError
-from partbench.store import MetricValue, Store
+from partbench.specs import MetricValue
+from partbench.store import Store
 from partbench.sweep import Launcher, job_states, records
 
 MINI = ["mini-random", "mini-mae", "mini-supervised"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
-import numpy as np
+if TYPE_CHECKING:  # numpy arrives with the samples: dataset modules import without it
+    import numpy as np
 
 IGNORE = 255  # label-map value that no metric or loss counts
 

@@ -9,18 +9,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from partbench.datasets.base import Dataset, LazySamples, Sample
+from partbench.datasets.declaration import Archive, real_dataset
 from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import load_rgb
-from partbench.datasets.layouts import CUB, default_root
+from partbench.datasets.layouts import Layout, default_root
 from partbench.datasets.text_tables import read_lines
 from partbench.errors import DataError
 
 # (1-based id in parts/parts.txt, name there); the position is the part class.
 SELECTED_PARTS = ((11, "right eye"), (12, "right leg"), (9, "left wing"), (14, "tail"))
 N_PARTS = 15
+
+CUB = Layout(
+    dataset="cub200",
+    source="https://www.vision.caltech.edu/datasets/cub_200_2011/ (CUB_200_2011.tgz)",
+    describe=(
+        "images.txt, train_test_split.txt, image_class_labels.txt, classes.txt, "
+        "parts/parts.txt, parts/part_locs.txt and images/<class folder>/<file>.jpg"
+    ),
+    required=(
+        "images.txt",
+        "train_test_split.txt",
+        "image_class_labels.txt",
+        "classes.txt",
+        "parts/parts.txt",
+        "parts/part_locs.txt",
+        "images",
+    ),
+    nests=("", "CUB_200_2011"),
+)
 
 
 class CUB200(Dataset):
@@ -119,6 +137,8 @@ class CUB200(Dataset):
                 )
 
     def _read_part_locs(self) -> None:
+        import numpy as np
+
         path = self.base / "parts" / "part_locs.txt"
         slot = {part_id: k for k, (part_id, _) in enumerate(SELECTED_PARTS)}
         keypoints = {
@@ -185,3 +205,24 @@ def load(root: Path | str | None = None, **options: object) -> CUB200:
     if options:
         raise DataError(f"cub200 takes no options, got {sorted(options)}")
     return CUB200(root)
+
+
+DATASETS = (
+    real_dataset(
+        "cub200",
+        load,
+        capabilities={"images", "keypoints"},
+        description="CUB-200-2011: 200 bird species; right eye, right leg, left wing, tail crops",
+        layouts=(CUB,),
+        order=10,
+        archive=Archive(
+            url="https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
+            sha256="0c685df5597a8b24909f6a7c9db6d11e008733779a671760afef78feb49bf081",
+            size=1_150_585_339,
+            top="CUB_200_2011",
+        ),
+        suites={
+            "study": ("part-retrieval", "part-linear", "part-attentive", "object-retrieval", "object-linear")
+        },
+    ),
+)

@@ -110,13 +110,3 @@ class Encoder:
             "parameters": sum(p.numel() for p in self.module.parameters()),
             "version": self.version,
         }
-
-
-def __getattr__(name: str):
-    # TimmEncoder moved to timm_adapter (it imports torch; this module does not); the old
-    # import path keeps working without importing torch until it is used.
-    if name == "TimmEncoder":
-        from partbench.encoders.timm_adapter import TimmEncoder
-
-        return TimmEncoder
-    raise AttributeError(f"module 'partbench.encoders.base' has no attribute '{name}'")
