@@ -445,6 +445,12 @@ def test_synparts_renders_of_another_seed_under_this_ones_name_are_drawn_again(t
     with pytest.warns(UserWarning, match="was drawn with .*'seed': 1"):
         got = synparts.SynParts(seed=0, train=3, test=2).samples("test")[1]
     assert np.array_equal(got.image, synparts.render(0, "test", 1).image)
+    with pytest.warns(UserWarning, match="was drawn with"):
+        mine.prepare()  # replaces the foreign file with this seed's renders
+    redrawn = synparts.Renders.load(
+        mine.renders_path("test"), 2, 96, synparts.render_params(0, "test", 2, 96)
+    )
+    assert redrawn is not None and np.array_equal(redrawn.images[1], got.image)
 
 
 def test_synparts_keeps_the_fingerprint_the_committed_leaderboards_runs_were_stored_with():

@@ -509,10 +509,9 @@ class SynParts(Dataset):
 
     def prepare(self, workers: int = 1) -> None:
         """Keep both splits' renders in PARTBENCH_HOME/cache, unless they are there: each of a
-        study's lanes drew all 2,600 itself before its first encoder could start."""
-        todo = {split: n for split, n in self.counts.items() if not self.renders_path(split).is_file()}
-        if todo:
-            load_or_draw(self.seed, todo, self.size, workers)
+        study's lanes drew all 2,600 itself before its first encoder could start. A kept file
+        that is not these samples (another seed's, or changed) is drawn again and replaced."""
+        self._renders.update(load_or_draw(self.seed, self.counts, self.size, workers))
 
     def samples(self, split: str) -> LazySamples[Sample]:
         if split not in self.counts:
