@@ -31,6 +31,7 @@ from partbench.datasets import fetch as fetch_mod
 from partbench.datasets import synparts
 from partbench.datasets.cub import CUB200
 from partbench.datasets.fingerprints import StatIndex
+from partbench.encoders.base import Encoder, EncoderOutput, Stage
 from partbench.errors import PartbenchError
 from partbench.extraction import F16_MAX, fit_float16, unscaled
 from partbench.subsets import cut
@@ -500,3 +501,43 @@ def test_a_batch_size_beyond_any_forward_is_named(tmp_path):
          "--db", f"sqlite:///{tmp_path / 'c.db'}"],
     )  # fmt: skip
     assert out.exit_code != 0 and f"--batch-size must lie in 1..65536, got {10**20}" in out.output
+
+
+class _HighNorm(Encoder):
+    """Stage maps of which some items hold values past float16's range, as the high-norm tokens
+    of large ViTs do: kept as plain float16 they became infinity."""
+
+    def __init__(self, name: str):
+        torch.manual_seed(0)
+        self.name, self.family, self.weights_id = name, "none", "random-init:seed=0"
+        self.input_size = 32
+        self.module = torch.nn.Conv2d(3, 8, 8, stride=8)
+        self.stages = (Stage(0, "conv", 8, 8),)
+        self.pooled_kind = "avgpool"
+
+    def forward(self, images, stages=()):
+        m = self.module(images)
+        big = m.clone()
+        big[::3, 0, 0, 0] = 1e6  # every third item has one huge activation
+        return EncoderOutput(pooled=m.mean((2, 3)), final=m, stages={0: big})
+
+
+def test_a_run_whose_stage_maps_exceed_float16_scores_them_finite(tmp_path):
+    from partbench.plugins import registry
+    from partbench.runner import RunOptions, run
+    from partbench.specs import EncoderSpec
+    from partbench.store import Store
+
+    reg = registry()
+    reg.encoders["high-norm"] = EncoderSpec("high-norm", lambda r: _HighNorm(r.name), "none", plugin="test")
+    opts = RunOptions(limit=24, workers=0, batch_size=16, options=("epochs=2", "iterations=5"))
+    (outcome,) = run(
+        reg, Store(f"sqlite:///{tmp_path / 'c.db'}"), ["high-norm"], ["part-seg"], opts, say=print
+    )
+    assert outcome.status == "done", outcome.error
+    assert np.isfinite(outcome.value.value)
+    (entry, *_) = [
+        e for e in FeatureCache(cache_mod.cache_root()).entries() if "stages@0:scale" in e.arrays()
+    ]
+    scale = np.asarray(entry.read("stages@0:scale"))
+    assert (scale == 16).any() and (scale == 1).any() and set(scale.tolist()) == {1.0, 16.0}  # 1e6 / 16 fits
