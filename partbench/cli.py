@@ -507,8 +507,8 @@ def cache_verify() -> None:
 @click.option("--encoder", "-e", help="only this encoder's entries")
 @user_errors
 def cache_clear(encoder: str | None) -> None:
-    """Free the cache's space: every feature entry and SynParts' kept renders (or one
-    encoder's features alone)."""
+    """Free the cache's space: every feature entry, what interrupted passes left, the entries
+    set aside as damaged, and SynParts' kept renders (or one encoder's features alone)."""
     from partbench.cache import FeatureCache, cache_root
 
     count, freed = FeatureCache(cache_root()).clear(encoder)
