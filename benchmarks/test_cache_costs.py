@@ -33,7 +33,12 @@ def _warm_run(limit: int | None, cold: bool = False) -> float:
     opts = RunOptions(limit=limit, workers=0, options=("epochs=1",), force=True)
     t0 = time.perf_counter()
     outcomes = run(
-        registry(), store, ["mini-random"], ["part-retrieval", "part-linear"], opts, say=lambda _: None
+        registry(),
+        store,
+        ["mini-random"],
+        ["part-retrieval", "part-linear", "part-seg"],
+        opts,
+        say=lambda _: None,
     )
     seconds = time.perf_counter() - t0
     assert all(o.status == "done" and (cold or o.cached) for o in outcomes), outcomes
@@ -54,7 +59,7 @@ def test_verification_cost_on_a_warm_run(request, monkeypatch):
     root = cache_mod.cache_root()
     cached = sum(e.size_bytes() for e in cache_mod.FeatureCache(root).entries())
     figures = {
-        "what": "warm run, mini-random, part-retrieval + part-linear on SynParts",
+        "what": "warm run, mini-random, part-retrieval + part-linear + part-seg on SynParts",
         "limit": limit,
         "cache_mb": round(cached / 2**20, 1),
         "checked_seconds": round(min(checked), 3),
