@@ -9,7 +9,14 @@ Importing this module imports no torch (nor numpy): the names that need them (``
 ``load`` / ``create`` callables keeps ``partbench --help`` and ``partbench list`` fast.
 Importing them at a plugin's module level works too; it only makes start-up slower.
 
+``API_VERSION`` is the plugin API this module provides; a plugin states the version it was
+written for with a module-level ``PARTBENCH_API``. What each version promised and how a plugin
+written for the previous one is adapted (or refused, with what changed) is in
+partbench.api_versions and the migration section of the plugin docs.
+
     from partbench.api import EncoderSpec, hookimpl
+
+    PARTBENCH_API = 2  # the plugin API version this plugin is written for (API_VERSION)
 
     @hookimpl
     def register_encoders(register):
@@ -21,6 +28,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from partbench.api_versions import API_VERSION
 from partbench.encoders.base import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderOutput, Stage
 from partbench.errors import CheckpointError, DataError, PartbenchError
 from partbench.hookspecs import hookimpl
@@ -73,6 +81,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "API_VERSION",
     "CAPABILITIES",
     "FAMILIES",
     "IGNORE",

@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from partbench import __version__
+from partbench.cli_sweep import sweep_options
 from partbench.errors import PartbenchError, Terminated
-from partbench.sweep import sweep_options
 
 
 def _console(stderr: bool = False):
@@ -581,7 +581,7 @@ def db_import(file: Path, db: str | None) -> None:
 def sweep(**kwargs: Any) -> None:
     """Submit one job per encoder (x dataset) through submitit, locally or on Slurm; --status
     shows what is queued, running, done and failed."""
-    from partbench.sweep import command
+    from partbench.cli_sweep import command
 
     command(**kwargs, console=_console(), say=lambda message: click.echo(message, err=True))
 

@@ -23,6 +23,8 @@ def describe(reg: Registry, what: str) -> list[dict[str, Any]]:
             {
                 "name": dist,
                 "version": reg.versions.get(dist, ""),
+                "api": reg.api_versions.get(dist, ""),  # the plugin API it declares
+                "adapted": list(reg.adapted.get(dist, [])),  # its items run through an adapter
                 "builtin": dist == BUILTIN,
                 "encoders": [s.display_name for s in reg.encoders.values() if s.plugin == dist],
                 "tasks": [s.name for s in reg.tasks.values() if s.plugin == dist],
@@ -109,11 +111,12 @@ def render_table(what: str, items: list[dict[str, Any]]):
 
     table = Table(title=f"partbench {what}", title_justify="left")
     if what == "plugins":
-        cols = ("plugin", "version", "registers", "problems")
+        cols = ("plugin", "version", "api", "registers", "problems")
         rows = [
             (
                 i["name"],
                 i["version"] or "–",
+                (i["api"] or "–") + (f" (adapted: {', '.join(i['adapted'])})" if i["adapted"] else ""),
                 "; ".join(
                     f"{kind} {', '.join(i[kind])}"
                     for kind in ("encoders", "tasks", "datasets", "suites")

@@ -26,7 +26,7 @@ from partbench import leaderboard as lb
 from partbench.encoders.mini import MINI
 from partbench.plugins import Registry
 from partbench.render.formatting import difference_text
-from partbench.runner import Outcome, RunOptions, run
+from partbench.runner import Outcome, RunOptions, RunRequest, run
 from partbench.store import Store
 
 SUPERVISED = "mini-supervised"
@@ -212,14 +212,11 @@ def default_lanes(device: str) -> int:
     return max(1, min(available_cores(), len(MINI_ENCODERS)))
 
 
-def _run_args(encoders: Sequence[str], tasks: str, opts: RunOptions, *options: str) -> list[str]:
-    """``partbench run``'s arguments (after ``partbench``) for one lane command."""
-    args = ["run", "--task", tasks, "--workers", "0"]
-    args += [arg for name in encoders for arg in ("--encoder", name)]
-    args += ["--dataset", opts.dataset, "--device", opts.device, "--seed", str(opts.seed)]
-    args += [arg for option in options for arg in ("--option", option)]
-    args += ["--force"] if opts.force else []
-    return args + (["--limit", str(opts.limit)] if opts.limit is not None else [])
+def _lane_request(encoders: Sequence[str], tasks: str, opts: RunOptions, *options: str) -> dict[str, Any]:
+    """One lane run: ``opts`` on one thread's worth of work (no decoding processes), with
+    ``options`` added to its task options."""
+    lane_opts = dataclasses.replace(opts, workers=0, options=(*opts.options, *options))
+    return RunRequest(tuple(encoders), (tasks,), lane_opts).to_json()
 
 
 def run_lanes(
@@ -231,13 +228,14 @@ def run_lanes(
     tasks_each: int = 1,
     then: Sequence[tuple[Sequence[str], str, str]] = (),
 ) -> list[tuple[Path, int]]:
-    """``partbench run -e ... -t all`` for ``encoders`` dealt over ``lanes`` processes of one
-    thread each, sharing the store and the feature cache. ``then`` holds further runs, each
+    """The runner on every task for ``encoders`` dealt over ``lanes`` processes of one thread
+    each (partbench.lane, started with typed RunRequests), sharing the store and the feature
+    cache. ``then`` holds further runs, each
     (encoders, tasks, one task option), that the lane dealt the fewest encoders makes when its
     own are done, in the same process (partbench.lane): put the encoders they read in that lane
     and their features are cached by then. Each lane's output goes to
     PARTBENCH_HOME/study/lane-N.log. Returns each lane's log and exit status (its first failing
-    command's)."""
+    run's)."""
     from partbench import paths
 
     folder = paths.home() / "study"
@@ -246,9 +244,9 @@ def run_lanes(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PARTBENCH_DB": store.url}
     before = max((r.id for r in store.runs()), default=0)
     groups = [g for g in (encoders[i::lanes] for i in range(lanes)) if g]
-    commands = [[_run_args(group, "all", opts)] for group in groups]
+    commands = [[_lane_request(group, "all", opts)] for group in groups]
     lightest = min(range(len(groups)), key=lambda i: (len(groups[i]), -i))
-    commands[lightest] += [_run_args(names, tasks, opts, option) for names, tasks, option in then]
+    commands[lightest] += [_lane_request(names, tasks, opts, option) for names, tasks, option in then]
     started = []
     for i, lane in enumerate(commands):
         log_path = folder / f"lane-{i + 1}.log"

@@ -22,9 +22,9 @@ import pytest
 from PIL import Image
 
 from partbench.datasets import cifar, coco, cub, partimagenet, segsets
-from partbench.datasets.base import IGNORE
+from partbench.datasets.base import IGNORE, Sample
 from partbench.datasets.fetch import fetch
-from partbench.datasets.views import crop_rule, part_crops
+from partbench.datasets.views import crop_box, crop_rule, crop_square, part_crops
 from partbench.errors import DataError
 from partbench.plugins import build_registry, plugin_manager
 
@@ -103,6 +103,33 @@ def test_cub_crops_by_the_study_rule(cub_root: Path) -> None:
     assert not wing[40:].any() and wing[:40].any()
     # Pixels still carry the gradient: R = x, G = y, up to JPEG error.
     assert abs(int(wing[0, 0, 0]) - 20) <= 6 and abs(int(wing[0, 0, 1]) - 120) <= 6
+
+
+def test_crops_at_half_pixel_keypoints_match_pil_crop_pixel_for_pixel() -> None:
+    """The study cuts ``img.crop((x - r, y - r, x + r, y + r))``: PIL rounds each corner, halves to
+    even, so a .5 coordinate with an odd r is cut one pixel away from round(x) - r."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (150, 170, 3), dtype=np.uint8)
+    pil = Image.fromarray(image)
+    # Two keypoints 84 apart: d = 42, r = round(21) = 21 (odd); a third far from both is dropped.
+    keypoints = np.array([[0, 30.5, 40.5, 1], [1, 114.5, 40.5, 1], [2, 3.5, 148.5, 1]])
+    kept = crop_rule(keypoints, (20.0, 50.0))
+    assert [(p, r) for p, _, _, r in kept] == [(0, 21), (1, 21)]
+    sample = Sample(image=image, key="half", keypoints=keypoints)
+    crops = part_crops(sample, (20.0, 50.0))
+    for (crop, part), (_, x, y, r) in zip(crops, kept, strict=True):
+        expected = np.asarray(pil.crop((x - r, y - r, x + r, y + r)))
+        assert crop.shape == expected.shape == (42, 42, 3), part
+        np.testing.assert_array_equal(crop, expected)
+    # Rounding the centre first is the old rule: it is one pixel left and up of PIL's crop here.
+    assert not np.array_equal(crops[0][0], image[40 - 21 : 40 + 21, 30 - 21 : 30 + 21])
+    # Every half-pixel centre and both parities of r, partly outside the image (PIL fills zeros).
+    for x in (0.5, 1.5, 2.5, 84.5, 168.5, 169.5):
+        for y in (0.5, 3.5, 75.5, 148.5):
+            for r in (1, 2, 3, 4, 7):
+                expected = np.asarray(pil.crop((x - r, y - r, x + r, y + r)))
+                np.testing.assert_array_equal(crop_square(image, x, y, r), expected, err_msg=f"{x} {y} {r}")
+    assert crop_box(2.5, 2.5, 1) == (2, 2, 4, 4)  # round(1.5) = 2, where round(2.5) - 1 = 1
 
 
 def test_cub_accepts_the_archive_folder_one_level_down(tmp_path: Path) -> None:
