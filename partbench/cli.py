@@ -424,13 +424,15 @@ def cache() -> None:
 @user_errors
 def cache_info(fmt: str) -> None:
     """Show each cached entry: encoder, dataset, split, outputs and size."""
-    from partbench.cache import FeatureCache, cache_root
+    from partbench.cache import FeatureCache, cache_root, size_of
     from partbench.datasets.synparts import kept_renders
 
     root = cache_root()
     renders = [{"file": str(f), "bytes": f.stat().st_size} for f in kept_renders()]
+    cache = FeatureCache(root)
+    leftovers = [{"path": str(p), "bytes": size_of(p)} for p in cache.leftovers()]
     rows = []
-    for e in FeatureCache(root).entries():
+    for e in cache.entries():
         info = e.info()
         rows.append(
             {
@@ -439,12 +441,17 @@ def cache_info(fmt: str) -> None:
                 "dataset": info.get("dataset", "?"),
                 "split": f"{info.get('split', '?')} {info.get('inputs', '')}".strip()
                 + (f", cut from {info['cut_from_split']}" if info.get("cut_from_split") else ""),
-                "outputs": sorted(k for k in e.arrays() if not k.startswith(("masks:", "labels", "sample_"))),
+                "outputs": sorted(
+                    k
+                    for k in e.recorded()
+                    if not k.startswith(("masks:", "labels", "sample_")) and ":" not in k
+                ),
                 "bytes": e.size_bytes(),
             }
         )
     if fmt == "json":
-        click.echo(json.dumps({"root": str(root), "entries": rows, "synparts_renders": renders}, indent=2))
+        shown = {"root": str(root), "entries": rows, "synparts_renders": renders, "leftovers": leftovers}
+        click.echo(json.dumps(shown, indent=2))
         return
     from rich.markup import escape
     from rich.table import Table
@@ -464,14 +471,44 @@ def cache_info(fmt: str) -> None:
     click.echo(f"{len(rows)} entries, {_size(sum(r['bytes'] for r in rows))}")
     if renders:
         click.echo(f"SynParts renders: {len(renders)} files, {_size(sum(r['bytes'] for r in renders))}")
+    if leftovers:
+        click.echo(
+            f"Left by interrupted passes or set aside: {len(leftovers)} files or folders, "
+            f"{_size(sum(r['bytes'] for r in leftovers))} (partbench cache clear frees them)"
+        )
+
+
+@cache.command("verify")
+@user_errors
+def cache_verify() -> None:
+    """Check every block of every entry against its recorded digests (a run checks a sample);
+    an entry that fails is set aside, and its features are computed again when next needed."""
+    import warnings
+
+    from partbench.cache import CacheWarning, FeatureCache, Problem, cache_root
+
+    good = bad = 0
+    for e in FeatureCache(cache_root()).entries():
+        try:
+            e.check(full=True)
+            good += 1
+        except Problem as problem:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CacheWarning)
+                dest = e.set_aside(problem)
+            click.echo(f"{e.folder}: {problem}; set aside as {dest}")
+            bad += 1
+    click.echo(f"{good} entries verified, {bad} set aside")
+    if bad:
+        raise SystemExit(1)
 
 
 @cache.command("clear")
 @click.option("--encoder", "-e", help="only this encoder's entries")
 @user_errors
 def cache_clear(encoder: str | None) -> None:
-    """Free the cache's space: every feature entry and SynParts' kept renders (or one
-    encoder's features alone)."""
+    """Free the cache's space: every feature entry, what interrupted passes left, the entries
+    set aside as damaged, and SynParts' kept renders (or one encoder's features alone)."""
     from partbench.cache import FeatureCache, cache_root
 
     count, freed = FeatureCache(cache_root()).clear(encoder)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from partbench.cache import ArrayWriter, Entry
+from partbench.cache import SCALE, ArrayWriter, Entry, Written
 from partbench.datasets.base import Dataset, Sample
 from partbench.datasets.views import part_crops, resize_for_encoder
 from partbench.distributed import World
@@ -34,6 +34,9 @@ from partbench.timing import PassTimer
 
 # Bump when a change here changes any feature value: it is part of every cache key.
 EXTRACTION_VERSION = "2"
+
+# The outputs kept as float16 (with a per-item scale where a map exceeds float16's range).
+MAPS = frozenset({"tokens", "stages"})
 
 
 def _finer(a: int | None, b: int | None) -> int | None:
@@ -573,8 +576,9 @@ def _encode_block(
     forward = compiled or encoder.forward
     stages = p.stages if "stages" in p.outputs else ()
 
-    keep = {o: (torch.float16 if o in ("tokens", "stages") else torch.float32) for o in p.outputs}
-    writer = _Writer(entry.folder, [p.array_name(o) for o in sorted(p.outputs)])
+    keep = {o: (torch.float16 if o in MAPS else torch.float32) for o in p.outputs}
+    names = [p.array_name(o) for o in sorted(p.outputs)]
+    writer = _Writer(entry.folder, names + [p.array_name(o) + SCALE for o in sorted(p.outputs) if o in MAPS])
     timer = PassTimer(device)
     errors: dict[str, str] = {}
     nonfinite = {o: torch.zeros((), dtype=torch.long, device=device) for o in p.outputs}
@@ -627,6 +631,8 @@ def _encode_block(
             if name in errors:
                 continue
             nonfinite[name] += (~torch.isfinite(t)).flatten(1).any(1).sum()
+            if keep[name] == torch.float16:
+                t, batch_out[p.array_name(name) + SCALE] = fit_float16(t)
             batch_out[p.array_name(name)] = t.to(keep[name])
         if offload is not None:
             writer.put(*offload(batch_out))
@@ -709,7 +715,10 @@ def _encode_block(
         # when the encoder's real grid differs (a padded CNN border, say).
         timing["loss_grid"] = list(items.grid)
     return {
-        "files": {k: (str(path), np.dtype(dt).str, tuple(shape)) for k, (path, dt, shape) in files.items()},
+        "files": {
+            k: (str(path), np.dtype(dt).str, tuple(shape), blocks)
+            for k, (path, dt, shape, blocks) in files.items()
+        },
         "errors": errors,
         "nonfinite": {k: int(v) for k, v in nonfinite.items()},
         "items": len(all_labels),
@@ -722,7 +731,10 @@ def _encode_block(
 def _join_blocks(entry: Entry, blocks: list[dict[str, tuple]]) -> dict[str, tuple]:
     """One file per array from the ranks' files, joined in rank order by streaming copies."""
     if len(blocks) == 1:
-        return {k: (Path(path), np.dtype(dt), shape) for k, (path, dt, shape) in blocks[0].items()}
+        return {
+            k: Written(Path(path), np.dtype(dt), shape, digests)
+            for k, (path, dt, shape, digests) in blocks[0].items()
+        }
     out = {}
     for name in blocks[0]:
         parts = [b[name] for b in blocks if name in b]
@@ -730,16 +742,46 @@ def _join_blocks(entry: Entry, blocks: list[dict[str, tuple]]) -> dict[str, tupl
         dtype = np.dtype(filled[0][1] if filled else parts[0][1])
         row = tuple(filled[0][2][1:]) if filled else tuple(parts[0][2][1:])
         writer = ArrayWriter(entry.folder, name)
-        for path, _, shape in parts:
+        for path, _, shape, _ in parts:
             writer.append_file(Path(path), shape[0])
             Path(path).unlink(missing_ok=True)
-        writer.close()
-        out[name] = (writer.path, dtype, (writer.rows, *row))
+        out[name] = Written(writer.path, dtype, (writer.rows, *row), writer.close().blocks)
     return out
 
 
 def _output_of(array_name: str) -> str:
-    return array_name.split("@", 1)[0]
+    return array_name.split("@", 1)[0].split(":", 1)[0]
+
+
+F16_MAX = float(np.finfo(np.float16).max)
+
+
+def fit_float16(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token and stage maps are kept as float16, which ends at 65,504; modern ViTs have
+    high-norm tokens above it, which became infinity. Each item whose map exceeds it is divided
+    by the power of two that brings it in range, and the divisor is kept beside the array
+    (``<array>:scale``, one float32 an item). An item that fits is divided by 1: its bytes,
+    hence every score on it, are those float16 alone gives. Measured against bfloat16 and a
+    float32 fallback in benchmarks/test_cache_costs.py. Computed on the device without waiting
+    for it, so the pass's pipeline is untouched."""
+    amax = t.detach().abs().flatten(1).amax(1).float()
+    scale = torch.exp2(torch.ceil(torch.log2(amax / F16_MAX)))
+    scale = torch.where(amax > F16_MAX, scale, torch.ones_like(scale))
+    scale = torch.where(amax / scale > F16_MAX, scale * 2, scale)  # log2's rounding
+    scale = torch.nan_to_num(scale, nan=1.0, posinf=1.0)  # a non-finite item fails on its own
+    return t / scale.view(-1, *[1] * (t.ndim - 1)).to(t.dtype), scale
+
+
+def unscaled(entry: Entry, name: str) -> np.ndarray:
+    """An array as the encoder gave it: float16 maps times their items' scales, where an item
+    needed one (then in float32, in memory); else the memory-mapped array itself."""
+    array = entry.read(name)
+    if name + SCALE not in entry.arrays():
+        return array
+    scale = np.asarray(entry.read(name + SCALE))
+    if not len(scale) or (scale == 1).all():
+        return array
+    return np.asarray(array, dtype=np.float32) * scale.reshape(-1, *[1] * (array.ndim - 1))
 
 
 def _trim(out: Any, n: int) -> Any:
@@ -778,7 +820,7 @@ def features_from(entry: Entry, p: Pass, view: View, timing: Mapping[str, Any]) 
     """A view's features, memory-mapped from the pass's cache entry."""
     info = entry.info()
     grid = tuple(info.get("stages_grid" if "stages" in view.outputs else "grid", (0, 0)))
-    arrays = {o: torch.from_numpy(entry.read(p.array_name(o))) for o in view.outputs}
+    arrays = {o: torch.from_numpy(unscaled(entry, p.array_name(o))) for o in view.outputs}
     masks = {}
     if view.masks is not None and view.source in MASK_SOURCES:
         resolution = dict(p.masks)[view.source]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from partbench.cache import ArrayWriter, Entry
+from partbench.cache import SCALE, ArrayWriter, Entry
 from partbench.errors import DataError
 
 CHUNK_BYTES = 64 * 2**20  # rows copied at a time: a bounded share of host memory
@@ -50,6 +50,8 @@ def cut(
     if len(rows) == 0:
         raise DataError(what)
     writers: dict[str, ArrayWriter] = {}
+    held = parent.arrays()
+    arrays = [n for name in arrays for n in (name, name + SCALE) if n == name or n in held]
     try:
         for name in arrays:
             src = parent.read(name)

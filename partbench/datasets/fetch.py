@@ -9,10 +9,13 @@ nothing behind, least of all something that looks like data.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shutil
 import tarfile
 import tempfile
+import time
 from pathlib import Path, PurePosixPath
 
 from partbench.datasets.builtin import declared
@@ -91,9 +94,12 @@ def fetch(
     with cleanup_on_sigterm():
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
+            remove_abandoned(dest.parent)
             workdir = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".fetch", dir=dest.parent))
+            held = os.open(workdir, os.O_RDONLY)
         except OSError as exc:
             raise DataError(f"{dest.parent}: cannot be written ({exc})") from None
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when this process ends, however it ends
         try:
             tarball = workdir / f"{name}.archive"
             download(
@@ -117,6 +123,41 @@ def fetch(
             return dest
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            os.close(held)
+
+
+GRACE_SECONDS = 60.0  # a work folder this new may not be locked yet: it is left alone
+
+
+def abandoned(folder: Path) -> list[Path]:
+    """Work folders of fetches that ended without cleaning up (SIGKILL, a power cut): their
+    lock is free. A live fetch holds a lock on its work folder for as long as it runs."""
+    out = []
+    for p in sorted(folder.glob(".*.fetch")) if folder.is_dir() else []:
+        if not p.is_dir() or p.is_symlink():
+            continue
+        try:
+            if time.time() - p.stat().st_mtime < GRACE_SECONDS:
+                continue
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            out.append(p)
+        except OSError:
+            pass  # a fetch in progress
+        finally:
+            os.close(fd)
+    return out
+
+
+def remove_abandoned(folder: Path) -> list[Path]:
+    """Remove what killed fetches left in ``folder`` (the partial archive can be GBs)."""
+    gone = abandoned(folder)
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def _unpack(archive: Path, into: Path, label: str | None = None) -> None:

@@ -345,19 +345,36 @@ class Renders:
             object_mask=self.object_masks[index],
         )
 
-    def save(self, path: Path) -> None:
+    def digest(self) -> str:
+        """BLAKE2b over every field's dtype, shape and bytes."""
+        import numpy as np
+
+        h = hashlib.blake2b(digest_size=16)
+        for k in self.__dataclass_fields__:
+            a = np.ascontiguousarray(getattr(self, k))
+            h.update(f"{k}\0{a.dtype.str}\0{a.shape}\0".encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()
+
+    def save(self, path: Path, params: Mapping[str, object]) -> None:
+        """Keep the renders with the parameters they were drawn with and their digest, which
+        ``load`` checks: a file of another seed or size under this one's name is drawn again."""
         import numpy as np
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
+        record = json.dumps({"params": dict(params), "digest": self.digest()}, sort_keys=True)
         with tmp.open("wb") as f:
-            np.savez(f, **{k: getattr(self, k) for k in self.__dataclass_fields__})
+            np.savez(f, record=np.array(record), **{k: getattr(self, k) for k in self.__dataclass_fields__})
         tmp.replace(path)  # whole or not at all: a reader never sees half a file
 
     @classmethod
-    def load(cls, path: Path, n: int, size: int) -> Renders | None:
-        """The renders at ``path``, or None when there are none or they are not ``n`` samples
-        of ``size`` pixels (then the samples are drawn again, with a warning naming the file)."""
+    def load(
+        cls, path: Path, n: int, size: int, params: Mapping[str, object] | None = None
+    ) -> Renders | None:
+        """The renders at ``path``, or None when there are none, or they are not ``n`` samples
+        of ``size`` pixels drawn with ``params``, or do not match their digest (then the samples
+        are drawn again, with a warning naming the file)."""
         import numpy as np
 
         if not path.is_file():
@@ -365,21 +382,31 @@ class Renders:
         try:
             with np.load(path) as z:
                 found = cls(**{k: z[k] for k in cls.__dataclass_fields__})
+                record = json.loads(str(z["record"])) if "record" in z.files else None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             warnings.warn(f"{path}: unreadable SynParts renders ({e}); drawing them again", stacklevel=2)
             return None
         if found.images.shape != (n, size, size, 3) or len(found.labels) != n:
-            warnings.warn(
-                f"{path}: holds images of shape {found.images.shape}, expected ({n}, {size}, {size}, 3);"
-                " drawing the samples again",
-                stacklevel=2,
-            )
-            return None
-        return found
+            why = f"holds images of shape {found.images.shape}, expected ({n}, {size}, {size}, 3)"
+        elif not isinstance(record, dict) or "digest" not in record:
+            why = "records no parameters or digest"
+        elif params is not None and record.get("params") != json.loads(json.dumps(dict(params))):
+            why = f"was drawn with {record.get('params')}, not {dict(params)}"
+        elif record["digest"] != found.digest():
+            why = "does not match its recorded digest"
+        else:
+            return found
+        warnings.warn(f"{path}: {why}; drawing the samples again", stacklevel=2)
+        return None
 
 
 def _render_range(seed: int, split: str, lo: int, hi: int, size: int) -> Renders:
     return Renders.of([render(seed, split, i, size) for i in range(lo, hi)])
+
+
+def render_params(seed: int, split: str, n: int, size: int) -> dict[str, object]:
+    """What a file of renders must have been drawn with to stand for these samples."""
+    return {"version": VERSION, "seed": seed, "split": split, "n": n, "size": size}
 
 
 def renders_path(seed: int, split: str, n: int, size: int) -> Path:
@@ -431,14 +458,17 @@ def load_or_draw(
     kept: dict[str, Renders] = {}
     missing: dict[str, int] = {}
     for split, n in counts.items():
-        renders = Renders.load(renders_path(seed, split, n, size), n, size)
+        renders = Renders.load(
+            renders_path(seed, split, n, size), n, size, render_params(seed, split, n, size)
+        )
         if renders is None:
             missing[split] = n
         else:
             kept[split] = renders
     if missing:
         for split, renders in draw(seed, missing, size, workers).items():
-            renders.save(renders_path(seed, split, counts[split], size))
+            n = counts[split]
+            renders.save(renders_path(seed, split, n, size), render_params(seed, split, n, size))
             kept[split] = renders
     return {split: kept[split] for split in counts}
 
@@ -464,7 +494,9 @@ class SynParts(Dataset):
         key = (split, index)
         if key not in self._cache:
             if split not in self._renders:
-                self._renders[split] = Renders.load(self.renders_path(split), self.counts[split], self.size)
+                n = self.counts[split]
+                params = render_params(self.seed, split, n, self.size)
+                self._renders[split] = Renders.load(self.renders_path(split), n, self.size, params)
             renders = self._renders[split]
             if renders is not None:
                 self._cache[key] = renders.sample(split, index)
@@ -477,10 +509,9 @@ class SynParts(Dataset):
 
     def prepare(self, workers: int = 1) -> None:
         """Keep both splits' renders in PARTBENCH_HOME/cache, unless they are there: each of a
-        study's lanes drew all 2,600 itself before its first encoder could start."""
-        todo = {split: n for split, n in self.counts.items() if not self.renders_path(split).is_file()}
-        if todo:
-            load_or_draw(self.seed, todo, self.size, workers)
+        study's lanes drew all 2,600 itself before its first encoder could start. A kept file
+        that is not these samples (another seed's, or changed) is drawn again and replaced."""
+        self._renders.update(load_or_draw(self.seed, self.counts, self.size, workers))
 
     def samples(self, split: str) -> LazySamples[Sample]:
         if split not in self.counts:

@@ -49,7 +49,7 @@ def run(
     """Evaluate every encoder on every selected task; one outcome per (encoder, task)."""
     import torch
 
-    from partbench.cache import FeatureCache, cache_root
+    from partbench.cache import FeatureCache, cache_root, check_root
     from partbench.runner.execute import EncoderRun, load_dataset
 
     world = World.from_env()
@@ -57,6 +57,8 @@ def run(
     plan = make_plan(registry, encoders, tasks, opts, lambda: Machine.here(opts.device, local_rank))
     if world.main:
         store.check_writable()  # before any encoder is loaded: a result that cannot be stored is lost
+    if opts.cache:
+        check_root(cache_root())  # likewise: a pass that cannot be kept fails after its encoder loaded
     world.start(plan.machine.device_type)
     if plan.machine.device_type == "cuda" and plan.opts.precision == "fp32":
         # TF32 matmuls: fp32 storage at tensor-core speed; recorded with the precision.

@@ -212,12 +212,18 @@ def key_values(raw: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
+MAX_BATCH_SIZE = 2**16  # images per forward: 9.8 GB of pinned uint8 at 224 px
+
+
 def check_options(opts: RunOptions) -> None:
     if opts.precision not in PRECISIONS:
         raise PartbenchError(f"--precision '{opts.precision}': expected one of {', '.join(PRECISIONS)}")
     for flag, value in (("--repeats", opts.repeats), ("--batch-size", opts.batch_size)):
         if value < 1:
             raise PartbenchError(f"{flag} must be at least 1, got {value}")
+    if opts.batch_size > MAX_BATCH_SIZE:
+        # A batch's pinned staging buffer alone would need batch x size^2 x 3 bytes.
+        raise PartbenchError(f"--batch-size must lie in 1..{MAX_BATCH_SIZE}, got {opts.batch_size}")
     if opts.limit is not None and opts.limit < 1:
         raise PartbenchError(f"--limit must be at least 1, got {opts.limit}")
     if opts.workers is not None and opts.workers < 0:
