@@ -10,11 +10,10 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from partbench.leaderboard import CHANCE_MARK
-
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board, Column, Row, Score
+    from partbench.ranking.model import Board, Column, Row, Score
 
+CHANCE_MARK = "≈"  # after a score not clearly above chance, in every text format
 # Short words where a terminal column is narrow; every other format writes the family whole.
 FAMILY_SHORT = {"masked-image-modeling": "MIM"}
 

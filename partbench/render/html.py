@@ -21,10 +21,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from partbench.render import formatting
+from partbench.render.notes import notes
+from partbench.render.svg import render as svg
 from partbench.text import xml_text
 
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board, Provenance, Row
+    from partbench.ranking.model import Board, Provenance, Row
 
 STYLE = """
 :root { color-scheme: light; --line: #d0d7de; --dim: #57606a; --tie: #fff8c5; }
@@ -218,8 +220,6 @@ def _board(board: Board, index: int) -> str:
             f'data-rank="{xml_text(r.rank_text(level))}">' + "".join(cells) + "</tr>"
         )
     out.append("</tbody></table></div>")
-    from partbench.leaderboard import notes
-
     out.append('<div class="notes">' + "".join(f"<p>{xml_text(n)}</p>" for n in notes(board)) + "</div>")
     out.append("</section>")
     return "\n".join(out)
@@ -235,7 +235,6 @@ def _family_style(boards: Sequence[Board]) -> str:
 
 def render(boards: Sequence[Board], *, title: str = "partbench leaderboard", command: str = "") -> str:
     from partbench import __version__
-    from partbench.render.svg import render as svg
 
     style = STYLE + _family_style(boards)
     policy = (

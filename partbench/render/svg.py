@@ -18,7 +18,7 @@ from partbench.render import formatting
 from partbench.text import xml_text
 
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board, Row
+    from partbench.ranking.model import Board, Row
 
 WIDTH = 640
 PANEL_HEIGHT = 420

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from partbench.render import formatting
+from partbench.render.notes import notes
 
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board, Comparison, Row
+    from partbench.ranking.model import Board, Comparison, Row
 
 DEFAULT_WIDTH = 80
 
@@ -230,8 +231,6 @@ def leaderboard(boards: Sequence[Board], *, width: int | None = None, wide: bool
     from rich.console import Group
     from rich.text import Text
 
-    from partbench.leaderboard import notes
-
     width = width or DEFAULT_WIDTH
     parts: list[Any] = []
     for board in boards:
@@ -255,6 +254,12 @@ def leaderboard(boards: Sequence[Board], *, width: int | None = None, wide: bool
         parts.append(Text("\n".join(plain(line) for line in legend), style="dim"))
         parts.append(Text(""))
     return Group(*parts)
+
+
+def leaderboard_text(boards: Sequence[Board], *, width: int | None = None, wide: bool = False) -> str:
+    """The ``table`` format: the leaderboard as printed in a terminal ``width`` columns wide
+    (80 by default), as plain text."""
+    return render_text(leaderboard(boards, width=width, wide=wide), width=width or DEFAULT_WIDTH)
 
 
 # --------------------------------------------------------------------------- compare
