@@ -81,6 +81,18 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
     )
     chance = {lv: _chance_span(rows, lv) for lv in ("object", "part")}
     _chance_marks(chance, (x0, x1), (y0, y1), sx, sy, out)
+    hollow = _points(board, rows, sx, sy, out)
+    _legend(rows, chance, hollow, top, out)
+
+
+def _points(
+    board: Board,
+    rows: Sequence[Row],
+    sx: Callable[[float], float],
+    sy: Callable[[float], float],
+    out: list[str],
+) -> bool:
+    """Each encoder's point with its whiskers and label; whether any is drawn hollow (at chance)."""
     hollow = False
     for r in rows:
         colour = formatting.FAMILY_COLOURS.get(r.family, formatting.OTHER_COLOUR)
@@ -117,6 +129,18 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
         else:
             out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}"/>')
         out.append(f'<text x="{cx + 6:.1f}" y="{cy - 6:.1f}">{xml_text(r.encoder)}</text></g>')
+    return hollow
+
+
+def _legend(
+    rows: Sequence[Row],
+    chance: dict[str, tuple[float, float] | None],
+    hollow: bool,
+    top: float,
+    out: list[str],
+) -> None:
+    """The families' colours and the chance levels, right of the plot."""
+    m = MARGIN
     families = list(dict.fromkeys(r.family for r in rows))
     for i, family in enumerate(families):
         colour = formatting.FAMILY_COLOURS.get(family, formatting.OTHER_COLOUR)
