@@ -216,10 +216,11 @@ def test_neighbours_are_compared_paired_and_ties_share_a_rank(store):
     ]
     diff, lo, hi = paired_level_bootstrap(*side, n_resamples=RESAMPLES)
     assert (first.diff, first.low, first.high) == (pytest.approx(diff), pytest.approx(lo), pytest.approx(hi))
-    assert a.rank_text("part") == "1"
-    assert second.rank_text("part") == third.rank_text("part") == "2="
+    assert formatting.rank_text(a, "part") == "1"
+    assert formatting.rank_text(second, "part") == formatting.rank_text(third, "part") == "2="
     assert second.standings["part"].tied_with == [third.encoder]
-    assert d.rank == 4 and d.rank_text("part") == "4*"  # lacks part-linear: ranked after, no tie claimed
+    # d lacks part-linear: ranked after, no tie claimed
+    assert d.rank == 4 and formatting.rank_text(d, "part") == "4*"
     assert part.comparisons[1].tie and len(part.comparisons) == 2  # b/c vs d: different columns
     text = " ".join(notes(part))
     assert "2= (b, c)" in text or "2= (c, b)" in text
@@ -232,7 +233,7 @@ def test_overall_rank_weighs_levels_equally_and_awareness_uses_shared_ranks(stor
     assert a.encoder == "a" and a.rank == 1
     assert a.scores["all"].value == pytest.approx((a.object_score + a.part_score) / 2)
     assert a.scores["all"].paired and a.scores["all"].low < a.scores["all"].value < a.scores["all"].high
-    assert board.rows[-1].encoder == "d" and board.rows[-1].rank_text("all").endswith("*")
+    assert board.rows[-1].encoder == "d" and formatting.rank_text(board.rows[-1], "all").endswith("*")
     for r in board.rows:
         if r.object_rank is not None and r.part_rank is not None:
             assert r.part_awareness == r.object_rank - r.part_rank
@@ -244,7 +245,7 @@ def test_runs_without_items_fall_back_and_are_marked_not_paired(store):
     (part,) = boards(store, "part")
     old = next(r for r in part.rows if r.encoder == "old")
     assert not old.scores["part"].paired and old.scores["part"].ci == [56.0, 64.0]
-    assert old.rank_text("part").endswith("†")
+    assert formatting.rank_text(old, "part").endswith("†")
     comp = next(c for c in part.comparisons if "old" in (c.a, c.b))
     assert not comp.paired and "no per-item results" in comp.reason
     assert any(line.startswith("†") for line in notes(part))
@@ -404,7 +405,7 @@ def test_every_format_agrees_on_ranks_and_scores(store):
     add(store, "old", "part-retrieval", None, value=40.0)
     bs = boards(store)
     (board,) = bs
-    truth = [(r.encoder, r.rank_text("all"), r.object_score, r.part_score) for r in board.rows]
+    truth = [(r.encoder, formatting.rank_text(r, "all"), r.object_score, r.part_score) for r in board.rows]
 
     data = json.loads(render(bs, "json"))
     assert [(d["encoder"], d["rank_text"], d["object_score"], d["part_score"]) for d in data] == truth
@@ -879,7 +880,7 @@ def test_a_plugin_suite_ranks_over_exactly_its_pairs(store, monkeypatch, tmp_pat
     spec = suite(reg, "mine")
     assert spec.plugin == "suite-plugin"
     (board,) = build(store.runs(), suite=spec, registry=reg, items=store, n_resamples=RESAMPLES)
-    assert board.kind == "suite" and board.title == "mine v2"
+    assert board.kind == "suite" and formatting.title(board) == "mine v2"
     assert [c.key for c in board.columns] == [
         "part-retrieval@synparts",
         "part-linear@synparts",
@@ -887,7 +888,7 @@ def test_a_plugin_suite_ranks_over_exactly_its_pairs(store, monkeypatch, tmp_pat
     ]
     assert all("object-seg" not in r.tasks for r in board.rows)
     d = next(r for r in board.rows if r.encoder == "d")
-    assert d.missing == ["part-linear@synparts"] and d.rank_text("all").endswith("*")
+    assert d.missing == ["part-linear@synparts"] and formatting.rank_text(d, "all").endswith("*")
     assert "d lacks 1 of 3: part-linear@synparts." in notes(board)
     monkeypatch.setenv("PARTBENCH_DB", store.url)
     res = CliRunner().invoke(cli, ["leaderboard", "--suite", "mine"], env={"COLUMNS": "80"})

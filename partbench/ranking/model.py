@@ -167,13 +167,6 @@ class Row:
         st = self.standings.get(level)
         return bool(st and st.tied_with)
 
-    def rank_text(self, level: str) -> str:
-        """The rank as shown: ``2=`` tied, ``*`` some columns missing, ``†`` not paired."""
-        st = self.standings.get(level)
-        if st is None or st.rank is None:
-            return "–"
-        return f"{st.rank}{'=' if st.tied_with else ''}{'' if st.complete else '*'}{'' if st.paired else '†'}"
-
 
 @dataclass
 class Board:
@@ -192,10 +185,6 @@ class Board:
     @property
     def dataset(self) -> str:
         return self.name
-
-    @property
-    def title(self) -> str:
-        return f"{self.name} v{self.version}" if self.kind == "suite" and self.version else self.name
 
     @property
     def shown_levels(self) -> tuple[str, ...]:
@@ -224,23 +213,6 @@ class Board:
     def level_chance(self, level: str) -> tuple[float, float] | None:
         """The lowest and highest chance level of the rows' scores at ``level``."""
         return span([s.chance for r in self.rows if (s := r.scores.get(level)) is not None])
-
-    @property
-    def levels_text(self) -> str:
-        """What the headings say about levels, e.g. "object level only (no part tasks)"."""
-        if self.level != "all":
-            return f"{self.level} level"
-        if len(self.levels) == 2:
-            return "object and part levels"
-        (only,) = self.levels or ("no",)
-        other = "part" if only == "object" else "object"
-        return f"{only} level only (no {other} tasks)"
-
-    @property
-    def ranked_by(self) -> str:
-        if self.level == "all" and len(self.levels) == 2:
-            return "ranked by the mean of the object and part scores"
-        return f"ranked by the {self.shown_levels[0] if self.shown_levels else self.level} score"
 
 
 def at_chance(value: float | None, ci: Sequence[float | None] | None, chance: float | None) -> bool:

@@ -194,7 +194,7 @@ def _board(board: Board, index: int) -> str:
         rank_sort = "" if st is None or st.rank is None else str(st.rank)
         colour = formatting.FAMILY_COLOURS.get(r.family, formatting.OTHER_COLOUR)
         cells = [
-            f'<td class="rank" data-sort="{rank_sort}">{xml_text(r.rank_text(level))}</td>',
+            f'<td class="rank" data-sort="{rank_sort}">{xml_text(formatting.rank_text(r, level))}</td>',
             f'<td class="encoder" data-sort="{xml_text(r.encoder)}"><details><summary>{xml_text(r.encoder)}'
             f"</summary>{_provenance(board, r)}</details></td>",
             f'<td class="fam" data-sort="{xml_text(r.family)}">'
@@ -217,7 +217,7 @@ def _board(board: Board, index: int) -> str:
         tied = " tied" if r.tied(level) else ""
         out.append(
             f'<tr class="result{tied}" data-order="{order}" data-encoder="{xml_text(r.encoder)}" '
-            f'data-rank="{xml_text(r.rank_text(level))}">' + "".join(cells) + "</tr>"
+            f'data-rank="{xml_text(formatting.rank_text(r, level))}">' + "".join(cells) + "</tr>"
         )
     out.append("</tbody></table></div>")
     out.append('<div class="notes">' + "".join(f"<p>{xml_text(n)}</p>" for n in notes(board)) + "</div>")

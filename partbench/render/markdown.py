@@ -48,7 +48,7 @@ def table(board: Board) -> list[str]:
     lines.append("| " + " | ".join(chance) + " |")
     for r in board.rows:
         # Names come from the database or a plugin: escaped. Numbers and marks are partbench's.
-        cells = [r.rank_text(level), md(r.encoder), md(r.family)]
+        cells = [formatting.rank_text(r, level), md(r.encoder), md(r.family)]
         for lv, _ in formatting.score_columns(board):
             s = r.scores.get(lv)
             cells.append(formatting.score_text(s.value, s.ci, s.at_chance) if s else "–")

@@ -42,7 +42,7 @@ def notes(board: Board) -> list[str]:
                 f"{rank}= ({', '.join(r.encoder for r in group)}): tied, the 95% interval of the "
                 f"difference between neighbours contains 0" + (f": {'; '.join(diffs)}." if diffs else ".")
             )
-    marks = {row.rank_text(level) for row in board.rows}
+    marks = {formatting.rank_text(row, level) for row in board.rows}
     if any("*" in m for m in marks):
         lines.append("*: some of the level's columns are missing (ranked after the complete encoders).")
         shown = {c.key for c in board.columns_at(level)}

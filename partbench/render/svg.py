@@ -35,11 +35,12 @@ def left_out(boards: Sequence[Board]) -> list[str]:
     out = []
     for b in boards:
         if not {"object", "part"} <= set(b.levels):
-            out.append(f"{b.title}: {b.levels_text}, not plotted.")
+            out.append(f"{formatting.title(b)}: {formatting.levels_text(b)}, not plotted.")
             continue
         missing = [r.encoder for r in b.rows if r.object_score is None or r.part_score is None]
         if missing:
-            out.append(f"{b.title}: not plotted (no object or no part score): {', '.join(missing)}.")
+            names = ", ".join(missing)
+            out.append(f"{formatting.title(b)}: not plotted (no object or no part score): {names}.")
     return out
 
 
@@ -60,7 +61,7 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
         return top + m["t"] + (1 - (v - y0) / (y1 - y0)) * ph
 
     out.append(
-        f'<text x="{m["l"]}" y="{top + 20}" font-size="14">{xml_text(board.title)}: '
+        f'<text x="{m["l"]}" y="{top + 20}" font-size="14">{xml_text(formatting.title(board))}: '
         "object against part score (%, 95% intervals)</text>"
     )
     out.append(
@@ -97,7 +98,7 @@ def _points(
     for r in rows:
         colour = formatting.FAMILY_COLOURS.get(r.family, formatting.OTHER_COLOUR)
         cx, cy = sx(r.object_score), sy(r.part_score)  # type: ignore[arg-type]
-        rank = r.rank_text(board.level)
+        rank = formatting.rank_text(r, board.level)
         obj, part = r.scores["object"], r.scores["part"]
         title = (
             f"{r.encoder} (rank {rank}): object {formatting.score_text(obj.value, obj.ci, obj.at_chance)}, "

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from partbench.render import formatting
 from partbench.text import csv_cell
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def csv_text(boards: Sequence[Board]) -> str:
                     csv_cell(b.name),
                     r.rank,
                     csv_cell(r.encoder),
-                    r.rank_text(b.level),
+                    formatting.rank_text(r, b.level),
                     csv_cell(r.family),
                     b.kind,
                     b.level,
@@ -147,7 +148,7 @@ def to_data(boards: Sequence[Board]) -> list[dict[str, Any]]:
                     "level": b.level,
                     "levels": list(b.levels),
                     "rank": r.rank,
-                    "rank_text": r.rank_text(b.level),
+                    "rank_text": formatting.rank_text(r, b.level),
                     "tied_with": list(st.tied_with) if st else [],
                     "paired": bool(st and st.paired),
                     "encoder": r.encoder,

@@ -168,7 +168,7 @@ def _score_cell(v: float | None, ci: Sequence[float | None] | None, at_chance: b
 def _main_cols(board: Board) -> list[Col]:
     level = board.level
     cols = [
-        Col("rank", lambda r: _text(r.rank_text(level)), "right", essential=True, chance=""),
+        Col("rank", lambda r: _text(formatting.rank_text(r, level)), "right", essential=True, chance=""),
         Col("encoder", lambda r: _text(r.encoder), essential=True, chance="chance"),
         Col("family", lambda r: _text(formatting.family_short(r.family)), essential=True, chance=""),
     ]
@@ -247,7 +247,7 @@ def leaderboard(boards: Sequence[Board], *, width: int | None = None, wide: bool
             parts.append(_table(main, rows, cells=cells))
             head = main[:2]  # rank and encoder, so each continuation reads on its own
             for group in _chunks(head, per_task, cells, width):
-                parts.append(_table([*head, *group], rows, f"{board.title}: per task", cells))
+                parts.append(_table([*head, *group], rows, f"{formatting.title(board)}: per task", cells))
         legend = notes(board)
         if any(r.family in formatting.FAMILY_SHORT for r in rows):
             legend.append("MIM: masked image modeling; both: contrastive and MIM.")
