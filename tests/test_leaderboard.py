@@ -13,12 +13,14 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from partbench.cli import cli
+from partbench.cli import leaderboard as leaderboard_command
 from partbench.errors import PartbenchError
 from partbench.metrics.chance import chance_top1
 from partbench.metrics.items import score_from_items
@@ -28,7 +30,7 @@ from partbench.ranking.comparisons import compare
 from partbench.ranking.model import at_chance
 from partbench.ranking.runs import pairable
 from partbench.render import formatting, terminal
-from partbench.render.formats import render
+from partbench.render.formats import FORMATS, format_for, render
 from partbench.render.notes import notes
 from partbench.render.publish import write_all
 from partbench.store import MetricValue, Store
@@ -786,6 +788,18 @@ def test_the_study_writes_its_set_without_a_browser_and_drops_an_older_picture(s
 
 
 # --------------------------------------------------------------------------- the command line
+
+
+def test_the_cli_offers_exactly_the_registered_formats_and_their_suffixes():
+    option = next(p for p in leaderboard_command.params if p.name == "fmt")
+    assert list(option.type.choices) == list(FORMATS)
+    for f in FORMATS.values():
+        assert f.suffixes, f.name
+        for suffix in f.suffixes:
+            assert format_for(Path(f"board{suffix.upper()}")) == f.name
+    assert format_for(None) == format_for(Path("board")) == format_for(Path("board.pdf")) == "table"
+    with pytest.raises(ValueError, match="unknown format 'pdf'; known formats: table, markdown"):
+        render([], "pdf")
 
 
 def test_cli_leaderboard_compare_and_formats(store, tmp_path, monkeypatch):
