@@ -37,8 +37,8 @@ class Draws:
     each draw resamples every task's items, and the difference of two encoders' draws is
     their paired difference, without drawing again for every encoder and every pair. Each
     level's columns are drawn in board order from a generator seeded with ``seed``: for a
-    complete row the level's interval is exactly ``metrics.level_bootstrap``'s, and a
-    neighbour's difference exactly ``metrics.paired_level_bootstrap``'s. The overall score
+    complete row the level's interval is exactly ``metrics.resampling.level_bootstrap``'s, and a
+    neighbour's difference exactly ``paired_level_bootstrap``'s. The overall score
     draws the second level again from another generator, so that its two levels' draws are
     independent.
 
