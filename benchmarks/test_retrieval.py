@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import full_size, record_ratio
 
-from partbench.metrics import retrieval_ap
+from partbench.metrics.scores import retrieval_ap
 
 DIM = 768
 CLASSES = 15  # as many parts as CUB-200-2011 annotates
@@ -135,7 +135,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import torch
     sys.path.insert(0, sys.argv[4])
     from test_retrieval import _features
-    import partbench.metrics as m
+    import partbench.metrics.scores as m
 
     def status(field):
         with open("/proc/self/status") as f:

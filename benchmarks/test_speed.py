@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import record_ratio
 
-from partbench.metrics import retrieval_ap
+from partbench.metrics.scores import retrieval_ap
 
 
 @pytest.fixture(scope="module")
@@ -292,15 +292,15 @@ def _runs_for_pairing(k: int = 7):
 
 
 def _pair_all(runs, forget: bool) -> list:
-    from partbench import metrics
+    from partbench.metrics import resampling
 
     out = []
     for i in range(len(runs)):
         for j in range(len(runs)):
             if i != j:
                 if forget:
-                    metrics._DRAW_MEMO.clear()
-                out.append(metrics.paired_level_bootstrap(runs[i], runs[j], n_resamples=200))
+                    resampling._DRAW_MEMO.clear()
+                out.append(resampling.paired_level_bootstrap(runs[i], runs[j], n_resamples=200))
     return out
 
 
@@ -312,14 +312,14 @@ def test_pairing_baseline_drawing_every_pair_afresh(benchmark):
 
 @pytest.mark.benchmark(group="paired level bootstraps, every pair of 7 runs")
 def test_pairing_with_remembered_draws(benchmark, baseline_seconds):
-    from partbench import metrics
+    from partbench.metrics import resampling
 
     runs = _runs_for_pairing()
     base = baseline_seconds(lambda: _pair_all(runs, True), 1)
     fresh = _pair_all(runs, True)
 
     def remembered() -> list:
-        metrics._DRAW_MEMO.clear()  # each round starts from nothing, as a study does
+        resampling._DRAW_MEMO.clear()  # each round starts from nothing, as a study does
         return _pair_all(runs, False)
 
     assert benchmark(remembered) == fresh

@@ -62,22 +62,22 @@ _LAZY: dict[str, str] = {
     "Sample": "partbench.datasets.base",
     "LazySamples": "partbench.datasets.base",
     "IGNORE": "partbench.datasets.base",
-    # metrics: plain functions on arrays
+    # metrics: plain functions on arrays (the package holds every name of its modules)
     "metrics": "partbench.metrics",
-    "retrieval_ap": "partbench.metrics",
-    "mean_ap_per_class": "partbench.metrics",
-    "top1": "partbench.metrics",
-    "intersection_union": "partbench.metrics",
-    "miou": "partbench.metrics",
-    "miou_from_counts": "partbench.metrics",
-    "bootstrap_ci": "partbench.metrics",
-    "score_from_items": "partbench.metrics",
-    "paired_bootstrap": "partbench.metrics",
-    "level_bootstrap": "partbench.metrics",
-    "paired_level_bootstrap": "partbench.metrics",
-    "chance_retrieval_ap": "partbench.metrics",
-    "chance_top1": "partbench.metrics",
-    "chance_miou": "partbench.metrics",
+    "retrieval_ap": "partbench.metrics.scores",
+    "mean_ap_per_class": "partbench.metrics.scores",
+    "top1": "partbench.metrics.scores",
+    "intersection_union": "partbench.metrics.scores",
+    "miou": "partbench.metrics.scores",
+    "miou_from_counts": "partbench.metrics.scores",
+    "bootstrap_ci": "partbench.metrics.resampling",
+    "score_from_items": "partbench.metrics.items",
+    "paired_bootstrap": "partbench.metrics.resampling",
+    "level_bootstrap": "partbench.metrics.resampling",
+    "paired_level_bootstrap": "partbench.metrics.resampling",
+    "chance_retrieval_ap": "partbench.metrics.chance",
+    "chance_top1": "partbench.metrics.chance",
+    "chance_miou": "partbench.metrics.chance",
 }
 
 __all__ = [
@@ -149,20 +149,20 @@ if TYPE_CHECKING:  # for type checkers and editors: the lazy names as ordinary i
     from partbench.datasets.base import IGNORE, Dataset, LazySamples, Sample
     from partbench.encoders.timm_adapter import TimmEncoder
     from partbench.features import Features, View
-    from partbench.metrics import (
+    from partbench.metrics.chance import chance_miou, chance_retrieval_ap, chance_top1
+    from partbench.metrics.items import score_from_items
+    from partbench.metrics.resampling import (
         bootstrap_ci,
-        chance_miou,
-        chance_retrieval_ap,
-        chance_top1,
-        intersection_union,
         level_bootstrap,
+        paired_bootstrap,
+        paired_level_bootstrap,
+    )
+    from partbench.metrics.scores import (
+        intersection_union,
         mean_ap_per_class,
         miou,
         miou_from_counts,
-        paired_bootstrap,
-        paired_level_bootstrap,
         retrieval_ap,
-        score_from_items,
         top1,
     )
     from partbench.tasks.base import Task, TaskResult, counts_by_class, percent

@@ -17,6 +17,8 @@ import click
 from partbench import __version__
 from partbench.cli_sweep import sweep_options
 from partbench.errors import PartbenchError, Terminated
+from partbench.render.formats import DEFAULT as DEFAULT_FORMAT
+from partbench.render.formats import FORMATS
 
 
 def _console(stderr: bool = False):
@@ -356,9 +358,9 @@ def runs(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "markdown", "csv", "json", "html", "svg"]),
-    help="html: one self-contained page; svg: object score against part score "
-    "[default: from --output's extension, else table]",
+    type=click.Choice(list(FORMATS)),
+    help="; ".join(f"{f.name}: {f.about}" for f in FORMATS.values() if f.about)
+    + f" [default: from --output's extension, else {DEFAULT_FORMAT}]",
 )
 @click.option("--output", "-O", type=click.Path(path_type=Path, dir_okay=False), help="write to FILE")
 @db_option
@@ -373,7 +375,7 @@ def leaderboard(
     db: str | None,
 ) -> None:
     """Rank encoders within each level from the stored runs; ties come from paired comparisons."""
-    from partbench.render import commands
+    from partbench import leaderboard as commands
 
     commands.leaderboard(
         _store(db),
@@ -400,7 +402,7 @@ def leaderboard(
 @user_errors
 def compare(a: str, b: str, task: str | None, dataset: str | None, fmt: str, db: str | None) -> None:
     """Paired differences A minus B with 95% intervals, task by task and per level."""
-    from partbench.render import commands
+    from partbench import leaderboard as commands
 
     commands.compare(
         _store(db),
@@ -682,8 +684,8 @@ def study(
     db: str | None,
 ) -> None:
     """Run the study in miniature: the shipped mini encoders on every SynParts task."""
-    from partbench import leaderboard as lb
     from partbench import study as mini
+    from partbench.render import terminal
     from partbench.runner import RunOptions
 
     err = _console(stderr=True)
@@ -699,7 +701,7 @@ def study(
     from partbench.text import rich_text
 
     out = _console()
-    out.print(lb.to_rich([report.board]))
+    out.print(terminal.leaderboard([report.board]))
     colours = {"reproduced": "green", "contradicted": "red", "not decided": "yellow"}
     for claim in report.claims:
         mark = f"[{colours[claim.verdict]}]{claim.verdict}[/]"

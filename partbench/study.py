@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from partbench import leaderboard as lb
 from partbench.encoders.mini import MINI
 from partbench.plugins import Registry
+from partbench.ranking.boards import build
+from partbench.ranking.comparisons import compare
+from partbench.ranking.model import Board
 from partbench.render.formatting import difference_text
+from partbench.render.publish import write_all
 from partbench.runner import Outcome, RunOptions, RunRequest, run
 from partbench.store import Store
 
@@ -87,7 +90,7 @@ class Difference:
 
 @dataclass
 class StudyReport:
-    board: lb.Board
+    board: Board
     claims: list[Claim]
     outcomes: list[Outcome]
     floor: list[Difference] = dataclasses.field(default_factory=list)  # encoder - floor, its level
@@ -100,7 +103,7 @@ def above_floor(runs: Sequence[Any], store: Store) -> list[Difference]:
     return [level_difference(runs, store, e, FLOOR, level) for e, level in SERVES.items()]
 
 
-def tasks_at_chance(board: lb.Board) -> dict[str, list[str]]:
+def tasks_at_chance(board: Board) -> dict[str, list[str]]:
     """Trained encoders' tasks whose 95% interval reaches down to the task's chance level."""
     return {
         row.encoder: [key for key in row.tasks if row.task_at_chance(key)]
@@ -110,7 +113,7 @@ def tasks_at_chance(board: lb.Board) -> dict[str, list[str]]:
 
 
 def level_difference(runs: Sequence[Any], store: Store, a: str, b: str, level: str) -> Difference:
-    at_level = [c for c in lb.compare(runs, a, b, dataset=DATASET, items=store) if c.level == level]
+    at_level = [c for c in compare(runs, a, b, dataset=DATASET, items=store) if c.level == level]
     # A level with several tasks has its own comparison; with one task, that task's is it.
     chosen = [c for c in at_level if c.metric == "score"] or (at_level if len(at_level) == 1 else [])
     if not chosen:
@@ -142,7 +145,7 @@ def check_claims(
     of its part retrieval with the projection output and with the class token. Differences
     with an encoder in ``unlearned`` (not above the floor at the level it serves) are listed
     but decide nothing."""
-    from partbench.metrics import paired_bootstrap
+    from partbench.metrics.resampling import paired_bootstrap
 
     ssl = (*CONTRASTIVE, *MASKED, *BOTH)
     one = [level_difference(runs, store, SUPERVISED, e, "object") for e in ssl]
@@ -322,7 +325,7 @@ def run_mini_study(
             if o.run_id is not None and o.status in ("done", "skipped"):
                 projection.setdefault(o.encoder, {})[feature] = o.run_id
     runs = [r for r in store.runs(status="done") if r.encoder in MINI_ENCODERS]
-    board = lb.build(runs, dataset=DATASET, registry=registry, items=store)[0]
+    board = build(runs, dataset=DATASET, registry=registry, items=store)[0]
     floor = above_floor(runs, store)
     unlearned = [d.a for d in floor if d.sign <= 0]
     return StudyReport(
@@ -416,7 +419,7 @@ def write(report: StudyReport, out_dir: Path, command: str, screenshot: bool | N
         (out_dir / "mini.png").unlink(missing_ok=True)
     claims = out_dir / "mini-claims.json"
     claims.write_text(json.dumps(claims_record(report), indent=1) + "\n")
-    files = lb.write_all(
+    files = write_all(
         [report.board],
         out_dir,
         command,

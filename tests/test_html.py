@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from test_leaderboard import HOSTILE, METRIC, N, add, base_items, better
 
-from partbench import leaderboard as lb
-from partbench import metrics
+from partbench.metrics.chance import chance_retrieval_ap, chance_top1
+from partbench.ranking.boards import build
 from partbench.render.browser import Browser, BrowserError
+from partbench.render.publish import write_all
 from partbench.store import Store
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
@@ -48,17 +49,17 @@ def page_file(tmp_path):
         for name, amount in encoders.items():
             add(store, name, task, better(items, amount, seed=i + 5), family="contrastive", chance=chance)
         add(store, "guess", task, _guess(task, items["label"]), family="none", chance=chance)
-    boards = lb.build(store.runs(), items=store, n_resamples=200)
+    boards = build(store.runs(), items=store, n_resamples=200)
     (tmp_path / "site").mkdir()
-    (path,) = [p for p in lb.write_all(boards, tmp_path / "site", "pytest") if p.suffix == ".html"]
+    (path,) = [p for p in write_all(boards, tmp_path / "site", "pytest") if p.suffix == ".html"]
     return path, boards[0]
 
 
 def _chance(task: str, labels: np.ndarray) -> float:
     """The chance level the task stores: a random ranking's mAP, the largest class's share."""
     if METRIC[task] == "mAP":
-        return metrics.chance_retrieval_ap(labels)
-    return metrics.chance_top1(labels, labels)
+        return chance_retrieval_ap(labels)
+    return chance_top1(labels, labels)
 
 
 def _guess(task: str, labels: np.ndarray) -> dict[str, np.ndarray]:

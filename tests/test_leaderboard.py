@@ -13,15 +13,26 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from partbench import leaderboard as lb
-from partbench import metrics
 from partbench.cli import cli
+from partbench.cli import leaderboard as leaderboard_command
+from partbench.errors import PartbenchError
+from partbench.metrics.chance import chance_top1
+from partbench.metrics.items import score_from_items
+from partbench.metrics.resampling import level_bootstrap, paired_level_bootstrap
+from partbench.ranking.boards import build
+from partbench.ranking.comparisons import compare
+from partbench.ranking.model import at_chance
+from partbench.ranking.runs import pairable
 from partbench.render import formatting, terminal
+from partbench.render.formats import FORMATS, format_for, render
+from partbench.render.notes import notes
+from partbench.render.publish import write_all
 from partbench.specs import MetricValue
 from partbench.store import Store
 from partbench.study import check_claims
@@ -129,8 +140,8 @@ def add(
     )
     assert run_id is not None
     if items is not None:
-        value = metrics.score_from_items(metric, items)
-        _, lo, hi = metrics.level_bootstrap([(metric, items)], n_resamples=200)
+        value = score_from_items(metric, items)
+        _, lo, hi = level_bootstrap([(metric, items)], n_resamples=200)
     else:
         lo, hi = value - ci, value + ci  # type: ignore[operator]
     store.finish(
@@ -171,7 +182,7 @@ def store(template_db, tmp_path):
 
 
 def boards(store, level="all", **kw):
-    return lb.build(store.runs(), level=level, items=store, n_resamples=RESAMPLES, **kw)
+    return build(store.runs(), level=level, items=store, n_resamples=RESAMPLES, **kw)
 
 
 # --------------------------------------------------------------------------- honest ranks
@@ -183,7 +194,7 @@ def test_level_interval_is_resampled_over_every_tasks_items(store):
     runs = {r.task: r for r in store.runs() if r.encoder == "a"}
     for level in ("object", "part"):
         tasks = [(METRIC[t], store.items(runs[t].id)) for t in sorted(runs) if LEVEL[t] == level]
-        mean, lo, hi = metrics.level_bootstrap(tasks, n_resamples=RESAMPLES)
+        mean, lo, hi = level_bootstrap(tasks, n_resamples=RESAMPLES)
         s = a.scores[level]
         assert s.paired and s.value == pytest.approx(mean)
         assert (s.low, s.high) == (pytest.approx(lo), pytest.approx(hi))
@@ -206,14 +217,15 @@ def test_neighbours_are_compared_paired_and_ties_share_a_rank(store):
         [(METRIC[t], store.items(ids[(e, t)])) for t in ("part-linear", "part-retrieval")]
         for e in ("a", first.b)
     ]
-    diff, lo, hi = metrics.paired_level_bootstrap(*side, n_resamples=RESAMPLES)
+    diff, lo, hi = paired_level_bootstrap(*side, n_resamples=RESAMPLES)
     assert (first.diff, first.low, first.high) == (pytest.approx(diff), pytest.approx(lo), pytest.approx(hi))
-    assert a.rank_text("part") == "1"
-    assert second.rank_text("part") == third.rank_text("part") == "2="
+    assert formatting.rank_text(a, "part") == "1"
+    assert formatting.rank_text(second, "part") == formatting.rank_text(third, "part") == "2="
     assert second.standings["part"].tied_with == [third.encoder]
-    assert d.rank == 4 and d.rank_text("part") == "4*"  # lacks part-linear: ranked after, no tie claimed
+    # d lacks part-linear: ranked after, no tie claimed
+    assert d.rank == 4 and formatting.rank_text(d, "part") == "4*"
     assert part.comparisons[1].tie and len(part.comparisons) == 2  # b/c vs d: different columns
-    text = " ".join(lb.notes(part))
+    text = " ".join(notes(part))
     assert "2= (b, c)" in text or "2= (c, b)" in text
     assert "*:" in text
 
@@ -224,7 +236,7 @@ def test_overall_rank_weighs_levels_equally_and_awareness_uses_shared_ranks(stor
     assert a.encoder == "a" and a.rank == 1
     assert a.scores["all"].value == pytest.approx((a.object_score + a.part_score) / 2)
     assert a.scores["all"].paired and a.scores["all"].low < a.scores["all"].value < a.scores["all"].high
-    assert board.rows[-1].encoder == "d" and board.rows[-1].rank_text("all").endswith("*")
+    assert board.rows[-1].encoder == "d" and formatting.rank_text(board.rows[-1], "all").endswith("*")
     for r in board.rows:
         if r.object_rank is not None and r.part_rank is not None:
             assert r.part_awareness == r.object_rank - r.part_rank
@@ -236,17 +248,17 @@ def test_runs_without_items_fall_back_and_are_marked_not_paired(store):
     (part,) = boards(store, "part")
     old = next(r for r in part.rows if r.encoder == "old")
     assert not old.scores["part"].paired and old.scores["part"].ci == [56.0, 64.0]
-    assert old.rank_text("part").endswith("†")
+    assert formatting.rank_text(old, "part").endswith("†")
     comp = next(c for c in part.comparisons if "old" in (c.a, c.b))
     assert not comp.paired and "no per-item results" in comp.reason
-    assert any(line.startswith("†") for line in lb.notes(part))
+    assert any(line.startswith("†") for line in notes(part))
 
 
 def test_runs_on_other_items_are_not_paired(store):
     add(store, "e", "part-retrieval", base_items("part-retrieval", 0), limit=50)
     runs = {r.encoder: r for r in store.runs() if r.task == "part-retrieval"}
     assert (
-        lb._pairable(runs["e"], runs["b"], store.items(runs["e"].id), store.items(runs["b"].id))
+        pairable(runs["e"], runs["b"], store.items(runs["e"].id), store.items(runs["b"].id))
         == "different --limit"
     )
 
@@ -260,7 +272,7 @@ def test_default_options_and_full_runs_win_over_variants(store):
 
 
 def test_compare_prints_paired_differences_task_by_task_and_per_level(store):
-    comps = lb.compare(store.runs(), "a", "b", items=store, n_resamples=RESAMPLES)
+    comps = compare(store.runs(), "a", "b", items=store, n_resamples=RESAMPLES)
     tasks = [c.columns[0] for c in comps if c.metric != "score"]
     assert tasks == ["object-linear", "object-seg", "part-linear", "part-retrieval"]
     for c in comps:
@@ -268,10 +280,10 @@ def test_compare_prints_paired_differences_task_by_task_and_per_level(store):
         assert c.verdict == "a higher"
     levels = [c for c in comps if c.metric == "score"]
     assert [c.level for c in levels] == ["object", "part"]
-    one = lb.compare(store.runs(), "b", "c", task="part-linear", items=store, n_resamples=RESAMPLES)
+    one = compare(store.runs(), "b", "c", task="part-linear", items=store, n_resamples=RESAMPLES)
     assert len(one) == 1 and one[0].tie and one[0].verdict == "no clear difference"
-    with pytest.raises(lb.PartbenchError, match="no finished runs of encoder 'zz'"):
-        lb.compare(store.runs(), "a", "zz", items=store)
+    with pytest.raises(PartbenchError, match="no finished runs of encoder 'zz'"):
+        compare(store.runs(), "a", "zz", items=store)
     out = terminal.render_text(terminal.comparison(comps, "a", "b"), 80)
     assert "part-retrieval" in out and "A higher" in out and "A (a) against B (b)" in out
     assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
@@ -286,10 +298,10 @@ def test_an_object_only_dataset_is_ranked_in_the_default_view(store):
     by_name = {b.name: b for b in boards(store)}
     cifar = by_name["cifar10"]
     assert cifar.levels == ("object",) and [r.rank for r in cifar.rows] == [1, 2]
-    assert "object level only (no part tasks)" in lb.to_markdown([cifar])
-    svg = lb.to_svg(list(by_name.values()))
+    assert "object level only (no part tasks)" in render([cifar], "markdown")
+    svg = render(list(by_name.values()), "svg")
     assert "cifar10: object level only (no part tasks), not plotted." in svg
-    table = terminal.render_text(lb.to_rich([cifar]), 80)
+    table = terminal.render_text(terminal.leaderboard([cifar]), 80)
     assert "object level only" in table and "part score" not in table
     assert [b.name for b in boards(store, "part")] == ["synparts"]
     assert [b.name for b in boards(store, "object")] == ["cifar10", "synparts"]
@@ -309,7 +321,7 @@ def _fits(text: str, width: int = 80) -> None:
 def test_terminal_tables_fit_80_columns(store, level, wide):
     add(store, "timm:vit_base_patch14_dinov2.lvd142m", "part-retrieval", base_items("part-retrieval"))
     bs = boards(store, level)
-    text = terminal.render_text(lb.to_rich(bs, width=80, wide=wide), 80)
+    text = terminal.render_text(terminal.leaderboard(bs, width=80, wide=wide), 80)
     _fits(text)
     assert "vit_base_patch14_dinov2.lvd142m" in text.replace("\n", "").replace(" ", "") or "timm:" in text
     shown = ("object", "part") if level == "all" else (level,)
@@ -396,24 +408,24 @@ def test_every_format_agrees_on_ranks_and_scores(store):
     add(store, "old", "part-retrieval", None, value=40.0)
     bs = boards(store)
     (board,) = bs
-    truth = [(r.encoder, r.rank_text("all"), r.object_score, r.part_score) for r in board.rows]
+    truth = [(r.encoder, formatting.rank_text(r, "all"), r.object_score, r.part_score) for r in board.rows]
 
-    data = json.loads(lb.render(bs, "json"))
+    data = json.loads(render(bs, "json"))
     assert [(d["encoder"], d["rank_text"], d["object_score"], d["part_score"]) for d in data] == truth
 
-    rows = list(csv.DictReader(io.StringIO(lb.render(bs, "csv"))))
+    rows = list(csv.DictReader(io.StringIO(render(bs, "csv"))))
     got = [(r["encoder"], r["rank_text"], r["object_score"], r["part_score"]) for r in rows]
     assert got == [(e, t, "" if o is None else repr(o), "" if p is None else repr(p)) for e, t, o, p in truth]
 
     md_rows = [
-        line.split(" | ") for line in lb.render(bs, "markdown").splitlines() if re.match(r"\| \d|\| –", line)
+        line.split(" | ") for line in render(bs, "markdown").splitlines() if re.match(r"\| \d|\| –", line)
     ]
     assert [(c[0][2:], c[1], c[3].split()[0], c[4].split()[0]) for c in md_rows] == [
         (t, e, _one(o), _one(p)) for e, t, o, p in truth
     ]
 
     parser = _Cells()
-    parser.feed(lb.render(bs, "html"))
+    parser.feed(render(bs, "html"))
     html_rows = [(enc, cells[0], cells[3], cells[4]) for enc, cells in parser.rows]
     assert [(e, r.rank) for e, r in zip([h[0] for h in html_rows], board.rows, strict=True)] == [
         (r.encoder, r.rank) for r in board.rows
@@ -422,14 +434,14 @@ def test_every_format_agrees_on_ranks_and_scores(store):
         (e, "" if o is None else repr(o), "" if p is None else repr(p)) for e, _, o, p in truth
     ]
 
-    svg = ET.fromstring(lb.render(bs, "svg"))
+    svg = ET.fromstring(render(bs, "svg"))
     points = {
         g.get("data-encoder"): (g.get("data-rank"), float(g.get("data-object")), float(g.get("data-part")))
         for g in svg.iter("{http://www.w3.org/2000/svg}g")
     }
     assert points == {e: (t, o, p) for e, t, o, p in truth if o is not None and p is not None}
 
-    table = terminal.render_text(lb.to_rich(bs, width=80), 80)
+    table = terminal.render_text(terminal.leaderboard(bs, width=80), 80)
     for e, t, o, p in truth:
         line = next(line for line in table.splitlines() if re.search(rf"\s{re.escape(e)}\s", line))
         assert line.split()[0] == t and _one(o) in line and _one(p) in line
@@ -456,7 +468,7 @@ def chance_store(tmp_path):
     """guess: right 1 in 6, its interval straddles chance; sharp: right 55 in 100, clear of it;
     old: near chance too, but stored before chance levels were (chance None)."""
     s = Store(f"sqlite:///{tmp_path / 'chance.db'}")
-    level = metrics.chance_top1(SIX, SIX)
+    level = chance_top1(SIX, SIX)
     for i, task in enumerate(("part-linear", "object-linear")):
         add(s, "guess", task, hits(50, seed=i), chance=level)
         add(s, "sharp", task, hits(165, seed=i), chance=level)
@@ -527,7 +539,7 @@ def test_a_score_at_chance_is_marked_in_every_format_and_one_clear_of_it_is_not(
     tasks = ("object-linear", "part-linear")
 
     # JSON: the stored chance per task and per score, and at_chance for each
-    data = {d["encoder"]: d for d in json.loads(lb.render(bs, "json"))}
+    data = {d["encoder"]: d for d in json.loads(render(bs, "json"))}
     for k in tasks:
         assert data["guess"]["task_chance"][k] == level and data["guess"]["task_at_chance"][k] is True
         assert data["sharp"]["task_chance"][k] == level and data["sharp"]["task_at_chance"][k] is False
@@ -539,7 +551,7 @@ def test_a_score_at_chance_is_marked_in_every_format_and_one_clear_of_it_is_not(
         assert data["old"][f"{key}_chance"] is None and data["old"][f"{key}_at_chance"] is False
 
     # CSV: the same, as columns
-    got = {r["encoder"]: r for r in csv.DictReader(io.StringIO(lb.render(bs, "csv")))}
+    got = {r["encoder"]: r for r in csv.DictReader(io.StringIO(render(bs, "csv")))}
     for k in tasks:
         assert float(got["guess"][f"{k} chance"]) == level and got["guess"][f"{k} at_chance"] == "True"
         assert got["sharp"][f"{k} at_chance"] == "False"
@@ -549,7 +561,7 @@ def test_a_score_at_chance_is_marked_in_every_format_and_one_clear_of_it_is_not(
         assert float(got["guess"][f"{key}_chance"]) == level and got["old"][f"{key}_chance"] == ""
 
     # Markdown: a chance row beneath the header, ≈ after each score at chance, a note saying why
-    md = lb.render(bs, "markdown").splitlines()
+    md = render(bs, "markdown").splitlines()
     header = next(i for i, line in enumerate(md) if line.startswith("| rank |"))
     chance_row = [c.strip() for c in md[header + 2].strip("|").split("|")]
     assert chance_row == ["", "chance", "", shown, shown, "", shown, shown]
@@ -564,7 +576,7 @@ def test_a_score_at_chance_is_marked_in_every_format_and_one_clear_of_it_is_not(
 
     # HTML: the chance row in the head, the class at-chance on exactly guess's scores
     page = _Board()
-    page.feed(lb.render(bs, "html"))
+    page.feed(render(bs, "html"))
     assert page.chance == ["", "chance", "", shown, shown, "", shown, shown]
     scores = {e: [c for c in cells if "num" in c[0]] for e, cells in page.rows.items()}
     assert all("at-chance" in c[0] and c[2].startswith(f"{shown}≈") for c in scores["guess"][:2])
@@ -574,7 +586,7 @@ def test_a_score_at_chance_is_marked_in_every_format_and_one_clear_of_it_is_not(
     assert not any(c[1] for c in scores["old"])
 
     # SVG: hollow point and the data attributes
-    svg = ET.fromstring(lb.render(bs, "svg"))
+    svg = ET.fromstring(render(bs, "svg"))
     points = {g.get("data-encoder"): g for g in svg.iter("{http://www.w3.org/2000/svg}g")}
     for lv in ("object", "part"):
         assert points["guess"].get(f"data-{lv}-at-chance") == "true"
@@ -592,7 +604,7 @@ def test_a_score_at_chance_is_marked_in_every_format_and_one_clear_of_it_is_not(
 
     # the terminal, at 80 columns and per task
     for level_, wide in (("all", False), ("all", True), ("part", False)):
-        table = terminal.render_text(lb.to_rich(boards(s, level_), width=80, wide=wide), 80)
+        table = terminal.render_text(terminal.leaderboard(boards(s, level_), width=80, wide=wide), 80)
         _fits(table)
         lines = table.splitlines()
         chance_line = next(line for line in lines if line.split()[:1] == ["chance"])
@@ -605,12 +617,12 @@ def test_a_score_at_chance_is_marked_in_every_format_and_one_clear_of_it_is_not(
 
 
 def test_at_chance_means_the_interval_reaches_chance_or_lies_below_it():
-    assert lb.at_chance(18.0, [15.0, 21.0], 16.7)  # straddles
-    assert lb.at_chance(10.0, [8.0, 12.0], 16.7)  # wholly below
-    assert lb.at_chance(18.0, [16.7, 21.0], 16.7)  # touches
-    assert not lb.at_chance(20.0, [17.0, 23.0], 16.7)  # clear of it
-    assert lb.at_chance(16.0, [None, None], 16.7) and not lb.at_chance(17.0, None, 16.7)  # no interval
-    assert not lb.at_chance(10.0, [8.0, 12.0], None) and not lb.at_chance(None, None, 16.7)  # unknown
+    assert at_chance(18.0, [15.0, 21.0], 16.7)  # straddles
+    assert at_chance(10.0, [8.0, 12.0], 16.7)  # wholly below
+    assert at_chance(18.0, [16.7, 21.0], 16.7)  # touches
+    assert not at_chance(20.0, [17.0, 23.0], 16.7)  # clear of it
+    assert at_chance(16.0, [None, None], 16.7) and not at_chance(17.0, None, 16.7)  # no interval
+    assert not at_chance(10.0, [8.0, 12.0], None) and not at_chance(None, None, 16.7)  # unknown
 
 
 def test_a_bound_that_rounds_to_zero_still_shows_its_side_of_zero():
@@ -622,15 +634,15 @@ def test_a_bound_that_rounds_to_zero_still_shows_its_side_of_zero():
 
 def test_a_board_without_chance_levels_shows_dashes_and_no_marks(store):
     bs = boards(store)
-    md = lb.render(bs, "markdown")
+    md = render(bs, "markdown")
     chance_row = next(line for line in md.splitlines() if "| chance |" in line)
     assert [c.strip() for c in chance_row.strip("|").split("|")][3:] == ["–", "–", "", "–", "–", "–", "–"]
     assert "≈" not in md and "Chance –: not stored" in md
-    data = json.loads(lb.render(bs, "json"))
+    data = json.loads(render(bs, "json"))
     assert all(
         d["task_chance"][k] is None and d["task_at_chance"][k] is False for d in data for k in d["tasks"]
     )
-    assert "≈" not in terminal.render_text(lb.to_rich(bs, width=80, wide=True), 80)
+    assert "≈" not in terminal.render_text(terminal.leaderboard(bs, width=80, wide=True), 80)
 
 
 def test_runs_on_other_items_show_the_range_of_their_chance_levels(chance_store):
@@ -641,9 +653,9 @@ def test_runs_on_other_items_show_the_range_of_their_chance_levels(chance_store)
     assert board.column_chance("part-linear") == (pytest.approx(100 / 6), 20.0)
     small = next(r for r in board.rows if r.encoder == "small")
     assert small.scores["part"].chance == 20.0  # its own run's, not the column's
-    md = lb.render([board], "markdown")
+    md = render([board], "markdown")
     assert "| chance |  | 16.7–20.0 | 16.7–20.0 |" in md
-    table = terminal.render_text(lb.to_rich([board], width=80), 80)
+    table = terminal.render_text(terminal.leaderboard([board], width=80), 80)
     _fits(table)
     assert "16.7–20.0" in table
 
@@ -708,14 +720,14 @@ def test_the_note_says_what_each_interval_resamples_as_the_task_stored_it(tmp_pa
         details={"interval": "test items resampled"},
     )
     (board,) = boards(s)
-    note = next(line for line in lb.notes(board) if line.startswith("What each task's interval resamples"))
+    note = next(line for line in notes(board) if line.startswith("What each task's interval resamples"))
     assert f"part-retrieval: {said.rstrip('.')}." in note and "part-linear: test items resampled." in note
     random = next(r for r in board.rows if r.encoder == "random")
     assert random.task_chance["part-retrieval"] == result.chance["mAP"]
     assert random.task_at_chance("part-retrieval")  # random features: not clear of chance
     for fmt in ("markdown", "html"):
-        assert f"part-retrieval: {said.rstrip('.')}." in lb.render([board], fmt)
-    table = " ".join(terminal.render_text(lb.to_rich([board], width=80), 80).split())
+        assert f"part-retrieval: {said.rstrip('.')}." in render([board], fmt)
+    table = " ".join(terminal.render_text(terminal.leaderboard([board], width=80), 80).split())
     assert f"part-retrieval: {said.rstrip('.')}." in table
 
 
@@ -729,29 +741,29 @@ def test_names_from_the_database_are_text_in_every_format(store):
     add(store, HOSTILE, "object-linear", base_items("object-linear"), family="none")
     add(store, "=HYPERLINK(1)", "object-linear", base_items("object-linear"), family="none")
     bs = boards(store)
-    md = lb.render(bs, "markdown")
+    md = render(bs, "markdown")
     assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;\\|=cmd" in md
     assert all(
         line.count(" | ") == md.splitlines()[2].count(" | ")
         for line in md.splitlines()
         if "alert" in line and line.startswith("|")
     )
-    cells = [row for row in csv.reader(io.StringIO(lb.render(bs, "csv")))]
+    cells = [row for row in csv.reader(io.StringIO(render(bs, "csv")))]
     encoders = [row[2] for row in cells[1:]]
     assert "'=HYPERLINK(1)" in encoders and not any(e.startswith(("=", "+", "@")) for e in encoders)
-    svg = lb.render(bs, "svg")
+    svg = render(bs, "svg")
     root = ET.fromstring(svg)  # well-formed: the \x01 is dropped
     assert not [e for e in root.iter() if e.tag.endswith("img")]
     assert "\x01" not in svg
-    html = lb.render(bs, "html")
+    html = render(bs, "html")
     assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
-    json_rows = json.loads(lb.render(bs, "json"))
+    json_rows = json.loads(render(bs, "json"))
     assert HOSTILE in [r["encoder"] for r in json_rows]
-    _fits(terminal.render_text(lb.to_rich(bs, width=80), 80))
+    _fits(terminal.render_text(terminal.leaderboard(bs, width=80), 80))
 
 
 def test_write_all_writes_the_committed_set(store, tmp_path):
-    written = lb.write_all(boards(store), tmp_path / "out", "partbench study mini --output-dir leaderboard")
+    written = write_all(boards(store), tmp_path / "out", "partbench study mini --output-dir leaderboard")
     assert sorted(p.name for p in written) == ["mini.html", "mini.json", "mini.md", "mini.svg"]
     assert "partbench study mini --output-dir leaderboard" in (tmp_path / "out" / "mini.md").read_text()
 
@@ -777,6 +789,18 @@ def test_the_study_writes_its_set_without_a_browser_and_drops_an_older_picture(s
 
 
 # --------------------------------------------------------------------------- the command line
+
+
+def test_the_cli_offers_exactly_the_registered_formats_and_their_suffixes():
+    option = next(p for p in leaderboard_command.params if p.name == "fmt")
+    assert list(option.type.choices) == list(FORMATS)
+    for f in FORMATS.values():
+        assert f.suffixes, f.name
+        for suffix in f.suffixes:
+            assert format_for(Path(f"board{suffix.upper()}")) == f.name
+    assert format_for(None) == format_for(Path("board")) == format_for(Path("board.pdf")) == "table"
+    with pytest.raises(ValueError, match="unknown format 'pdf'; known formats: table, markdown"):
+        render([], "pdf")
 
 
 def test_cli_leaderboard_compare_and_formats(store, tmp_path, monkeypatch):
@@ -818,7 +842,7 @@ def test_builtin_suites_name_only_pairs_their_datasets_support():
     assert "partbench data fetch cub200" in missing["cub200"]
     assert "cocodataset.org" in missing["coco-keypoints"] and "--data-root" in missing["lip"]
     assert suites.missing_data(reg, "synparts") == []
-    with pytest.raises(lb.PartbenchError, match=r"unknown suite 'stdy'.*did you mean 'study'"):
+    with pytest.raises(PartbenchError, match=r"unknown suite 'stdy'.*did you mean 'study'"):
         suites.suite_pairs(reg, "stdy")
 
 
@@ -871,8 +895,8 @@ def test_a_plugin_suite_ranks_over_exactly_its_pairs(store, monkeypatch, tmp_pat
     reg = _suite_plugin(monkeypatch, mine)
     spec = suite(reg, "mine")
     assert spec.plugin == "suite-plugin"
-    (board,) = lb.build(store.runs(), suite=spec, registry=reg, items=store, n_resamples=RESAMPLES)
-    assert board.kind == "suite" and board.title == "mine v2"
+    (board,) = build(store.runs(), suite=spec, registry=reg, items=store, n_resamples=RESAMPLES)
+    assert board.kind == "suite" and formatting.title(board) == "mine v2"
     assert [c.key for c in board.columns] == [
         "part-retrieval@synparts",
         "part-linear@synparts",
@@ -880,8 +904,8 @@ def test_a_plugin_suite_ranks_over_exactly_its_pairs(store, monkeypatch, tmp_pat
     ]
     assert all("object-seg" not in r.tasks for r in board.rows)
     d = next(r for r in board.rows if r.encoder == "d")
-    assert d.missing == ["part-linear@synparts"] and d.rank_text("all").endswith("*")
-    assert "d lacks 1 of 3: part-linear@synparts." in lb.notes(board)
+    assert d.missing == ["part-linear@synparts"] and formatting.rank_text(d, "all").endswith("*")
+    assert "d lacks 1 of 3: part-linear@synparts." in notes(board)
     monkeypatch.setenv("PARTBENCH_DB", store.url)
     res = CliRunner().invoke(cli, ["leaderboard", "--suite", "mine"], env={"COLUMNS": "80"})
     assert res.exit_code == 0, res.output
@@ -896,7 +920,7 @@ def test_a_suite_with_a_pair_its_dataset_cannot_serve_is_refused(monkeypatch):
     from partbench.suites import suite
 
     reg = _suite_plugin(monkeypatch, SuiteSpec("bad", "1", (("part-seg", "cifar10"),)))
-    with pytest.raises(lb.PartbenchError, match=r"\(part-seg, cifar10\): the task reads part-masks"):
+    with pytest.raises(PartbenchError, match=r"\(part-seg, cifar10\): the task reads part-masks"):
         suite(reg, "bad")
 
 

@@ -10,22 +10,16 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from partbench import metrics
-from partbench.metrics import (
+from partbench.metrics import chance, resampling, scores
+from partbench.metrics.chance import chance_miou, chance_retrieval_ap, chance_top1
+from partbench.metrics.items import score_from_items
+from partbench.metrics.resampling import (
     bootstrap_ci,
-    chance_miou,
-    chance_retrieval_ap,
-    chance_top1,
     level_bootstrap,
-    mean_ap_per_class,
-    miou,
-    miou_from_counts,
     paired_bootstrap,
     paired_level_bootstrap,
-    retrieval_ap,
-    score_from_items,
-    top1,
 )
+from partbench.metrics.scores import mean_ap_per_class, miou, miou_from_counts, retrieval_ap, top1
 
 
 def _cosine(f):
@@ -104,10 +98,10 @@ def retrieval_path(request, monkeypatch):
     """The CPU path (NumPy sorts), the device-agnostic torch path that CUDA takes, run here on
     the CPU, and either with the gallery streamed in float64 blocks instead of held whole."""
     if request.param.startswith("torch"):
-        monkeypatch.setattr(metrics, "_NUMPY_ON_CPU", False)
+        monkeypatch.setattr(scores, "_NUMPY_ON_CPU", False)
     if request.param.endswith("streamed"):
-        monkeypatch.setattr(metrics, "_CPU_GALLERY_BUDGET", 0)
-        monkeypatch.setattr(metrics, "_GALLERY_BLOCK", 8 * 4 * 7)  # 7 rows of 4 features a block
+        monkeypatch.setattr(scores, "_CPU_GALLERY_BUDGET", 0)
+        monkeypatch.setattr(scores, "_GALLERY_BLOCK", 8 * 4 * 7)  # 7 rows of 4 features a block
     return request.param
 
 
@@ -161,18 +155,18 @@ def test_retrieval_ap_does_not_depend_on_chunks_or_input_form():
 
 def test_retrieval_ap_memory_budget_sets_the_chunk(monkeypatch):
     seen = []
-    similarities = metrics._Gallery.similarities
+    similarities = scores._Gallery.similarities
 
     def counted(self, rows):
         seen.append(len(rows))
         return similarities(self, rows)
 
-    monkeypatch.setattr(metrics._Gallery, "similarities", counted)
+    monkeypatch.setattr(scores._Gallery, "similarities", counted)
     feats, labels = _tied_features(0, n=80)
     retrieval_ap(feats, labels)
     assert seen == [80]  # a small problem: one chunk
     seen.clear()
-    monkeypatch.setattr(metrics, "_CPU_BUDGET", 80 * 8 * 20)  # room for about 20 rows of similarities
+    monkeypatch.setattr(scores, "_CPU_BUDGET", 80 * 8 * 20)  # room for about 20 rows of similarities
     small = retrieval_ap(feats, labels)
     assert 1 <= max(seen) <= 20 and sum(seen) == 80
     np.testing.assert_allclose(small, _sklearn_ap(feats, labels, True), atol=1e-9)
@@ -281,7 +275,7 @@ def _reference_draws(tasks, n_resamples, seed):
     return total / len(tasks)
 
 
-def test_level_bootstrap_draws_every_task_and_matches_the_definition(monkeypatch):
+def test_level_bootstrap_draws_every_task_and_matches_the_definition():
     a, b = _items(3), _items(4, n=51)
     tasks = [("mAP", a["mAP"]), ("top1", b["top1"]), ("mIoU", a["mIoU"])]
     mean, lo, hi = level_bootstrap(tasks, n_resamples=200, seed=5)
@@ -291,9 +285,9 @@ def test_level_bootstrap_draws_every_task_and_matches_the_definition(monkeypatch
     assert lo < mean < hi
     assert level_bootstrap(tasks, n_resamples=200, seed=5) == (mean, lo, hi)  # seeded
     assert level_bootstrap(tasks, n_resamples=200, seed=6) != (mean, lo, hi)
-    monkeypatch.setattr(metrics, "_DRAW_ENTRIES", 7)  # one resample per batch: the same draws
-    metrics._DRAW_MEMO.clear()
-    assert level_bootstrap(tasks, n_resamples=200, seed=5) == pytest.approx((mean, lo, hi), abs=1e-9)
+    resampling._DRAW_MEMO.clear()
+    one_per_batch = level_bootstrap(tasks, n_resamples=200, seed=5, draw_entries=7)  # the same draws
+    assert one_per_batch == pytest.approx((mean, lo, hi), abs=1e-9)
 
 
 @pytest.mark.parametrize("metric", ["mAP", "top1", "mIoU"])
@@ -322,11 +316,11 @@ def test_remembered_draws_are_the_draws_of_a_fresh_computation():
         (level(a), level(b, d)),  # the first task known, the second not for one side
         (level(a)[:1], level(c)[:1]),
     ]
-    metrics._DRAW_MEMO.clear()
+    resampling._DRAW_MEMO.clear()
     remembered = [paired_level_bootstrap(x, y, n_resamples=120, seed=3) for x, y in calls]
     fresh = []
     for x, y in calls:
-        metrics._DRAW_MEMO.clear()
+        resampling._DRAW_MEMO.clear()
         fresh.append(paired_level_bootstrap(x, y, n_resamples=120, seed=3))
     assert remembered == fresh
     x, y = calls[3]
@@ -387,8 +381,8 @@ def _enumerated_ap(n, r, self_first):
 
 @pytest.mark.parametrize(("n", "r"), [(1, 1), (2, 1), (2, 2), (5, 1), (5, 2), (7, 3), (8, 8), (9, 4)])
 def test_expected_ap_of_a_random_ranking_is_exact(n, r):
-    assert metrics._expected_ap_random(n, r) == pytest.approx(_enumerated_ap(n, r, False), abs=1e-12)
-    assert metrics._expected_ap_self_first(n, r) == pytest.approx(_enumerated_ap(n, r, True), abs=1e-12)
+    assert chance._expected_ap_random(n, r) == pytest.approx(_enumerated_ap(n, r, False), abs=1e-12)
+    assert chance._expected_ap_self_first(n, r) == pytest.approx(_enumerated_ap(n, r, True), abs=1e-12)
 
 
 @pytest.mark.parametrize("include_self", [True, False])

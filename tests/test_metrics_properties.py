@@ -16,7 +16,8 @@ from sklearn.metrics import average_precision_score, jaccard_score
 
 from partbench.datasets.text_tables import read_lines
 from partbench.errors import DataError
-from partbench.metrics import bootstrap_ci, miou, retrieval_ap
+from partbench.metrics.resampling import bootstrap_ci
+from partbench.metrics.scores import miou, retrieval_ap
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from partbench import leaderboard as lb
 from partbench.encoders.mini import MINI, WEIGHTS_DIR
-from partbench.metrics import paired_bootstrap
+from partbench.metrics.resampling import paired_bootstrap
 from partbench.plugins import registry
+from partbench.ranking.model import at_chance
 from partbench.runner import RunOptions, run
 from partbench.store import Store
 from partbench.study import FLOOR, SERVES
@@ -56,7 +56,7 @@ def test_self_supervised_minis_are_above_chance_on_object_retrieval(tmp_path):
     assert {o.status for o in outcomes} == {"done"}, outcomes
     for r in store.runs(status="done"):
         m = {m.name: m for m in r.metrics}["mAP"]
-        assert not lb.at_chance(m.value, [m.ci_low, m.ci_high], r.chance["mAP"]), (r.encoder, m, r.chance)
+        assert not at_chance(m.value, [m.ci_low, m.ci_high], r.chance["mAP"]), (r.encoder, m, r.chance)
         assert r.weights_id == _shipped_id(r.encoder)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from partbench.datasets.base import IGNORE, Dataset
 from partbench.errors import PartbenchError
 from partbench.features import Features
-from partbench.metrics import score_from_items
+from partbench.metrics.items import score_from_items
 from partbench.tasks.probes import AttentivePooler, Probe, attention_heads
 from partbench.tasks.retrieval import Retrieval
 from partbench.tasks.segmentation import Segmentation, study_stages

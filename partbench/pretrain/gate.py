@@ -100,7 +100,7 @@ def knn_correct(train: torch.Tensor, y_train: np.ndarray, test: torch.Tensor, k:
 def gate(backbone: nn.Module, floor: nn.Module, feature: str, level: str = "object") -> GateResult:
     """Compare ``backbone`` with ``floor`` (the same architecture, untrained) by kNN top-1 at
     ``level``."""
-    from partbench.metrics import paired_bootstrap
+    from partbench.metrics.resampling import paired_bootstrap
 
     x_tr, y_tr = _items(level, "train", GATE_TRAIN)
     x_te, y_te = _items(level, "test", GATE_TEST)

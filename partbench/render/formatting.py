@@ -10,11 +10,10 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from partbench.leaderboard import CHANCE_MARK
-
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board, Column, Row, Score
+    from partbench.ranking.model import Board, Column, Row, Score
 
+CHANCE_MARK = "≈"  # after a score not clearly above chance, in every text format
 # Short words where a terminal column is narrow; every other format writes the family whole.
 FAMILY_SHORT = {"masked-image-modeling": "MIM"}
 
@@ -90,10 +89,40 @@ def awareness(row: Row) -> str:
     return "–" if row.part_awareness is None else f"{row.part_awareness:+d}"
 
 
+def rank_text(row: Row, level: str) -> str:
+    """The rank as shown: ``2=`` tied, ``*`` some columns missing, ``†`` not paired."""
+    st = row.standings.get(level)
+    if st is None or st.rank is None:
+        return "–"
+    return f"{st.rank}{'=' if st.tied_with else ''}{'' if st.complete else '*'}{'' if st.paired else '†'}"
+
+
+def title(board: Board) -> str:
+    """The board's name; a suite's with its version, ``study v1``."""
+    return f"{board.name} v{board.version}" if board.kind == "suite" and board.version else board.name
+
+
+def levels_text(board: Board) -> str:
+    """What the headings say about levels, e.g. "object level only (no part tasks)"."""
+    if board.level != "all":
+        return f"{board.level} level"
+    if len(board.levels) == 2:
+        return "object and part levels"
+    (only,) = board.levels or ("no",)
+    other = "part" if only == "object" else "object"
+    return f"{only} level only (no {other} tasks)"
+
+
+def ranked_by(board: Board) -> str:
+    if board.level == "all" and len(board.levels) == 2:
+        return "ranked by the mean of the object and part scores"
+    return f"ranked by the {board.shown_levels[0] if board.shown_levels else board.level} score"
+
+
 def heading(board: Board) -> str:
     """``synparts: object and part levels, ranked by the mean of the object and part scores``."""
-    what = f"suite {board.title}" if board.kind == "suite" else board.title
-    return f"{what}: {board.levels_text}, {board.ranked_by}"
+    what = f"suite {title(board)}" if board.kind == "suite" else title(board)
+    return f"{what}: {levels_text(board)}, {ranked_by(board)}"
 
 
 def column_label(board: Board, col: Column) -> str:

@@ -21,10 +21,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from partbench.render import formatting
+from partbench.render.notes import notes
+from partbench.render.svg import render as svg
 from partbench.text import xml_text
 
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board, Provenance, Row
+    from partbench.ranking.model import Board, Provenance, Row
 
 STYLE = """
 :root { color-scheme: light; --line: #d0d7de; --dim: #57606a; --tie: #fff8c5; }
@@ -192,7 +194,7 @@ def _board(board: Board, index: int) -> str:
         rank_sort = "" if st is None or st.rank is None else str(st.rank)
         colour = formatting.FAMILY_COLOURS.get(r.family, formatting.OTHER_COLOUR)
         cells = [
-            f'<td class="rank" data-sort="{rank_sort}">{xml_text(r.rank_text(level))}</td>',
+            f'<td class="rank" data-sort="{rank_sort}">{xml_text(formatting.rank_text(r, level))}</td>',
             f'<td class="encoder" data-sort="{xml_text(r.encoder)}"><details><summary>{xml_text(r.encoder)}'
             f"</summary>{_provenance(board, r)}</details></td>",
             f'<td class="fam" data-sort="{xml_text(r.family)}">'
@@ -215,11 +217,9 @@ def _board(board: Board, index: int) -> str:
         tied = " tied" if r.tied(level) else ""
         out.append(
             f'<tr class="result{tied}" data-order="{order}" data-encoder="{xml_text(r.encoder)}" '
-            f'data-rank="{xml_text(r.rank_text(level))}">' + "".join(cells) + "</tr>"
+            f'data-rank="{xml_text(formatting.rank_text(r, level))}">' + "".join(cells) + "</tr>"
         )
     out.append("</tbody></table></div>")
-    from partbench.leaderboard import notes
-
     out.append('<div class="notes">' + "".join(f"<p>{xml_text(n)}</p>" for n in notes(board)) + "</div>")
     out.append("</section>")
     return "\n".join(out)
@@ -235,7 +235,6 @@ def _family_style(boards: Sequence[Board]) -> str:
 
 def render(boards: Sequence[Board], *, title: str = "partbench leaderboard", command: str = "") -> str:
     from partbench import __version__
-    from partbench.render.svg import render as svg
 
     style = STYLE + _family_style(boards)
     policy = (

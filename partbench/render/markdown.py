@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from partbench.render import formatting
+from partbench.render.notes import notes
 from partbench.text import markdown_cell
 
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board
+    from partbench.ranking.model import Board
 
 
 def md(value: Any) -> str:
@@ -47,7 +48,7 @@ def table(board: Board) -> list[str]:
     lines.append("| " + " | ".join(chance) + " |")
     for r in board.rows:
         # Names come from the database or a plugin: escaped. Numbers and marks are partbench's.
-        cells = [r.rank_text(level), md(r.encoder), md(r.family)]
+        cells = [formatting.rank_text(r, level), md(r.encoder), md(r.family)]
         for lv, _ in formatting.score_columns(board):
             s = r.scores.get(lv)
             cells.append(formatting.score_text(s.value, s.ci, s.at_chance) if s else "–")
@@ -62,8 +63,6 @@ def table(board: Board) -> list[str]:
 
 
 def render(boards: Sequence[Board], heading_level: int = 3) -> str:
-    from partbench.leaderboard import notes
-
     out: list[str] = []
     for b in boards:
         out.append(f"{'#' * heading_level} {md(formatting.heading(b))}")

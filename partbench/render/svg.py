@@ -18,7 +18,7 @@ from partbench.render import formatting
 from partbench.text import xml_text
 
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board, Row
+    from partbench.ranking.model import Board, Row
 
 WIDTH = 640
 PANEL_HEIGHT = 420
@@ -35,11 +35,12 @@ def left_out(boards: Sequence[Board]) -> list[str]:
     out = []
     for b in boards:
         if not {"object", "part"} <= set(b.levels):
-            out.append(f"{b.title}: {b.levels_text}, not plotted.")
+            out.append(f"{formatting.title(b)}: {formatting.levels_text(b)}, not plotted.")
             continue
         missing = [r.encoder for r in b.rows if r.object_score is None or r.part_score is None]
         if missing:
-            out.append(f"{b.title}: not plotted (no object or no part score): {', '.join(missing)}.")
+            names = ", ".join(missing)
+            out.append(f"{formatting.title(b)}: not plotted (no object or no part score): {names}.")
     return out
 
 
@@ -60,7 +61,7 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
         return top + m["t"] + (1 - (v - y0) / (y1 - y0)) * ph
 
     out.append(
-        f'<text x="{m["l"]}" y="{top + 20}" font-size="14">{xml_text(board.title)}: '
+        f'<text x="{m["l"]}" y="{top + 20}" font-size="14">{xml_text(formatting.title(board))}: '
         "object against part score (%, 95% intervals)</text>"
     )
     out.append(
@@ -81,11 +82,23 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
     )
     chance = {lv: _chance_span(rows, lv) for lv in ("object", "part")}
     _chance_marks(chance, (x0, x1), (y0, y1), sx, sy, out)
+    hollow = _points(board, rows, sx, sy, out)
+    _legend(rows, chance, hollow, top, out)
+
+
+def _points(
+    board: Board,
+    rows: Sequence[Row],
+    sx: Callable[[float], float],
+    sy: Callable[[float], float],
+    out: list[str],
+) -> bool:
+    """Each encoder's point with its whiskers and label; whether any is drawn hollow (at chance)."""
     hollow = False
     for r in rows:
         colour = formatting.FAMILY_COLOURS.get(r.family, formatting.OTHER_COLOUR)
         cx, cy = sx(r.object_score), sy(r.part_score)  # type: ignore[arg-type]
-        rank = r.rank_text(board.level)
+        rank = formatting.rank_text(r, board.level)
         obj, part = r.scores["object"], r.scores["part"]
         title = (
             f"{r.encoder} (rank {rank}): object {formatting.score_text(obj.value, obj.ci, obj.at_chance)}, "
@@ -117,6 +130,18 @@ def _panel(board: Board, top: float, out: list[str]) -> None:
         else:
             out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}"/>')
         out.append(f'<text x="{cx + 6:.1f}" y="{cy - 6:.1f}">{xml_text(r.encoder)}</text></g>')
+    return hollow
+
+
+def _legend(
+    rows: Sequence[Row],
+    chance: dict[str, tuple[float, float] | None],
+    hollow: bool,
+    top: float,
+    out: list[str],
+) -> None:
+    """The families' colours and the chance levels, right of the plot."""
+    m = MARGIN
     families = list(dict.fromkeys(r.family for r in rows))
     for i, family in enumerate(families):
         colour = formatting.FAMILY_COLOURS.get(family, formatting.OTHER_COLOUR)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from partbench.render import formatting
+from partbench.render.notes import notes
 
 if TYPE_CHECKING:
-    from partbench.leaderboard import Board, Comparison, Row
+    from partbench.ranking.model import Board, Comparison, Row
 
 DEFAULT_WIDTH = 80
 
@@ -167,7 +168,7 @@ def _score_cell(v: float | None, ci: Sequence[float | None] | None, at_chance: b
 def _main_cols(board: Board) -> list[Col]:
     level = board.level
     cols = [
-        Col("rank", lambda r: _text(r.rank_text(level)), "right", essential=True, chance=""),
+        Col("rank", lambda r: _text(formatting.rank_text(r, level)), "right", essential=True, chance=""),
         Col("encoder", lambda r: _text(r.encoder), essential=True, chance="chance"),
         Col("family", lambda r: _text(formatting.family_short(r.family)), essential=True, chance=""),
     ]
@@ -230,8 +231,6 @@ def leaderboard(boards: Sequence[Board], *, width: int | None = None, wide: bool
     from rich.console import Group
     from rich.text import Text
 
-    from partbench.leaderboard import notes
-
     width = width or DEFAULT_WIDTH
     parts: list[Any] = []
     for board in boards:
@@ -248,13 +247,19 @@ def leaderboard(boards: Sequence[Board], *, width: int | None = None, wide: bool
             parts.append(_table(main, rows, cells=cells))
             head = main[:2]  # rank and encoder, so each continuation reads on its own
             for group in _chunks(head, per_task, cells, width):
-                parts.append(_table([*head, *group], rows, f"{board.title}: per task", cells))
+                parts.append(_table([*head, *group], rows, f"{formatting.title(board)}: per task", cells))
         legend = notes(board)
         if any(r.family in formatting.FAMILY_SHORT for r in rows):
             legend.append("MIM: masked image modeling; both: contrastive and MIM.")
         parts.append(Text("\n".join(plain(line) for line in legend), style="dim"))
         parts.append(Text(""))
     return Group(*parts)
+
+
+def leaderboard_text(boards: Sequence[Board], *, width: int | None = None, wide: bool = False) -> str:
+    """The ``table`` format: the leaderboard as printed in a terminal ``width`` columns wide
+    (80 by default), as plain text."""
+    return render_text(leaderboard(boards, width=width, wide=wide), width=width or DEFAULT_WIDTH)
 
 
 # --------------------------------------------------------------------------- compare

@@ -27,7 +27,7 @@ class TaskResult:
     n_items: int  # test items (or queries) the headline metric was computed over
     items_per_class: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
-    # Per-item results, in the dataset's item order (see partbench.metrics.score_from_items):
+    # Per-item results, in the dataset's item order (see partbench.metrics.items.score_from_items):
     # mAP: ap, label; top1: correct, label; mIoU: intersection, union (items x classes).
     items: dict[str, np.ndarray] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)  # metric -> chance level, percent

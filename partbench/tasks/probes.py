@@ -25,7 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from partbench.datasets.base import Dataset
 from partbench.encoders.base import Encoder
 from partbench.features import Features, View
-from partbench.metrics import bootstrap_ci, chance_top1
+from partbench.metrics.chance import chance_top1
+from partbench.metrics.resampling import bootstrap_ci
 from partbench.tasks.base import Task, TaskResult, counts_by_class, percent
 from partbench.tasks.fitting import (
     MOMENT_ROWS,

@@ -12,7 +12,9 @@ from partbench.datasets.base import Dataset
 from partbench.encoders.base import Encoder
 from partbench.errors import PartbenchError
 from partbench.features import Features, View
-from partbench.metrics import bootstrap_ci, chance_retrieval_ap, mean_ap_per_class, retrieval_ap
+from partbench.metrics.chance import chance_retrieval_ap
+from partbench.metrics.resampling import bootstrap_ci
+from partbench.metrics.scores import mean_ap_per_class, retrieval_ap
 from partbench.tasks.base import Task, TaskResult, counts_by_class, percent
 
 

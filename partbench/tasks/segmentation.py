@@ -38,7 +38,9 @@ from torch import nn
 from partbench.datasets.base import IGNORE, Dataset
 from partbench.encoders.base import Encoder
 from partbench.features import FULL, Features, View
-from partbench.metrics import bootstrap_ci, chance_miou, miou_from_counts
+from partbench.metrics.chance import chance_miou
+from partbench.metrics.resampling import bootstrap_ci
+from partbench.metrics.scores import miou_from_counts
 from partbench.tasks.base import Task, TaskResult, percent
 from partbench.tasks.fitting import (
     MOMENT_ROWS,
