@@ -47,6 +47,7 @@ def test_run_stores_every_task_with_provenance(filled_db):
             "object-retrieval",
             "object-linear",
             "object-seg",
+            "part-correspondence",
         ]
     )
     for r in runs:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from partbench.datasets.pairs import KeypointPair
 
 IGNORE = 255  # label-map value that no metric or loss counts
 
@@ -80,9 +83,16 @@ class Dataset:
         this dataset afterwards (a study's lanes) share it instead of each doing it. Most
         datasets read files and have none."""
 
+    def keypoint_pairs(self, split: str, within: int | None = None) -> Sequence[KeypointPair]:
+        """The ``keypoint-pairs`` capability: pairs of samples of ``split`` with corresponding
+        keypoints (partbench.datasets.pairs), in a fixed order; with ``within``, only the pairs
+        of the first ``within`` samples (what a ``--limit`` run encoded)."""
+        raise NotImplementedError
+
     def classes_for(self, view: str) -> Sequence[str]:
         return {
             "images": self.object_classes,
+            "keypoint-pairs": self.object_classes,
             "keypoints": self.part_classes,
             "part-masks": self.part_seg_classes,
             "object-masks": self.object_seg_classes,

@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from partbench.datasets.base import IGNORE, Dataset, LazySamples, Sample
+from partbench.datasets.pairs import ImageKeypoints, KeypointPair, mask_box, same_class_pairs
 
 VERSION = 1  # bump when rendering changes; it enters the fingerprint
 
@@ -424,7 +425,7 @@ def load_or_draw(
 
 class SynParts(Dataset):
     name = "synparts"
-    capabilities = frozenset({"images", "keypoints", "part-masks", "object-masks"})
+    capabilities = frozenset({"images", "keypoints", "part-masks", "object-masks", "keypoint-pairs"})
     object_classes = tuple(OBJECT_CLASSES)
     part_classes = PART_TYPES
     part_seg_classes = ("body", *PART_TYPES)
@@ -465,6 +466,16 @@ class SynParts(Dataset):
         if split not in self.counts:
             raise KeyError(f"synparts has splits {sorted(self.counts)}, not '{split}'")
         return LazySamples(self.counts[split], lambda i: self._get(split, i))
+
+    def keypoint_pairs(self, split: str, within: int | None = None) -> list[KeypointPair]:
+        """Same-class pairs (pairs.same_class_pairs); the target box is the object's extent in
+        its object mask. Placements a class shares (a car's two wheels) stay apart: keypoints
+        correspond by position."""
+        images = [
+            ImageKeypoints(int(s.label), s.keypoints, (self.size, self.size), mask_box(s.object_mask, IGNORE))
+            for s in self.samples(split)[:within]
+        ]
+        return same_class_pairs(images)
 
     def fingerprint(self) -> str:
         config = {"version": VERSION, "seed": self.seed, "size": self.size, **self.counts}

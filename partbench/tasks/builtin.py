@@ -131,6 +131,36 @@ def _seg(source: str):
     return create
 
 
+def _stage_option() -> TaskOption:
+    return TaskOption(-1, "stage whose dense map is read (-1: the final map)", minimum=-1)
+
+
+def _correspondence_options() -> dict[str, TaskOption]:
+    return {
+        "stage": _stage_option(),
+        "reference": TaskOption(
+            "bbox",
+            "alpha multiplies the larger side of the target's object box (SPair-71k's convention) or"
+            " of the target image",
+            ("bbox", "image"),
+        ),
+        "predict": TaskOption(
+            "argmax",
+            "the best-matching cell's centre, or the softmax-weighted mean of the cell centres in a"
+            " window around it",
+            ("argmax", "soft-argmax"),
+        ),
+        "window": TaskOption(5, "soft-argmax window side, in cells (odd)", minimum=1),
+        "temperature": TaskOption(0.04, "soft-argmax temperature on cosine similarity", positive=True),
+    }
+
+
+def _correspondence(options):
+    from partbench.tasks.correspondence import Correspondence
+
+    return Correspondence(options)
+
+
 @hookimpl
 def register_tasks(register: Callable[[TaskSpec], None]) -> None:
     register(
@@ -214,5 +244,17 @@ def register_tasks(register: Callable[[TaskSpec], None]) -> None:
             "linear per-pixel probe on blocks 4/6/8/12 for object labels",
             _seg_options(),
             version=FITTED_VERSION,
+        )
+    )
+    register(
+        TaskSpec(
+            "part-correspondence",
+            "part",
+            "PCK@0.10",
+            "keypoint-pairs",
+            _correspondence,
+            "keypoints of one image found in another of its class by cosine nearest neighbour over"
+            " its dense map; PCK@0.05/0.10/0.15, no training",
+            _correspondence_options(),
         )
     )
