@@ -48,6 +48,8 @@ def test_run_stores_every_task_with_provenance(filled_db):
             "object-linear",
             "object-seg",
             "part-correspondence",
+            "part-seg-nn",
+            "object-seg-nn",
         ]
     )
     for r in runs:

@@ -161,6 +161,42 @@ def _correspondence(options):
     return Correspondence(options)
 
 
+# The in-context segmentation defaults of the Hummingbird evaluation (Balazevic et al., NeurIPS
+# 2023) as its open reproduction (open-hummingbird-eval) runs it: 30 neighbours, softmax
+# temperature 0.02 on cosine similarity, memories of 1024 x 10^2 to 1024 x 10^4 patches (the
+# smallest here, which a CPU run can hold).
+NEIGHBOURS = 30
+TEMPERATURE = 0.02
+BANK_SIZE = 102_400
+
+
+def _incontext_options() -> dict[str, TaskOption]:
+    return {
+        "stage": _stage_option(),
+        "k": TaskOption(NEIGHBOURS, "neighbours voting for each test patch (Hummingbird: 30)", minimum=1),
+        "temperature": TaskOption(
+            TEMPERATURE,
+            "softmax temperature on the neighbours' cosine similarities (Hummingbird: 0.02)",
+            positive=True,
+        ),
+        "bank": TaskOption(
+            BANK_SIZE,
+            "training patches kept in the memory bank, drawn uniformly with the run's seed"
+            " (Hummingbird's smallest memory: 1024 x 10^2)",
+            minimum=1,
+        ),
+    }
+
+
+def _incontext(source: str):
+    def create(options):
+        from partbench.tasks.incontext import InContextSegmentation
+
+        return InContextSegmentation(source, options)
+
+    return create
+
+
 @hookimpl
 def register_tasks(register: Callable[[TaskSpec], None]) -> None:
     register(
@@ -258,3 +294,16 @@ def register_tasks(register: Callable[[TaskSpec], None]) -> None:
             _correspondence_options(),
         )
     )
+    for level, source in (("part", "part-masks"), ("object", "object-masks")):
+        register(
+            TaskSpec(
+                f"{level}-seg-nn",
+                level,
+                "mIoU",
+                source,
+                _incontext(source),
+                f"in-context {level} segmentation: each test patch takes the softmax-weighted vote of"
+                " its k nearest labelled training patches (Hummingbird); no training",
+                _incontext_options(),
+            )
+        )
