@@ -50,6 +50,7 @@ def test_run_stores_every_task_with_provenance(filled_db):
             "part-correspondence",
             "part-seg-nn",
             "object-seg-nn",
+            "part-discovery",
         ]
     )
     for r in runs:

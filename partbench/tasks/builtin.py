@@ -197,6 +197,12 @@ def _incontext(source: str):
     return create
 
 
+def _discovery(options):
+    from partbench.tasks.discovery import PartDiscovery
+
+    return PartDiscovery(options)
+
+
 @hookimpl
 def register_tasks(register: Callable[[TaskSpec], None]) -> None:
     register(
@@ -307,3 +313,20 @@ def register_tasks(register: Callable[[TaskSpec], None]) -> None:
                 _incontext_options(),
             )
         )
+    register(
+        TaskSpec(
+            "part-discovery",
+            "part",
+            "mIoU",
+            "part-masks",
+            _discovery,
+            "per image, k-means over the object's patch features, clusters matched to part labels by"
+            " the Hungarian assignment; mIoU, NMI, ARI; no labels used for fitting",
+            {
+                "stage": _stage_option(),
+                "clusters": TaskOption(
+                    0, "k of k-means (0: the number of part classes present in the image)", minimum=0
+                ),
+            },
+        )
+    )
