@@ -274,3 +274,30 @@ def test_spair_without_its_folders_says_what_is_missing(tmp_path):
     (tmp_path / "JPEGImages").mkdir()
     with pytest.raises(DataError, match="PairAnnotation/test"):
         SPair71k(tmp_path)
+
+
+# --- CUB-200-2011 -----------------------------------------------------------------------
+
+
+def test_cub_pairs_same_class_images_over_all_fifteen_parts(tmp_path):
+    from partbench.datasets.cub import CUB200
+    from tests.dataset_trees import CUB_SIZE, cub_line_of, cub_tree
+
+    root = cub_tree(tmp_path / "cub")
+    lines = (root / "parts" / "part_locs.txt").read_text().splitlines(keepends=True)
+    lines[cub_line_of(3, 11) - 1] = "3 11 60.0 70.0 1\n"  # image 3 shows its right eye
+    lines[cub_line_of(3, 2) - 1] = "3 2 61.0 72.0 1\n"  # and its beak, which crops never read
+    (root / "parts" / "part_locs.txt").write_text("".join(lines))
+    ds = CUB200(root)
+    pairs = ds.keypoint_pairs("all")
+    # Images 2 and 3 are sparrows; 4, the second albatross, shows no part.
+    assert [(p.source, p.target) for p in pairs] == [(2, 1)]
+    (p,) = pairs
+    np.testing.assert_array_equal(p.keypoint_ids, [1, 10])  # beak (part 2), right eye (part 11)
+    np.testing.assert_array_equal(p.source_xy, [[61, 72], [60, 70]])
+    np.testing.assert_array_equal(p.target_xy, [[31, 31], [30, 30]])
+    assert p.target_size == CUB_SIZE and p.target_box == (10.0, 10.0, 110.0, 110.0)
+    assert ds.keypoint_pairs("all", within=2) == []
+    (root / "bounding_boxes.txt").write_text("1 10 10 100 100\n")
+    with pytest.raises(DataError, match=r"bounding_boxes\.txt: no box for image id 2"):
+        ds.keypoint_pairs("all")

@@ -54,7 +54,7 @@ _REAL_DATASETS: dict[str, tuple[str, tuple[str, ...], frozenset[str], str]] = {
     "cub200": (
         "cub",
         (),
-        frozenset({"images", "keypoints"}),
+        frozenset({"images", "keypoints", "keypoint-pairs"}),
         "CUB-200-2011: 200 bird species; right eye, right leg, left wing, tail crops",
     ),
     "coco-keypoints": (

@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from partbench.datasets.base import Dataset, LazySamples, Sample
 from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import load_rgb
 from partbench.datasets.layouts import CUB, default_root
+from partbench.datasets.pairs import ImageKeypoints, KeypointPair, same_class_pairs
 from partbench.datasets.text_tables import read_lines
 from partbench.errors import DataError
 
@@ -25,7 +27,7 @@ N_PARTS = 15
 
 class CUB200(Dataset):
     name = "cub200"
-    capabilities = frozenset({"images", "keypoints"})
+    capabilities = frozenset({"images", "keypoints", "keypoint-pairs"})
     part_classes = tuple(name for _, name in SELECTED_PARTS)
     splits = {"retrieval": "all", "train": "train", "test": "test"}  # noqa: RUF012 (declared so in Dataset)
 
@@ -124,6 +126,8 @@ class CUB200(Dataset):
         keypoints = {
             i: np.array([[k, 0.0, 0.0, 0.0] for k in range(len(SELECTED_PARTS))]) for i in self.image_ids
         }
+        # Correspondence reads every part (CUB's 15 keypoints, as the correspondence papers do).
+        every = {i: np.array([[k, 0.0, 0.0, 0.0] for k in range(N_PARTS)]) for i in self.image_ids}
         for line in read_lines(path, 5):
             image_id = line.int(0, "image id", low=1)
             if image_id not in keypoints:
@@ -135,7 +139,9 @@ class CUB200(Dataset):
                 raise line.fail(f"visible part at negative position ({x}, {y})")
             if part_id in slot:
                 keypoints[image_id][slot[part_id], 1:] = (x, y, visible)
+            every[image_id][part_id - 1, 1:] = (x, y, visible)
         self.keypoints = keypoints
+        self.every_keypoint = every
 
     # --- the Dataset interface --------------------------------------------------------
 
@@ -163,6 +169,44 @@ class CUB200(Dataset):
             label=self.labels[image_id],
             keypoints=self.keypoints[image_id].copy(),
         )
+
+    def keypoint_pairs(self, split: str, within: int | None = None) -> list[KeypointPair]:
+        """Same-class pairs of ``split`` (pairs.same_class_pairs) over all 15 parts; the
+        target box from bounding_boxes.txt, image sizes from the files' headers."""
+        boxes = self._boxes()
+        images = []
+        for image_id in self.split_ids[split][:within]:
+            path = self.base / "images" / self.image_names[image_id]
+            try:
+                with Image.open(path) as im:
+                    size = im.size
+            except OSError as exc:
+                raise DataError(
+                    f"{path}: unreadable ({exc}); listed in {self.base / 'images.txt'}, "
+                    f"line {self.image_lines[image_id]}"
+                ) from None
+            images.append(
+                ImageKeypoints(self.labels[image_id], self.every_keypoint[image_id], size, boxes[image_id])
+            )
+        return same_class_pairs(images)
+
+    def _boxes(self) -> dict[int, tuple[float, float, float, float]]:
+        path = self.base / "bounding_boxes.txt"
+        boxes: dict[int, tuple[float, float, float, float]] = {}
+        for line in read_lines(path, 5):
+            image_id = line.int(0, "image id", low=1)
+            if image_id not in self.image_names:
+                raise line.fail(f"image id {image_id} is not in images.txt")
+            x, y, w, h = (
+                line.float(k, name) for k, name in ((1, "x"), (2, "y"), (3, "width"), (4, "height"))
+            )
+            if w <= 0 or h <= 0:
+                raise line.fail(f"box of width {w} and height {h}")
+            boxes[image_id] = (x, y, x + w, y + h)
+        absent = [i for i in self.image_ids if i not in boxes]
+        if absent:
+            raise DataError(f"{path}: no box for image id {absent[0]}")
+        return boxes
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
