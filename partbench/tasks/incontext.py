@@ -60,9 +60,13 @@ def knn_vote(
     """(Q, classes): each query's softmax(cosine / temperature)-weighted mean of the label
     distributions of its k most similar bank rows. ``bank`` must be L2-normalised rows on
     the device the search runs on; queries are normalised here. Exact search, queries in
-    chunks so that a chunk's similarities stay within ``chunk_bytes``."""
+    chunks so that a chunk's similarities stay within ``chunk_bytes`` and a quarter of the
+    bank's size."""
     k = min(k, len(bank))
-    per = max(1, chunk_bytes // (4 * max(1, len(bank))))
+    # A chunk's similarities stay within a quarter of the bank's own size too, so that the
+    # search never holds more than about 1.25 times the bank, however small the bank.
+    budget = min(chunk_bytes, bank.numel() * bank.element_size() // 4)
+    per = max(1, budget // (4 * max(1, len(bank))))
     out = torch.empty(len(queries), bank_labels.shape[1], device=bank.device)
     for i in range(0, len(queries), per):
         q = F.normalize(queries[i : i + per].to(bank.device).float(), dim=1)
