@@ -17,6 +17,7 @@ from partbench.datasets.spair import SPair71k
 from partbench.errors import DataError
 from partbench.features import Features
 from partbench.metrics import score_from_items
+from partbench.store import encode_items
 from partbench.tasks.correspondence import Correspondence, chance_hits
 from tests.dataset_trees import gradient_image, write_image
 
@@ -128,7 +129,8 @@ def test_pck_equals_a_brute_force_loop_and_items_rescore_it(reference):
     assert res.items["correct"][0] == 1.0  # the planted keypoint
     assert score_from_items("PCK@0.10", res.items) == pytest.approx(res.metrics["PCK@0.10"].value, abs=1e-9)
     assert res.n_items == len(pairs) and len(res.items["pair"]) == sum(len(p.source_xy) for p in pairs)
-    assert set(res.items["flag:occlusion"].tolist()) == {0, 1}
+    assert set(res.items["flag.occlusion"].tolist()) == {0, 1}
+    encode_items(res.items)  # the store takes these names and types
     m = res.metrics["PCK@0.10"]
     assert m.ci_low <= m.value <= m.ci_high
 

@@ -13,6 +13,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from partbench.datasets.base import IGNORE, Dataset
 from partbench.features import Features
 from partbench.metrics import score_from_items
+from partbench.store import encode_items
 from partbench.tasks.discovery import PartDiscovery, ari, kmeans, match_clusters, nmi
 
 CPU = torch.device("cpu")
@@ -131,6 +132,7 @@ def test_discovery_miou_equals_a_pixel_loop_on_planted_parts():
         100.0
     )
     assert 0 < res.chance["mIoU"] < want
+    encode_items(res.items)  # the store takes these names and types
 
 
 def test_a_fixed_k_splits_parts_and_lowers_the_score():

@@ -209,7 +209,7 @@ class Correspondence(Task):
         }
         flags = sorted({f for p in pairs for f in p.flags})
         for f in flags:
-            items[f"flag:{f}"] = np.array([pairs[i].flags.get(f, -1) for i in pair_of], dtype=np.int64)
+            items[f"flag.{f}"] = np.array([pairs[i].flags.get(f, -1) for i in pair_of], dtype=np.int64)
         n = len(pairs)
         hits_per_pair = {a: np.bincount(pair_of, ratio <= a, minlength=n) for a in ALPHAS}
         totals = np.bincount(pair_of, minlength=n).astype(np.float64)
@@ -236,7 +236,7 @@ class Correspondence(Task):
             },
         }
         for f in flags:
-            values = items[f"flag:{f}"]
+            values = items[f"flag.{f}"]
             details[f"{HEADLINE} by {f}"] = {
                 str(v): 100 * float(items["correct"][values == v].mean())
                 for v in sorted(set(values.tolist()))
