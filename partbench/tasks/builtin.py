@@ -288,6 +288,12 @@ def register_tasks(register: Callable[[TaskSpec], None]) -> None:
             version=FITTED_VERSION,
         )
     )
+    _register_dense_tasks(register)
+
+
+def _register_dense_tasks(register: Callable[[TaskSpec], None]) -> None:
+    """The field's no-training dense measures: correspondence, in-context segmentation,
+    part discovery."""
     register(
         TaskSpec(
             "part-correspondence",
