@@ -62,7 +62,7 @@ def vit_setup(tmp_path_factory, request):
     import timm
 
     from partbench.datasets.cub import CUB200
-    from partbench.encoders.base import TimmEncoder
+    from partbench.encoders.timm_adapter import TimmEncoder
 
     full = full_size(request.config)
     torch.manual_seed(0)

@@ -9,7 +9,14 @@ Importing this module imports no torch (nor numpy): the names that need them (``
 ``load`` / ``create`` callables keeps ``partbench --help`` and ``partbench list`` fast.
 Importing them at a plugin's module level works too; it only makes start-up slower.
 
+``API_VERSION`` is the plugin API this module provides; a plugin states the version it was
+written for with a module-level ``PARTBENCH_API``. What each version promised and how a plugin
+written for the previous one is adapted (or refused, with what changed) is in
+partbench.api_versions and the migration section of the plugin docs.
+
     from partbench.api import EncoderSpec, hookimpl
+
+    PARTBENCH_API = 2  # the plugin API version this plugin is written for (API_VERSION)
 
     @hookimpl
     def register_encoders(register):
@@ -21,6 +28,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from partbench.api_versions import API_VERSION
 from partbench.encoders.base import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderOutput, Stage
 from partbench.errors import CheckpointError, DataError, PartbenchError
 from partbench.hookspecs import hookimpl
@@ -32,6 +40,7 @@ from partbench.specs import (
     EncoderRequest,
     EncoderSpec,
     MetricValue,
+    SuiteSpec,
     TaskOption,
     TaskSpec,
 )
@@ -53,8 +62,6 @@ _LAZY: dict[str, str] = {
     "Sample": "partbench.datasets.base",
     "LazySamples": "partbench.datasets.base",
     "IGNORE": "partbench.datasets.base",
-    # suites
-    "SuiteSpec": "partbench.suites",
     # metrics: plain functions on arrays
     "metrics": "partbench.metrics",
     "retrieval_ap": "partbench.metrics",
@@ -74,6 +81,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "API_VERSION",
     "CAPABILITIES",
     "FAMILIES",
     "IGNORE",
@@ -157,5 +165,4 @@ if TYPE_CHECKING:  # for type checkers and editors: the lazy names as ordinary i
         score_from_items,
         top1,
     )
-    from partbench.suites import SuiteSpec
     from partbench.tasks.base import Task, TaskResult, counts_by_class, percent

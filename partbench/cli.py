@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from partbench import __version__
+from partbench.cli_sweep import sweep_options
 from partbench.errors import PartbenchError, Terminated
-from partbench.sweep import sweep_options
 
 
 def _console(stderr: bool = False):
@@ -332,7 +332,7 @@ def runs(
         click.echo(f"Removed {store.prune()} abandoned run(s).")
         return
     if run_id is not None:
-        from partbench.store import format_detail
+        from partbench.listing import format_detail
 
         detail = store.detail(run_id)
         click.echo(json.dumps(detail, indent=2, default=str) if fmt == "json" else format_detail(detail))
@@ -544,7 +544,7 @@ def db_import(file: Path, db: str | None) -> None:
 def sweep(**kwargs: Any) -> None:
     """Submit one job per encoder (x dataset) through submitit, locally or on Slurm; --status
     shows what is queued, running, done and failed."""
-    from partbench.sweep import command
+    from partbench.cli_sweep import command
 
     command(**kwargs, console=_console(), say=lambda message: click.echo(message, err=True))
 

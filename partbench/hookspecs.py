@@ -33,4 +33,4 @@ def register_datasets(register: Callable[[Any], None]) -> None:
 
 @hookspec
 def register_suites(register: Callable[[Any], None]) -> None:
-    """Register suites by calling register(SuiteSpec(...)) once per suite (partbench.suites)."""
+    """Register suites by calling register(SuiteSpec(...)) once per suite (partbench.specs)."""

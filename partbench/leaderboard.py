@@ -45,7 +45,7 @@ from partbench.errors import PartbenchError
 if TYPE_CHECKING:  # numpy arrives with the items; the module itself stays light
     import numpy as np
 
-    from partbench.suites import SuiteSpec
+    from partbench.specs import SuiteSpec
 
 LEVELS = ("object", "part")
 N_RESAMPLES = 1000

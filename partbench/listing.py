@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from partbench.paths import data_root
@@ -21,6 +23,8 @@ def describe(reg: Registry, what: str) -> list[dict[str, Any]]:
             {
                 "name": dist,
                 "version": reg.versions.get(dist, ""),
+                "api": reg.api_versions.get(dist, ""),  # the plugin API it declares
+                "adapted": list(reg.adapted.get(dist, [])),  # its items run through an adapter
                 "builtin": dist == BUILTIN,
                 "encoders": [s.display_name for s in reg.encoders.values() if s.plugin == dist],
                 "tasks": [s.name for s in reg.tasks.values() if s.plugin == dist],
@@ -107,11 +111,12 @@ def render_table(what: str, items: list[dict[str, Any]]):
 
     table = Table(title=f"partbench {what}", title_justify="left")
     if what == "plugins":
-        cols = ("plugin", "version", "registers", "problems")
+        cols = ("plugin", "version", "api", "registers", "problems")
         rows = [
             (
                 i["name"],
                 i["version"] or "–",
+                (i["api"] or "–") + (f" (adapted: {', '.join(i['adapted'])})" if i["adapted"] else ""),
                 "; ".join(
                     f"{kind} {', '.join(i[kind])}"
                     for kind in ("encoders", "tasks", "datasets", "suites")
@@ -188,6 +193,23 @@ def run_record(run) -> dict[str, Any]:
         "finished_at": run.finished_at,
         "error": run.error,
     }
+
+
+def format_detail(detail: Mapping[str, Any]) -> str:
+    """``partbench runs --id N`` as plain text (never markup): one field a line, then the
+    error and its traceback verbatim."""
+    lines = []
+    for key, value in detail.items():
+        if key in ("error", "traceback"):
+            continue
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, default=str, sort_keys=True)
+        lines.append(f"{key}: {'' if value is None else value}")
+    if detail.get("error"):
+        lines.append(f"error: {detail['error']}")
+    if detail.get("traceback"):
+        lines += ["traceback:", str(detail["traceback"]).rstrip()]
+    return "\n".join(lines)
 
 
 def render_runs(records: list[dict[str, Any]]):

@@ -6,6 +6,10 @@ Names are settled the same whatever the discovery order: the built-in distributi
 name, neither gets it and both are named in a warning. Each distribution's version is kept,
 for the runs' provenance and ``partbench list plugins``.
 
+Each plugin may declare the plugin API version it was written for (``PARTBENCH_API``, see
+partbench.api_versions); one written for the previous version is adapted as it registers, one
+that cannot be is refused then, with a message that says what changed.
+
 PARTBENCH_LOAD_PLUGINS  comma-separated distribution names to load (default: all)
 PARTBENCH_TRACE_PLUGINS set to 1 to print every hook call to stderr
 """
@@ -22,8 +26,9 @@ from typing import Any
 import pluggy
 
 from partbench import hookspecs
+from partbench.api_versions import API_VERSION, PluginAPIError, adapt, declared_version, version_text
 from partbench.errors import UnknownNameError
-from partbench.specs import DatasetSpec, EncoderSpec, TaskSpec
+from partbench.specs import DatasetSpec, EncoderSpec, SuiteSpec, TaskSpec
 
 GROUP = "partbench"
 BUILTIN = "partbench"  # the distribution whose names no plugin can take
@@ -38,10 +43,12 @@ class Registry:
     encoders: dict[str, EncoderSpec] = field(default_factory=dict)
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
-    suites: dict[str, Any] = field(default_factory=dict)  # name -> partbench.suites.SuiteSpec
+    suites: dict[str, SuiteSpec] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # plugins that failed, in words
     versions: dict[str, str] = field(default_factory=dict)  # distribution -> its version
     plugin_problems: dict[str, list[str]] = field(default_factory=dict)  # distribution -> problems
+    api_versions: dict[str, str] = field(default_factory=dict)  # distribution -> plugin API, in words
+    adapted: dict[str, list[str]] = field(default_factory=dict)  # distribution -> items behind an adapter
 
     def encoder(self, name: str) -> EncoderSpec:
         if name in self.encoders and not self.encoders[name].is_prefix:
@@ -159,24 +166,45 @@ _KINDS = {
 }
 
 
-def _collect(pm: pluggy.PluginManager, hook: str, kind: type, into: dict, reg: Registry) -> None:
+def _collect(
+    pm: pluggy.PluginManager,
+    hook: str,
+    kind: type,
+    into: dict,
+    reg: Registry,
+    apis: dict[str, int | None],
+) -> None:
     """Call ``hook`` on each plugin on its own, through pluggy (so tracing sees every call),
     then settle who gets each name.
 
     One call per plugin attributes every item to its distribution and keeps one plugin's
     mistake from losing the others' items. Names are settled after all calls, so the outcome
-    does not depend on the order plugins were discovered in.
+    does not depend on the order plugins were discovered in. ``apis`` holds each plugin's
+    declared API version; a plugin missing from it was refused and is not called.
     """
     word = _KINDS[hook]
     offers: dict[str, dict[str, Any]] = {}  # name -> distribution -> item
     plugins = pm.get_plugins()
     for impl in getattr(pm.hook, hook).get_hookimpls():
+        if impl.plugin_name not in apis:
+            continue
         dist = _dist_of(impl.plugin_name)
+        api = apis[impl.plugin_name]
         registered: list[str] = []
 
-        def register(item: Any, _dist: str = dist, _registered: list = registered) -> None:
+        def register(
+            item: Any, _dist: str = dist, _registered: list = registered, _api: int | None = api
+        ) -> None:
             if not isinstance(item, kind):
                 raise TypeError(f"{hook} expects {kind.__name__} objects, got {type(item).__name__}")
+            if _dist != BUILTIN:
+                try:
+                    item, adapted = adapt(item, _api, _dist)
+                except PluginAPIError as exc:
+                    reg._problem(_dist, str(exc))
+                    return
+                if adapted:
+                    reg.adapted.setdefault(_dist, []).append(item.name)
             if item.name in offers and _dist in offers[item.name]:
                 reg._problem(
                     _dist, f"plugin '{_dist}' registers {word} '{item.name}' twice; the last one is kept"
@@ -239,14 +267,31 @@ def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) 
         reg.plugin_problems.setdefault(dist, []).append(message)
     for plugin_name, _ in pm.list_name_plugin():
         reg.versions.setdefault(_dist_of(plugin_name), _version_of(_dist_of(plugin_name)))
-    _collect(pm, "register_encoders", EncoderSpec, reg.encoders, reg)
-    _collect(pm, "register_tasks", TaskSpec, reg.tasks, reg)
-    _collect(pm, "register_datasets", DatasetSpec, reg.datasets, reg)
+    apis = _declared_versions(pm, reg)
+    _collect(pm, "register_encoders", EncoderSpec, reg.encoders, reg, apis)
+    _collect(pm, "register_tasks", TaskSpec, reg.tasks, reg, apis)
+    _collect(pm, "register_datasets", DatasetSpec, reg.datasets, reg, apis)
     if hasattr(pm.hook, "register_suites"):
-        from partbench.suites import SuiteSpec
-
-        _collect(pm, "register_suites", SuiteSpec, reg.suites, reg)
+        _collect(pm, "register_suites", SuiteSpec, reg.suites, reg, apis)
     return reg
+
+
+def _declared_versions(pm: pluggy.PluginManager, reg: Registry) -> dict[str, int | None]:
+    """Each plugin's declared API version (the built-in one speaks the current version); a
+    plugin declaring one this partbench cannot speak is left out, with the reason."""
+    apis: dict[str, int | None] = {}
+    by_dist: dict[str, set[int | None]] = {}
+    for plugin_name, plugin in pm.list_name_plugin():
+        dist = _dist_of(plugin_name)
+        try:
+            api = API_VERSION if dist == BUILTIN else declared_version(plugin, dist)
+        except PluginAPIError as exc:
+            reg._problem(dist, str(exc))
+            continue
+        apis[plugin_name] = api
+        by_dist.setdefault(dist, set()).add(api)
+    reg.api_versions = {dist: version_text(versions) for dist, versions in by_dist.items()}
+    return apis
 
 
 _REGISTRY: Registry | None = None

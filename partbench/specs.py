@@ -1,4 +1,4 @@
-"""What a plugin registers: light descriptions of encoders, tasks and datasets.
+"""What a plugin registers: light descriptions of encoders, tasks, datasets and suites.
 
 Specs import nothing heavy. The callables they carry import torch or timm when they are
 called, so listing plugins and answering ``--help`` stay fast.
@@ -171,6 +171,32 @@ class DatasetSpec:
         if self.capabilities & {"keypoints", "part-masks", "keypoint-pairs"}:
             levels.append("part")
         return tuple(levels)
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    name: str
+    version: str  # bump when the pairs change: a leaderboard names the version it ranked over
+    pairs: tuple[tuple[str, str], ...]  # (task, dataset), in the order the leaderboard shows them
+    description: str = ""
+    plugin: str = ""  # filled in by the registry
+
+    def __post_init__(self) -> None:
+        pairs = tuple((str(t), str(d)) for t, d in self.pairs)
+        if not pairs:
+            raise ValueError(f"suite '{self.name}': no (task, dataset) pairs")
+        if len(set(pairs)) != len(pairs):
+            raise ValueError(f"suite '{self.name}': a (task, dataset) pair is listed twice")
+        object.__setattr__(self, "pairs", pairs)
+
+    @property
+    def datasets(self) -> list[str]:
+        """The suite's datasets, in the order of first appearance."""
+        return list(dict.fromkeys(d for _, d in self.pairs))
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} v{self.version}"
 
 
 @dataclass(frozen=True)

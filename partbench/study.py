@@ -26,7 +26,7 @@ from partbench import leaderboard as lb
 from partbench.encoders.mini import MINI
 from partbench.plugins import Registry
 from partbench.render.formatting import difference_text
-from partbench.runner import Outcome, RunOptions, run
+from partbench.runner import Outcome, RunOptions, RunRequest, run
 from partbench.store import Store
 from partbench.suites import BUILTIN_TASKS
 
@@ -213,17 +213,14 @@ def default_lanes(device: str) -> int:
     return max(1, min(available_cores(), len(MINI_ENCODERS)))
 
 
-def _run_args(
+def _lane_request(
     encoders: Sequence[str], tasks: str | Sequence[str], opts: RunOptions, *options: str
-) -> list[str]:
-    """``partbench run``'s arguments (after ``partbench``) for one lane command."""
-    names = [tasks] if isinstance(tasks, str) else list(tasks)
-    args = ["run", *(arg for name in names for arg in ("--task", name)), "--workers", "0"]
-    args += [arg for name in encoders for arg in ("--encoder", name)]
-    args += ["--dataset", opts.dataset, "--device", opts.device, "--seed", str(opts.seed)]
-    args += [arg for option in options for arg in ("--option", option)]
-    args += ["--force"] if opts.force else []
-    return args + (["--limit", str(opts.limit)] if opts.limit is not None else [])
+) -> dict[str, Any]:
+    """One lane run: ``opts`` on one thread's worth of work (no decoding processes), with
+    ``options`` added to its task options."""
+    lane_opts = dataclasses.replace(opts, workers=0, options=(*opts.options, *options))
+    names = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    return RunRequest(tuple(encoders), names, lane_opts).to_json()
 
 
 def run_lanes(
@@ -235,13 +232,14 @@ def run_lanes(
     tasks_each: int = 1,
     then: Sequence[tuple[Sequence[str], str, str]] = (),
 ) -> list[tuple[Path, int]]:
-    """``partbench run -e ... -t T ...`` (the miniature's tasks, suites.BUILTIN_TASKS) for
-    ``encoders`` dealt over ``lanes`` processes of one thread each, sharing the store and the
-    feature cache. ``then`` holds further runs, each (encoders, tasks, one task option), that
-    the lane dealt the fewest encoders makes when its own are done, in the same process
-    (partbench.lane): put the encoders they read in that lane and their features are cached
-    by then. Each lane's output goes to PARTBENCH_HOME/study/lane-N.log. Returns each lane's
-    log and exit status (its first failing command's)."""
+    """The runner on the miniature's tasks (suites.BUILTIN_TASKS) for ``encoders`` dealt over
+    ``lanes`` processes of one thread each (partbench.lane, started with typed RunRequests),
+    sharing the store and the feature cache. ``then`` holds further runs, each (encoders,
+    tasks, one task option), that the lane dealt the fewest encoders makes when its own are
+    done, in the same process (partbench.lane): put the encoders they read in that lane and
+    their features are cached by then. Each lane's output goes to
+    PARTBENCH_HOME/study/lane-N.log. Returns each lane's log and exit status (its first
+    failing run's)."""
     from partbench import paths
 
     folder = paths.home() / "study"
@@ -250,9 +248,9 @@ def run_lanes(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PARTBENCH_DB": store.url}
     before = max((r.id for r in store.runs()), default=0)
     groups = [g for g in (encoders[i::lanes] for i in range(lanes)) if g]
-    commands = [[_run_args(group, BUILTIN_TASKS, opts)] for group in groups]
+    commands = [[_lane_request(group, BUILTIN_TASKS, opts)] for group in groups]
     lightest = min(range(len(groups)), key=lambda i: (len(groups[i]), -i))
-    commands[lightest] += [_run_args(names, tasks, opts, option) for names, tasks, option in then]
+    commands[lightest] += [_lane_request(names, tasks, opts, option) for names, tasks, option in then]
     started = []
     for i, lane in enumerate(commands):
         log_path = folder / f"lane-{i + 1}.log"

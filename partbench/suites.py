@@ -14,38 +14,12 @@ lists the others with :func:`missing_data`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from partbench.datasets.builtin import declared
 from partbench.errors import PartbenchError, UnknownNameError
 from partbench.hookspecs import hookimpl
-
-
-@dataclass(frozen=True)
-class SuiteSpec:
-    name: str
-    version: str  # bump when the pairs change: a leaderboard names the version it ranked over
-    pairs: tuple[tuple[str, str], ...]  # (task, dataset), in the order the leaderboard shows them
-    description: str = ""
-    plugin: str = ""  # filled in by the registry
-
-    def __post_init__(self) -> None:
-        pairs = tuple((str(t), str(d)) for t, d in self.pairs)
-        if not pairs:
-            raise ValueError(f"suite '{self.name}': no (task, dataset) pairs")
-        if len(set(pairs)) != len(pairs):
-            raise ValueError(f"suite '{self.name}': a (task, dataset) pair is listed twice")
-        object.__setattr__(self, "pairs", pairs)
-
-    @property
-    def datasets(self) -> list[str]:
-        """The suite's datasets, in the order of first appearance."""
-        return list(dict.fromkeys(d for _, d in self.pairs))
-
-    @property
-    def title(self) -> str:
-        return f"{self.name} v{self.version}"
-
+from partbench.specs import SuiteSpec
 
 BUILTIN_TASKS = (
     "part-retrieval",
@@ -56,36 +30,47 @@ BUILTIN_TASKS = (
     "object-linear",
     "object-seg",
 )
+BUILTIN_SUITES = ("synparts", "study")
 
-SYNPARTS = SuiteSpec(
-    name="synparts",
-    version="1",
-    pairs=tuple((t, "synparts") for t in BUILTIN_TASKS),
-    description="every built-in task on the built-in SynParts data: runs offline, on a CPU",
+
+def _built_in(name: str, version: str, description: str) -> SuiteSpec:
+    """The suite whose pairs the dataset modules declare: each dataset names the tasks this
+    suite runs on it; the pairs go task by task (in BUILTIN_TASKS order), datasets in their
+    listing order."""
+    members = []
+    for declaration in declared().values():
+        for suite_name, tasks in declaration.suites.items():
+            if suite_name not in BUILTIN_SUITES:
+                raise PartbenchError(
+                    f"dataset '{declaration.name}' declares suite '{suite_name}'; the built-in "
+                    f"suites are {', '.join(BUILTIN_SUITES)}"
+                )
+            unknown = sorted(set(tasks) - set(BUILTIN_TASKS))
+            if unknown:
+                raise PartbenchError(
+                    f"dataset '{declaration.name}' puts task {', '.join(unknown)} in suite "
+                    f"'{suite_name}'; the built-in tasks are {', '.join(BUILTIN_TASKS)}"
+                )
+        members += [
+            (BUILTIN_TASKS.index(task), declaration.order, task, declaration.name)
+            for task in declaration.suites.get(name, ())
+        ]
+    return SuiteSpec(name, version, tuple((task, ds) for *_, task, ds in sorted(members)), description)
+
+
+SYNPARTS = _built_in(
+    "synparts",
+    "1",
+    "every built-in task on the built-in SynParts data: runs offline, on a CPU",
 )
 
 # The study's evaluation (paper-protocol.md), restricted to pairs whose dataset provides the
-# capability the task reads (partbench/datasets/builtin.py): COCO has keypoints only, the
-# segmentation sets have label maps only, CIFAR-10 has images only.
-STUDY = SuiteSpec(
-    name="study",
-    version="1",
-    pairs=(
-        ("part-retrieval", "cub200"),
-        ("part-retrieval", "coco-keypoints"),
-        ("part-linear", "cub200"),
-        ("part-attentive", "cub200"),
-        ("part-seg", "ade20k-part"),
-        ("part-seg", "pascal-part"),
-        ("part-seg", "lip"),
-        ("object-retrieval", "cub200"),
-        ("object-retrieval", "cifar10"),
-        ("object-linear", "cub200"),
-        ("object-linear", "cifar10"),
-        ("object-seg", "ade20k-object"),
-        ("object-seg", "pascal-object"),
-    ),
-    description="the study's tasks on the study's data: CUB-200-2011, COCO keypoints, "
+# capability the task reads: COCO has keypoints only, the segmentation sets have label maps
+# only, CIFAR-10 has images only.
+STUDY = _built_in(
+    "study",
+    "1",
+    "the study's tasks on the study's data: CUB-200-2011, COCO keypoints, "
     "ADE20K, Pascal-Part, LIP and CIFAR-10",
 )
 
@@ -157,11 +142,9 @@ def missing_data(registry: Any, suite_spec: SuiteSpec | str) -> list[tuple[str, 
 
 
 def _where(name: str, source: str, root: Any) -> str:
-    try:
-        from partbench.datasets.fetch import ARCHIVES
-    except Exception:  # fetching is optional here: the published source still says where
-        ARCHIVES = {}
-    get = f"partbench data fetch {name}" if name in ARCHIVES else (source or "its publisher")
+    declaration = declared().get(name)
+    fetchable = declaration is not None and declaration.archive is not None
+    get = f"partbench data fetch {name}" if fetchable else (source or "its publisher")
     return f"{get}; put it in {root} or pass --data-root"
 
 
@@ -190,7 +173,6 @@ def describe(registry: Any) -> list[dict[str, Any]]:
 __all__: Sequence[str] = (
     "STUDY",
     "SYNPARTS",
-    "SuiteSpec",
     "missing_data",
     "pairs_by_dataset",
     "suite",

@@ -8,10 +8,11 @@ cluster must be a shared filesystem; ``PARTBENCH_DB`` a server every node reache
 What is not submitted again, in two steps:
 
 1. Before submitting, the sweep plans each job as ``partbench run`` would (names resolved,
-   options typed, nothing loaded) and leaves out every task whose run is already stored as
-   done with the same encoder, task, dataset, plugin versions, options, seed, limit, repeats
-   and precision, or being run now, or queued by an earlier sweep; a job with nothing left
-   is not submitted. This check cannot see what only loading tells (a weights file replaced
+   options typed, nothing loaded) for the machine the job lands on, and leaves out every
+   task whose declared configuration (``runner.config.declared_config``: encoder, task,
+   dataset, plugin versions, options, seed, limit, repeats, compile, precision) a run stored
+   as done holds, or one being run now, or one queued by an earlier sweep; a job with
+   nothing left is not submitted. This check cannot see what only loading tells (a weights file replaced
    under the same name, a dataset folder changed in place).
 2. In the job, the runner claims each configuration by its exact hash, as ``partbench run``
    does: one stored (or claimed by another process) is skipped.
@@ -21,6 +22,7 @@ What is not submitted again, in two steps:
 A sweep's record lives in ``PARTBENCH_HOME/sweeps/NAME/``: ``sweep.json`` (the submitit job
 ids, folder and what was skipped), ``jobs/N.json`` (each job's state, written by the job) and,
 unless ``--folder`` says otherwise, submitit's own folder ``submitit/`` with every job's logs.
+The command line (options, messages, the status table) is partbench.cli_sweep's.
 """
 
 from __future__ import annotations
@@ -30,15 +32,12 @@ import hashlib
 import json
 import os
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import click
 
 from partbench.errors import PartbenchError
 
@@ -235,6 +234,16 @@ class Launcher:
                 params["local_setup"] = list(self.setup)
         return params
 
+    def job_machine(self, device: str) -> Any:
+        """The machine a job lands on, as far as the submitter can tell: this one for the local
+        launcher; on Slurm, a GPU node when the job asks for CUDA or for GPUs."""
+        from partbench.runner import Machine
+
+        if self.kind == "local":
+            return Machine.here(device)
+        gpu = device != "cpu" and (device.startswith("cuda") or self.gpus_per_job() > 0)
+        return Machine.elsewhere("cuda" if gpu else "cpu")
+
     def executor(self, folder: Path, name: str) -> Any:
         try:
             import submitit
@@ -258,70 +267,9 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
-def expected_precision(precision: str, device: str, launcher: Launcher) -> str:
-    """The precision a job will run at, as the runner resolves it on the job's machine."""
-    if precision != "auto":
-        return precision
-    if launcher.kind == "local":
-        from partbench.runner.plan import resolve_device, resolve_precision
-
-        return resolve_precision(precision, resolve_device(device))
-    if device == "cpu":
-        return "fp32"
-    if device.startswith("cuda") or launcher.gpus_per_job() > 0:
-        return "bf16"
-    return "fp32"
-
-
-def expected_config(plan: Any, encoder_name: str, encoder_spec: Any, task_spec: Any, precision: str) -> dict:
-    """What the submitter knows of the run's configuration without loading anything: a subset
-    of the stored ``config``, compared field by field."""
-    opts = plan.opts
-    return _plain(
-        {
-            "encoder": {
-                "name": encoder_name,
-                "plugin": encoder_spec.plugin,
-                "spec_version": encoder_spec.version,
-                "plugin_version": plan.plugin_version(encoder_spec),
-            },
-            "task": {
-                "name": task_spec.name,
-                "version": task_spec.version,
-                "plugin": task_spec.plugin,
-                "plugin_version": plan.plugin_version(task_spec),
-                "options": plan.options[task_spec.name],
-            },
-            "dataset": {
-                "name": plan.dataset.name,
-                "version": plan.dataset.version,
-                "plugin": plan.dataset.plugin,
-                "plugin_version": plan.plugin_version(plan.dataset),
-                "root": str(plan.data_root) if plan.data_root else None,
-                "options": plan.dataset_options,
-            },
-            "seed": opts.seed,
-            "limit": opts.limit,
-            "repeats": opts.repeats,
-            "compile": opts.compile,
-            "precision": precision,
-        }
-    )
-
-
-def _covers(config: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
-    for key, want in expected.items():
-        have = config.get(key) if isinstance(config, Mapping) else None
-        if isinstance(want, dict):
-            if not isinstance(have, Mapping) or not _covers(have, want):
-                return False
-        elif have != want:
-            return False
-    return True
-
-
-def config_key(expected: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:20]
+def config_key(declared: Mapping[str, Any]) -> str:
+    """A declared configuration's name in the sweep records, to know it queued by another sweep."""
+    return hashlib.sha256(json.dumps(_plain(declared), sort_keys=True).encode()).hexdigest()[:20]
 
 
 # --- sweep records -----------------------------------------------------------------------------
@@ -351,7 +299,7 @@ def records() -> list[dict[str, Any]]:
 
 
 def _pid_alive(pid: int) -> bool:
-    from partbench.store import _pid_alive as alive
+    from partbench.store.liveness import pid_alive as alive
 
     return alive(pid)
 
@@ -469,19 +417,15 @@ def _unique_name(wanted: str | None) -> str:
 def submit(request: SweepRequest, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Plan every (encoder, dataset) job, leave out what is stored or queued, submit the rest
     through submitit and record the sweep. Returns the record."""
-    from partbench.paths import database_url, home
+    from partbench.paths import database_url
     from partbench.plugins import registry
-    from partbench.runner import RunOptions, make_plan
     from partbench.store import Store
 
     if not request.encoders:
         raise PartbenchError("give at least one --encoder (or --status to see earlier sweeps)")
     if not request.tasks:
         raise PartbenchError("give at least one --task (a name, or part / object / all)")
-    datasets = list(dict.fromkeys(request.datasets or ["synparts"]))
-    encoders = list(dict.fromkeys(request.encoders))
-    launcher = request.launcher
-    launcher.parameters("check")  # bad launcher options fail before anything is planned
+    request.launcher.parameters("check")  # bad launcher options fail before anything is planned
     reg = registry()
     for problem in reg.problems:
         say(f"Warning: {problem}")
@@ -491,32 +435,52 @@ def submit(request: SweepRequest, say: Callable[[str], None] = print) -> dict[st
     store.check_writable()
     base = {k: v for k, v in request.run_options.items() if k not in ("dataset", "data_root")}
     base["force"] = request.force
-    precision = expected_precision(base.get("precision", "auto"), base.get("device", "auto"), launcher)
-    pending = {} if request.force else _pending_keys()
+    try:
+        planned, skipped = _plan_jobs(request, reg, store, base)
+    finally:
+        store.close()
+    record = _new_record(request, base, store.where, skipped)
+    if not planned:
+        say(f"Nothing to submit: all {len(skipped)} configuration(s) are stored, running or queued.")
+        return record
+    return _launch(request, record, planned, base, db_url)
 
+
+def _plan_jobs(
+    request: SweepRequest, reg: Any, store: Any, base: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each (encoder, dataset) job with the tasks it has left, and each configuration left out
+    with why: its declared configuration is stored as done, being run now, or queued by an
+    earlier sweep."""
+    from partbench.runner import RunOptions, declared_config, make_plan
+    from partbench.runner.config import covers
+
+    machine = request.launcher.job_machine(base.get("device", "auto"))
+    pending = {} if request.force else _pending_keys()
     planned: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    for dataset in datasets:
-        opts = RunOptions(dataset=dataset, **base)
-        plan = make_plan(reg, encoders, request.tasks, opts)  # every name and option checked first
+    for dataset in dict.fromkeys(request.datasets or ["synparts"]):
+        # every name and option checked first
+        plan = make_plan(
+            reg,
+            list(dict.fromkeys(request.encoders)),
+            request.tasks,
+            RunOptions(dataset=dataset, **base),
+            machine,
+        )
         done = [] if request.force else store.runs(status="done", dataset=dataset)
         running = [] if request.force else store.runs(status="running", dataset=dataset)
         for name, spec in plan.encoders:
             todo, keys = [], {}
             for task in plan.tasks:
-                expected = expected_config(plan, name, spec, task, precision)
-                key = config_key(expected)
+                declared = declared_config(plan, name, spec, task)
+                key = config_key(declared)
+                mine = [r for r in done + running if r.encoder == name and r.task == task.name]
                 why = None
                 if not request.force:
-                    if any(
-                        r.encoder == name and r.task == task.name and _covers(r.config, expected)
-                        for r in done
-                    ):
+                    if any(r.status == "done" and covers(r.config, declared) for r in mine):
                         why = "stored"
-                    elif any(
-                        r.encoder == name and r.task == task.name and _covers(r.config, expected)
-                        for r in running
-                    ):
+                    elif any(r.status == "running" and covers(r.config, declared) for r in mine):
                         why = "running now"
                     elif key in pending:
                         why = pending[key]
@@ -535,29 +499,41 @@ def submit(request: SweepRequest, say: Callable[[str], None] = print) -> dict[st
                         "data_root": str(plan.data_root) if plan.data_root else None,
                     }
                 )
-    store.close()
+    return planned, skipped
 
+
+def _new_record(
+    request: SweepRequest, base: dict[str, Any], db: str, skipped: list[dict[str, Any]]
+) -> dict[str, Any]:
     name = _unique_name(request.name)
     path = sweeps_root() / name
-    folder = (request.folder or path / "submitit").expanduser().resolve()
-    record: dict[str, Any] = {
+    return {
         "name": name,
         "created_at": _now(),
         "host": socket.gethostname(),
-        "launcher": launcher.kind,
-        "parameters": launcher.parameters(f"partbench-{name}"),
+        "launcher": request.launcher.kind,
+        "parameters": request.launcher.parameters(f"partbench-{name}"),
         "path": str(path),
-        "folder": str(folder),
-        "db": store.where,
+        "folder": str((request.folder or path / "submitit").expanduser().resolve()),
+        "db": db,
         "tasks": list(request.tasks),
         "run_options": _plain(base),
         "jobs": [],
         "skipped": skipped,
     }
-    if not planned:
-        say(f"Nothing to submit: all {len(skipped)} configuration(s) are stored, running or queued.")
-        return record
 
+
+def _launch(
+    request: SweepRequest,
+    record: dict[str, Any],
+    planned: list[dict[str, Any]],
+    base: dict[str, Any],
+    db_url: str,
+) -> dict[str, Any]:
+    """Submit one job per planned entry through submitit and write the sweep's record."""
+    from partbench.paths import home
+
+    name, path = record["name"], Path(record["path"])
     env = {k: os.environ[k] for k in ENV_PASSED if os.environ.get(k)}
     env["PARTBENCH_HOME"] = str(home().expanduser().resolve())
     env["PARTBENCH_DB"] = db_url
@@ -575,7 +551,7 @@ def submit(request: SweepRequest, say: Callable[[str], None] = print) -> dict[st
         )
         for i, p in enumerate(planned)
     ]
-    executor = launcher.executor(folder, f"partbench-{name}")
+    executor = request.launcher.executor(Path(record["folder"]), f"partbench-{name}")
     (path / "jobs").mkdir(parents=True, exist_ok=True)
     try:
         with executor.batch():
@@ -677,224 +653,3 @@ def status(names: Sequence[str] = ()) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def print_status(sweeps: Sequence[Mapping[str, Any]], console: Any) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    if not sweeps:
-        console.print(f"No sweeps recorded in {sweeps_root()}.", markup=False)
-        return
-    for sweep in sweeps:
-        table = Table(
-            title=f"sweep {sweep['name']} ({sweep['launcher']}, {sweep['created_at']})", title_justify="left"
-        )
-        for col in ("job", "encoder", "dataset", "tasks", "state", "runs done/skipped/failed", "note"):
-            table.add_column(col)
-        colour = {"done": "green", "failed": "red", "running": "yellow", "queued": "cyan"}
-        for job in sweep["jobs"]:
-            runs = job["runs"]
-            table.add_row(
-                Text(job["job_id"]),
-                Text(job["encoder"]),
-                Text(job["dataset"]),
-                Text(", ".join(job["tasks"])),
-                Text(job["state"], style=colour.get(job["state"], "")),
-                f"{runs['done']}/{runs['skipped']}/{runs['failed']}",
-                Text(job["error"] or ""),
-            )
-        console.print(table)
-        counts = sweep["counts"]
-        line = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s] or s != "unknown")
-        not_submitted = len(sweep["skipped"])
-        extra = (
-            f"; {not_submitted} configuration(s) not submitted (stored or queued)" if not_submitted else ""
-        )
-        console.print(f"{line}{extra}. Logs: {sweep['folder']}", markup=False, highlight=False)
-
-
-# --- the command's options, kept here so cli.py only wires them ---------------------------------
-
-
-def sweep_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The click options of ``partbench sweep``."""
-    options = [
-        click.option(
-            "--encoder", "-e", "encoders", multiple=True, help="encoder name (repeatable): one job each"
-        ),
-        click.option(
-            "--task", "-t", "tasks", multiple=True, help="task name, or part / object / all (repeatable)"
-        ),
-        click.option(
-            "--dataset",
-            "-d",
-            "datasets",
-            multiple=True,
-            help="dataset (repeatable): one job per encoder x dataset [default: synparts]",
-        ),
-        click.option("--launcher", type=click.Choice(LAUNCHERS), default="local", show_default=True),
-        click.option("--partition", "-p", help="Slurm partition"),
-        click.option("--time", "time_min", type=int, help=f"minutes per job [default: {DEFAULT_TIME_MIN}]"),
-        click.option(
-            "--gpus", type=int, help="GPUs per job [default: 1 on Slurm, all of this machine's locally]"
-        ),
-        click.option("--cpus", type=int, help="CPUs per job (Slurm cpus-per-task)"),
-        click.option("--mem", "mem_gb", type=float, help="memory per job in GB"),
-        click.option("--account", help="Slurm account"),
-        click.option("--qos", help="Slurm QOS"),
-        click.option("--constraint", help="Slurm constraint (node features)"),
-        click.option(
-            "--parallel", type=int, help="at most N jobs of the sweep at once (Slurm array throttle)"
-        ),
-        click.option(
-            "--slurm-option",
-            "slurm_options",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="any other sbatch option",
-        ),
-        click.option(
-            "--setup",
-            multiple=True,
-            metavar="COMMAND",
-            help="shell line run before each job (module load ...)",
-        ),
-        click.option("--name", help="the sweep's name [default: the date and time]"),
-        click.option(
-            "--folder",
-            type=click.Path(path_type=Path, file_okay=False),
-            help="submitit's folder for job files and logs [default: PARTBENCH_HOME/sweeps/NAME/submitit]",
-        ),
-        click.option("--wait", is_flag=True, help="wait for the jobs to end, then show their state"),
-        click.option(
-            "--status",
-            "show_status",
-            is_flag=True,
-            help="show recorded sweeps: queued, running, done, failed",
-        ),
-        click.option(
-            "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-        ),
-        click.option(
-            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (in each job)"
-        ),
-        click.option("--batch-size", default=64, show_default=True, type=int),
-        click.option(
-            "--precision",
-            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-            default="auto",
-            show_default=True,
-        ),
-        click.option(
-            "--workers", type=int, help="image-decoding processes per job [default: the job's cores]"
-        ),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--limit", type=int, help="read at most N images per split"),
-        click.option("--repeats", default=1, show_default=True, type=int),
-        click.option(
-            "--option", "-o", "options", multiple=True, metavar="[TASK.]KEY=VALUE", help="task option"
-        ),
-        click.option("--force", is_flag=True, help="submit and rerun configurations that are already stored"),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def command(
-    *,
-    encoders: Sequence[str],
-    tasks: Sequence[str],
-    datasets: Sequence[str],
-    launcher: str,
-    partition: str | None,
-    time_min: int | None,
-    gpus: int | None,
-    cpus: int | None,
-    mem_gb: float | None,
-    account: str | None,
-    qos: str | None,
-    constraint: str | None,
-    parallel: int | None,
-    slurm_options: Sequence[str],
-    setup: Sequence[str],
-    name: str | None,
-    folder: Path | None,
-    wait: bool,
-    show_status: bool,
-    fmt: str,
-    device: str,
-    batch_size: int,
-    precision: str,
-    workers: int | None,
-    seed: int,
-    limit: int | None,
-    repeats: int,
-    options: Sequence[str],
-    force: bool,
-    db: str | None,
-    console: Any,
-    say: Callable[[str], None],
-) -> None:
-    """``partbench sweep``: submit, or with --status show."""
-    if show_status:
-        found = status([name] if name else ())
-        if fmt == "json":
-            click.echo(json.dumps(found, indent=2, default=str))
-        else:
-            print_status(found, console)
-        return
-    request = SweepRequest(
-        encoders=encoders,
-        tasks=tasks,
-        datasets=datasets,
-        run_options={
-            "device": device,
-            "batch_size": batch_size,
-            "precision": precision,
-            "workers": workers,
-            "seed": seed,
-            "limit": limit,
-            "repeats": repeats,
-            "options": list(options),
-        },
-        launcher=Launcher(
-            kind=launcher,
-            partition=partition,
-            time_min=time_min,
-            gpus=gpus,
-            cpus=cpus,
-            mem_gb=mem_gb,
-            account=account,
-            qos=qos,
-            constraint=constraint,
-            parallel=parallel,
-            setup=setup,
-            slurm_options=slurm_options,
-        ),
-        db=db,
-        name=name,
-        folder=folder,
-        force=force,
-    )
-    record = submit(request, say=say)
-    skipped = record["skipped"]
-    if record["jobs"]:
-        say(
-            f"Sweep {record['name']}: submitted {len(record['jobs'])} job(s) ({record['launcher']}), "
-            f"job ids {', '.join(j['job_id'] for j in record['jobs'])}"
-            + (f"; {len(skipped)} configuration(s) already stored, running or queued" if skipped else "")
-            + f". Logs in {record['folder']}; "
-            + f"`partbench sweep --status --name {record['name']}` shows progress."
-        )
-    if wait and record["jobs"]:
-        wait_for(record)
-    if record["jobs"] and (wait or fmt == "json"):
-        found = status([record["name"]])
-        if fmt == "json":
-            click.echo(json.dumps(found, indent=2, default=str))
-        else:
-            print_status(found, console)
-        if any(j["state"] == "failed" for s in found for j in s["jobs"]):
-            sys.exit(1)

@@ -17,7 +17,7 @@ from partbench.datasets.spair import SPair71k
 from partbench.errors import DataError
 from partbench.features import Features
 from partbench.metrics import score_from_items
-from partbench.store import encode_items
+from partbench.store.values import encode_items
 from partbench.tasks.correspondence import Correspondence, chance_hits
 from tests.dataset_trees import gradient_image, write_image
 

@@ -22,9 +22,9 @@ import pytest
 from PIL import Image
 
 from partbench.datasets import cifar, coco, cub, partimagenet, segsets
-from partbench.datasets.base import IGNORE
+from partbench.datasets.base import IGNORE, Sample
 from partbench.datasets.fetch import fetch
-from partbench.datasets.views import crop_rule, part_crops
+from partbench.datasets.views import crop_box, crop_rule, crop_square, part_crops
 from partbench.errors import DataError
 from partbench.plugins import build_registry, plugin_manager
 
@@ -103,6 +103,33 @@ def test_cub_crops_by_the_study_rule(cub_root: Path) -> None:
     assert not wing[40:].any() and wing[:40].any()
     # Pixels still carry the gradient: R = x, G = y, up to JPEG error.
     assert abs(int(wing[0, 0, 0]) - 20) <= 6 and abs(int(wing[0, 0, 1]) - 120) <= 6
+
+
+def test_crops_at_half_pixel_keypoints_match_pil_crop_pixel_for_pixel() -> None:
+    """The study cuts ``img.crop((x - r, y - r, x + r, y + r))``: PIL rounds each corner, halves to
+    even, so a .5 coordinate with an odd r is cut one pixel away from round(x) - r."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (150, 170, 3), dtype=np.uint8)
+    pil = Image.fromarray(image)
+    # Two keypoints 84 apart: d = 42, r = round(21) = 21 (odd); a third far from both is dropped.
+    keypoints = np.array([[0, 30.5, 40.5, 1], [1, 114.5, 40.5, 1], [2, 3.5, 148.5, 1]])
+    kept = crop_rule(keypoints, (20.0, 50.0))
+    assert [(p, r) for p, _, _, r in kept] == [(0, 21), (1, 21)]
+    sample = Sample(image=image, key="half", keypoints=keypoints)
+    crops = part_crops(sample, (20.0, 50.0))
+    for (crop, part), (_, x, y, r) in zip(crops, kept, strict=True):
+        expected = np.asarray(pil.crop((x - r, y - r, x + r, y + r)))
+        assert crop.shape == expected.shape == (42, 42, 3), part
+        np.testing.assert_array_equal(crop, expected)
+    # Rounding the centre first is the old rule: it is one pixel left and up of PIL's crop here.
+    assert not np.array_equal(crops[0][0], image[40 - 21 : 40 + 21, 30 - 21 : 30 + 21])
+    # Every half-pixel centre and both parities of r, partly outside the image (PIL fills zeros).
+    for x in (0.5, 1.5, 2.5, 84.5, 168.5, 169.5):
+        for y in (0.5, 3.5, 75.5, 148.5):
+            for r in (1, 2, 3, 4, 7):
+                expected = np.asarray(pil.crop((x - r, y - r, x + r, y + r)))
+                np.testing.assert_array_equal(crop_square(image, x, y, r), expected, err_msg=f"{x} {y} {r}")
+    assert crop_box(2.5, 2.5, 1) == (2, 2, 4, 4)  # round(1.5) = 2, where round(2.5) - 1 = 1
 
 
 def test_cub_accepts_the_archive_folder_one_level_down(tmp_path: Path) -> None:
@@ -614,3 +641,126 @@ def test_cli_data_fetch(tmp_path: Path, server) -> None:
     result = CliRunner().invoke(cli, [*args, "--sha256", hashlib.sha256(data).hexdigest()])
     assert result.exit_code == 0, result.output
     assert (dest / "parts" / "part_locs.txt").is_file()
+
+
+# --- a dataset is one module ---------------------------------------------------------------
+
+_TOY_MODULE = """
+from partbench.datasets.declaration import Archive, real_dataset
+from partbench.datasets.layouts import Layout
+
+LAYOUT = Layout(dataset="toyset", source="https://example.org/toyset", describe="labels.txt",
+                required=("labels.txt",), nests=("", "toyset"))
+
+
+def load(root=None, **options):
+    return ("toyset", root, options)
+
+
+DATASETS = (
+    real_dataset("toyset", load, capabilities={{"images"}}, description="a toy", layouts=(LAYOUT,),
+                 order=1000, archive=Archive(url="{url}", sha256="{sha256}", top="toyset"),
+                 suites={{"study": ("object-retrieval",)}}),
+)
+"""
+
+
+@pytest.fixture
+def extra_module(tmp_path: Path, monkeypatch):
+    """write(name, source): a module added to partbench.datasets, as a new file there would be."""
+    import importlib
+    import sys
+
+    import partbench.datasets
+    from partbench.datasets import builtin
+
+    folder = tmp_path / "more_datasets"
+    folder.mkdir()
+    monkeypatch.setattr(partbench.datasets, "__path__", [*partbench.datasets.__path__, str(folder)])
+    written: list[str] = []
+
+    def write(name: str, source: str) -> None:
+        (folder / f"{name}.py").write_text(source)
+        written.append(f"partbench.datasets.{name}")
+        importlib.invalidate_caches()
+        builtin._declarations.cache_clear()
+
+    yield write
+    for module in written:
+        sys.modules.pop(module, None)
+    builtin._declarations.cache_clear()
+
+
+def test_a_new_dataset_module_is_all_a_dataset_needs(tmp_path: Path, monkeypatch, server, extra_module):
+    from partbench import suites
+    from partbench.datasets.builtin import declared
+
+    monkeypatch.setenv("PARTBENCH_DATA", str(tmp_path / "data"))
+    served, base = server
+    data = _tgz({"toyset/labels.txt": b"0\n1\n"})
+    (served / "toyset.tgz").write_bytes(data)
+    extra_module(
+        "toyset", _TOY_MODULE.format(url=f"{base}/toyset.tgz", sha256=hashlib.sha256(data).hexdigest())
+    )
+
+    # registered through the built-in plugin, listed after the built-in datasets
+    registry = build_registry(*plugin_manager())
+    assert list(registry.datasets)[-2:] == ["cifar10", "toyset"]
+    spec = registry.datasets["toyset"]
+    assert spec.plugin == "partbench" and spec.source == "https://example.org/toyset"
+    assert spec.load(None, k="v") == ("toyset", None, {"k": "v"})
+    assert spec.data_present(None) is False
+    # in the suite it names, after the datasets listed before it
+    study = suites._built_in("study", "1", "")
+    assert [d for t, d in study.pairs if t == "object-retrieval"] == ["cub200", "cifar10", "toyset"]
+    assert len(study.pairs) == len(suites.STUDY.pairs) + 1
+    where = dict(suites.missing_data(registry, study))["toyset"]
+    assert where.startswith("partbench data fetch toyset;")
+    # fetched from the archive it declares, checked against the layout it declares
+    assert declared()["toyset"].archive is not None
+    dest = fetch("toyset", progress=False)
+    assert dest == tmp_path / "data" / "toyset" and (dest / "labels.txt").read_text() == "0\n1\n"
+    assert spec.data_present(None) is True
+    (served / "toyset.tgz").unlink()
+    assert fetch("toyset", progress=False) == dest  # complete already: nothing downloaded
+    with pytest.raises(DataError, match=r"it can fetch: cub200, toyset"):
+        fetch("lip", dest=tmp_path / "lip")
+
+
+def test_a_module_that_declares_nothing_is_named(extra_module) -> None:
+    extra_module("helpers", "VALUE = 1\n")
+    registry = build_registry(*plugin_manager())
+    assert any("partbench.datasets.helpers declares no DATASETS" in p for p in registry.problems)
+
+
+def test_registering_the_datasets_imports_no_numpy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from partbench.plugins import registry; from partbench import suites; "
+        "r = registry(); assert 'cub200' in r.datasets and suites.STUDY.pairs; "
+        "print(sorted(m for m in ('numpy', 'PIL', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_built_in_suites_are_the_pairs_the_datasets_declare() -> None:
+    from partbench import suites
+    from partbench.datasets.builtin import declared
+
+    # every declared membership is a pair of its suite, and nothing else is
+    for suite in (suites.SYNPARTS, suites.STUDY):
+        members = {(t, d.name) for d in declared().values() for t in d.suites.get(suite.name, ())}
+        assert set(suite.pairs) == members
+        tasks = [suites.BUILTIN_TASKS.index(t) for t, _ in suite.pairs]
+        assert tasks == sorted(tasks)  # task by task, as the leaderboard shows them
+    # version 1 of the study, as leaderboards ranked over it
+    assert suites.STUDY.version == "1" and suites.STUDY.pairs == (
+        ("part-retrieval", "cub200"), ("part-retrieval", "coco-keypoints"), ("part-linear", "cub200"),
+        ("part-attentive", "cub200"), ("part-seg", "ade20k-part"), ("part-seg", "pascal-part"),
+        ("part-seg", "lip"), ("object-retrieval", "cub200"), ("object-retrieval", "cifar10"),
+        ("object-linear", "cub200"), ("object-linear", "cifar10"), ("object-seg", "ade20k-object"),
+        ("object-seg", "pascal-object"),
+    )  # fmt: skip

@@ -13,7 +13,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from partbench.datasets.base import IGNORE, Dataset
 from partbench.features import Features
 from partbench.metrics import score_from_items
-from partbench.store import encode_items
+from partbench.store.values import encode_items
 from partbench.tasks.discovery import PartDiscovery, ari, kmeans, match_clusters, nmi
 
 CPU = torch.device("cpu")

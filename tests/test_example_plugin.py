@@ -211,15 +211,22 @@ def test_without_the_plugin_the_name_is_unknown(tmp_path: Path) -> None:
     assert result.returncode == 1 and "unknown encoder 'example-hog'" in result.stderr
 
 
-def test_the_readme_examples_are_the_plugins_files() -> None:
-    """The README's three examples (and the hooks) are the tested plugin, word for word."""
-    readme = (PLUGIN.parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Writing a plugin") : readme.index("## Architecture")]
-    shown = {}
-    for block in section.split("```python\n")[1:]:
-        header, _, body = block.split("```\n")[0].partition("\n")
-        assert header.startswith("# partbench_example_encoder/"), header
-        shown[header.removeprefix("# partbench_example_encoder/")] = body
-    assert sorted(shown) == sorted(p.name for p in PACKAGE.glob("*.py"))
-    for name, body in shown.items():
-        assert body == (PACKAGE / name).read_text(), f"README's {name} differs from the plugin's"
+def test_the_plugin_page_points_at_every_file_of_the_example_and_names_only_the_api() -> None:
+    """docs/plugins.md links each of the example's modules (rather than copying them), every
+    link it makes into plugins/ resolves, and every spec or base class it tells a plugin to
+    build is a name ``partbench.api`` exports: the page cannot drift from the tested plugin."""
+    import re
+
+    from partbench import api
+
+    root = PLUGIN.parents[1]
+    page = (root / "docs" / "plugins.md").read_text()
+    links = re.findall(r"\]\((\.\./plugins/[^)#]+)\)", page)
+    for link in links:
+        assert (root / "docs" / link).resolve().exists(), f"docs/plugins.md links {link}, which is absent"
+    linked = {Path(link).name for link in links if link.endswith(".py")}
+    assert linked == {p.name for p in PACKAGE.glob("*.py")}, linked
+    assert "```python" not in page, "the page copies code instead of pointing at the plugin"
+    built = set(re.findall(r"`([A-Z][A-Za-z]+)\(", page))
+    assert {"EncoderSpec", "TaskSpec", "DatasetSpec", "SuiteSpec", "TaskOption"} <= built, built
+    assert built <= set(api.__all__), built - set(api.__all__)

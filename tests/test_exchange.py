@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from partbench.errors import PartbenchError
 from partbench.exchange import FORMAT, RUN_FIELDS, VERSION, export_runs, import_runs
-from partbench.store import MetricValue, Run, Store
+from partbench.specs import MetricValue
+from partbench.store import Run, Store
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from partbench import leaderboard as lb
 from partbench import metrics
 from partbench.cli import cli
 from partbench.render import formatting, terminal
-from partbench.store import MetricValue, Store
+from partbench.specs import MetricValue
+from partbench.store import Store
 from partbench.study import check_claims
 
 N = 300  # items per task: big enough for paired tests to see a 4-point gain, small enough to be fast
@@ -859,7 +860,8 @@ def _suite_plugin(monkeypatch, *suites_):
 
 
 def test_a_plugin_suite_ranks_over_exactly_its_pairs(store, monkeypatch, tmp_path):
-    from partbench.suites import SuiteSpec, suite
+    from partbench.specs import SuiteSpec
+    from partbench.suites import suite
 
     mine = SuiteSpec(
         "mine",
@@ -890,7 +892,8 @@ def test_a_plugin_suite_ranks_over_exactly_its_pairs(store, monkeypatch, tmp_pat
 
 
 def test_a_suite_with_a_pair_its_dataset_cannot_serve_is_refused(monkeypatch):
-    from partbench.suites import SuiteSpec, suite
+    from partbench.specs import SuiteSpec
+    from partbench.suites import suite
 
     reg = _suite_plugin(monkeypatch, SuiteSpec("bad", "1", (("part-seg", "cifar10"),)))
     with pytest.raises(lb.PartbenchError, match=r"\(part-seg, cifar10\): the task reads part-masks"):

@@ -1,4 +1,4 @@
-"""The shipped mini encoders do what the README says they do: the supervised ViT and the
+"""The shipped mini encoders do what docs/miniature.md says they do: the supervised ViT and the
 reference CNN learned object classes and the self-supervised minis are above chance on object
 retrieval (measured again here on the shipped files), and the committed miniature was computed
 with exactly the shipped files."""
@@ -19,9 +19,9 @@ from partbench.store import Store
 from partbench.study import FLOOR, SERVES
 
 COMMITTED = Path(__file__).resolve().parent.parent / "leaderboard"
-# What the README states: mini-supervised's object-linear top-1 is at least this on SynParts.
+# What docs/miniature.md states: mini-supervised's object-linear top-1 is at least this on SynParts.
 SUPERVISED_OBJECT_LINEAR = 80.0
-# The encoders the README states are above the floor at the level their method serves.
+# The encoders docs/miniature.md states are above the floor at the level their method serves.
 ABOVE_FLOOR = ("mini-supervised", "mini-cnn", "mini-mocov3", "mini-dino", "mini-mae", "mini-ibot")
 
 
@@ -66,7 +66,7 @@ def _shipped_id(name: str) -> str:
 
 
 def test_each_shipped_file_beats_its_initialisation_at_the_level_it_serves():
-    """The gate, run again on the shipped files: the encoders the README states are above the
+    """The gate, run again on the shipped files: the encoders docs/miniature.md states are above the
     floor pass it, the others do not."""
     from partbench.pretrain.ship import check_gate
 
@@ -76,7 +76,7 @@ def test_each_shipped_file_beats_its_initialisation_at_the_level_it_serves():
         assert result["passed"] == (name in ABOVE_FLOOR), (name, result)
 
 
-def test_committed_miniature_is_of_the_shipped_files_and_says_what_the_readme_says():
+def test_committed_miniature_is_of_the_shipped_files_and_says_what_the_docs_say():
     record = json.loads((COMMITTED / "mini-claims.json").read_text())
     for name in MINI:
         assert record["weights"][name] == _shipped_id(name), name

@@ -686,3 +686,36 @@ def test_full_size_dinov2_through_the_registered_loader(tmp_path: Path) -> None:
     with torch.no_grad():
         out = encoder.forward(torch.randn(1, 3, 224, 224))
     assert out.grid == (16, 16) and out.final.shape == (1, 768, 16, 16) and out.pooled.shape == (1, 768)
+
+
+def test_mae_study_shuffle_is_a_seeded_permutation_of_the_patches(
+    tmp_path: Path, images: torch.Tensor
+) -> None:
+    """The study's MAE shuffles the patch embeddings before adding the position embeddings: the
+    same as plain MAE on an image whose 16 px patches were permuted, with a permutation drawn
+    from the seed (the same seed gives the same features)."""
+    path = save(cf.mae_file(), tmp_path / "mae.pth")
+
+    def shuffled(seed: int):
+        request = EncoderRequest(name="mae-study-shuffle", weights=path, seed=seed)
+        return official.load_study_shuffle(request, geometry=SMALL)
+
+    plain = load_official(OFFICIAL["mae"], EncoderRequest(name="mae", weights=path), geometry=SMALL)
+    with torch.no_grad():
+        a, again, other = (shuffled(s).forward(images) for s in (3, 3, 4))
+        base = plain.forward(images)
+        b, n = images.shape[0], (224 // 16) ** 2
+        order = torch.rand((b, n), generator=torch.Generator().manual_seed(3)).argsort(dim=1)
+        patches = images.reshape(b, 3, 14, 16, 14, 16).permute(0, 2, 4, 1, 3, 5).reshape(b, n, 3, 16, 16)
+        moved = patches[torch.arange(b)[:, None], order]  # slot k holds patch order[k]
+        permuted = moved.reshape(b, 14, 14, 3, 16, 16).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, 224, 224)
+        expected = plain.forward(permuted)
+    assert torch.equal(a.final, again.final) and torch.equal(a.pooled, again.pooled)
+    torch.testing.assert_close(a.final, expected.final, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.pooled, expected.pooled, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a.final, other.final, atol=1e-3)
+    # Content meets other positions, so even the mean over tokens moves: not a reordering of MAE's
+    # own tokens, which would leave it (and the class token) where it was.
+    assert not torch.allclose(a.embedding, base.embedding, atol=1e-3)
+    assert not torch.allclose(a.pooled, base.pooled, atol=1e-3)
+    assert shuffled(3).describe()["version"].endswith("+study-patch-shuffle:seed=3")

@@ -24,7 +24,8 @@ from test_store import _fields as store_fields
 from test_store import _release_0_1_0_metadata, _schema_differences
 
 from partbench.errors import PartbenchError
-from partbench.store import HEAD_REVISION, SCHEMA_VERSION, VERSION_TABLE, Base, MetricValue, Store
+from partbench.specs import MetricValue
+from partbench.store import HEAD_REVISION, SCHEMA_VERSION, VERSION_TABLE, Base, Store
 
 
 @pytest.fixture(scope="session")

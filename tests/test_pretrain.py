@@ -14,7 +14,7 @@ from partbench.pretrain.train import METHODS, make_recipe, pretrain
 from partbench.specs import EncoderRequest
 
 BATCH = 8
-# Files shipped before the gate existed that fail it (the README would name them): none now.
+# Files shipped before the gate existed that fail it (docs/miniature.md would name them): none now.
 FAILED_GATE_AFTER_SHIPPING: tuple[str, ...] = ()
 
 
@@ -174,7 +174,7 @@ def test_shipped_files_match_manifest():
         assert gate["passed"] == (gate["low"] > 0), name
         assert gate["level"] == by_method(entry["method"]).serves, name
         # Files shipped through the gate passed it; older ones were gated after shipping, and
-        # the README names those that fail.
+        # docs/miniature.md names those that fail.
         assert gate["passed"] or gate.get("checked") == "after shipping", name
         assert gate["passed"] != (name in FAILED_GATE_AFTER_SHIPPING), name
         assert entry["reproduce"].startswith("python -m partbench.pretrain.ship")

@@ -336,9 +336,9 @@ def test_the_test_split_is_cut_from_the_all_split_that_holds_it(tmp_path, monkey
 def test_where_maps_are_not_taken_on_only_a_pooled_test_view_is_cut(tmp_path, monkeypatch):
     import dataset_trees as trees
 
-    from partbench.runner import execute
+    from partbench.runner import passes
 
-    monkeypatch.setattr(execute, "folds_maps", lambda device: False)  # what a GPU run does
+    monkeypatch.setattr(passes, "folds_maps", lambda device: False)  # what a GPU run does
     root = trees.cub_tree(tmp_path / "cub")
     reg = _registry_with(("tiny", "ok"))
     opts = _opts(limit=None, dataset="cub200", data_root=root)

@@ -17,13 +17,13 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from partbench.errors import PartbenchError
+from partbench.specs import MetricValue
 from partbench.store import (
     HEAD_REVISION,
     REVISIONS,
     SCHEMA_VERSION,
     VERSION_TABLE,
     Base,
-    MetricValue,
     Run,
     Store,
 )

@@ -91,14 +91,26 @@ def test_the_study_prepares_its_data_once_before_the_lanes_start(tmp_path, monke
     assert calls == [("lanes",)]
 
 
-def test_a_lane_stops_at_its_first_failing_command_and_returns_its_status(capsys):
-    from partbench import lane
+def test_a_lane_stops_at_its_first_failing_request_and_returns_its_status(capsys, tmp_path, monkeypatch):
+    import json
 
-    status = lane.main(['[["run", "--encoder", "no-such-encoder", "--task", "all"], ["list", "encoders"]]'])
-    out = capsys.readouterr()
-    assert status == 1
-    assert "no-such-encoder" in out.err
-    assert "mini-random" not in out.out  # the second command never ran
-    assert lane.main(['[["list", "encoders"], ["list", "tasks"]]']) == 0
-    out = capsys.readouterr().out
-    assert "mini-random" in out and "part-seg" in out
+    from partbench import lane
+    from partbench.runner import RunRequest
+
+    monkeypatch.setenv("PARTBENCH_DB", f"sqlite:///{tmp_path / 'lane.db'}")
+    opts = RunOptions(limit=4, workers=0)
+    bad = RunRequest(("no-such-encoder",), ("all",), opts).to_json()
+    good = RunRequest(("mini-random",), ("part-retrieval",), opts).to_json()
+    assert lane.main([json.dumps([bad, good])]) == 1
+    assert "no-such-encoder" in capsys.readouterr().err
+    store = Store(f"sqlite:///{tmp_path / 'lane.db'}")
+    assert store.runs() == []  # the second request never ran
+    assert lane.main([json.dumps([good])]) == 0
+    assert "mini-random" in capsys.readouterr().out  # the outcomes' table, as `partbench run` prints it
+    (stored,) = store.runs(status="done")
+    assert (stored.encoder, stored.task, stored.config["limit"], stored.config["workers"]) == (
+        "mini-random", "part-retrieval", 4, 0
+    )  # fmt: skip
+    # A request that is not one is one line naming what is wrong.
+    assert lane.main([json.dumps([{**good, "options": {**good["options"], "colour": "red"}}])]) == 1
+    assert "unknown key(s) colour" in capsys.readouterr().err

@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from partbench.errors import PartbenchError
-from partbench.store import MetricValue, Store
+from partbench.specs import MetricValue
+from partbench.store import Store
 from partbench.sweep import Launcher, job_states, records
 
 MINI = ["mini-random", "mini-mae", "mini-supervised"]
@@ -139,12 +140,11 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
 def _store_done(url: str, encoder: str, task: str, **run_options) -> None:
     """A done run whose stored configuration is what a sweep with these options plans."""
     from partbench.plugins import registry
-    from partbench.runner import RunOptions, make_plan
-    from partbench.sweep import expected_config
+    from partbench.runner import Machine, RunOptions, declared_config, make_plan
 
-    plan = make_plan(registry(), [encoder], [task], RunOptions(**run_options))
+    plan = make_plan(registry(), [encoder], [task], RunOptions(**run_options), Machine.elsewhere("cuda"))
     ((name, spec),), (task_spec,) = plan.encoders, plan.tasks
-    config = expected_config(plan, name, spec, task_spec, "bf16")
+    config = json.loads(json.dumps(declared_config(plan, name, spec, task_spec)))
     config["encoder"]["weights_id"] = "random-init:seed=0"  # and what only loading tells
     store = Store(url)
     fields = dict(

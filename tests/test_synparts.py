@@ -120,18 +120,18 @@ def test_part_crops_come_from_synparts_and_resize():
 
 
 def test_dataset_options_are_parsed_and_checked():
-    from partbench.datasets.builtin import _synparts
+    from partbench.datasets.synparts import load
     from partbench.errors import PartbenchError
 
-    data = _synparts(train="12", test="8", seed="3")
+    data = load(train="12", test="8", seed="3")
     assert data.counts == {"train": 12, "test": 8} and data.seed == 3
     assert len(data.samples("test")) == 8
     with pytest.raises(PartbenchError, match="train='x'"):
-        _synparts(train="x")
+        load(train="x")
     with pytest.raises(PartbenchError, match="unknown option trian"):
-        _synparts(trian="3")
+        load(trian="3")
     with pytest.raises(PartbenchError, match="test=0"):
-        _synparts(test="0")
+        load(test="0")
 
 
 def _fields_equal(a, b) -> bool:

@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
-import numpy as np
+if TYPE_CHECKING:  # numpy arrives with the samples: dataset modules import without it
+    import numpy as np
 
 if TYPE_CHECKING:
     from partbench.datasets.pairs import KeypointPair

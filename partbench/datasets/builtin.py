@@ -1,147 +1,71 @@
-"""The built-in datasets, registered through the same hook as any plugin's."""
+"""The built-in datasets, registered through the same hook as any plugin's.
+
+They are not listed here: :func:`declared` collects the declarations of the dataset modules
+of this package (see the package docstring), so adding a dataset edits no table.
+"""
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Callable
-from pathlib import Path
+from functools import cache
+from importlib import import_module
 
+from partbench.datasets.declaration import Declaration
 from partbench.hookspecs import hookimpl
 from partbench.specs import DatasetSpec
 
-
-def _synparts(root: Path | None = None, **options):
-    """``--dataset-option train=N`` (and seed=, size=, test=) arrive as strings."""
-    from partbench.datasets.synparts import SynParts
-    from partbench.errors import PartbenchError
-
-    known = ("seed", "size", "train", "test")
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise PartbenchError(f"synparts: unknown option {', '.join(unknown)}; known: {', '.join(known)}")
-    values = {}
-    for key, value in options.items():
-        try:
-            values[key] = int(value)
-        except (TypeError, ValueError):
-            raise PartbenchError(f"synparts: option {key}={value!r} is not a whole number") from None
-        if values[key] < (0 if key == "seed" else 1):
-            raise PartbenchError(f"synparts: option {key}={value} is out of range")
-    return SynParts(**values)
-
-
-def _reader(module: str, *leading: str) -> Callable[..., object]:
-    """A load(root, **options) that imports its reader module only when called."""
-
-    def load(root: Path | None = None, **options):
-        from importlib import import_module
-
-        return import_module(f"partbench.datasets.{module}").load(*leading, root, **options)
-
-    return load
+PACKAGE = "partbench.datasets"
+# The modules of the package that hold no dataset. Every other module is a dataset module and
+# must declare DATASETS: a module forgotten here fails registration by name, rather than
+# slowing every command down with what it imports (views.py imports numpy and PIL).
+MACHINERY = frozenset(
+    {
+        "base",
+        "builtin",
+        "declaration",
+        "fetch",
+        "fingerprints",
+        "image_files",
+        "layouts",
+        "pairs",
+        "text_tables",
+        "views",
+    }
+)
 
 
-def _present(name: str) -> Callable[[Path | None], bool]:
-    def data_present(root: Path | None) -> bool:
-        from partbench.datasets.layouts import present
+@cache
+def _declarations() -> tuple[Declaration, ...]:
+    found: dict[str, tuple[str, Declaration]] = {}
+    for info in pkgutil.iter_modules(import_module(PACKAGE).__path__):
+        if info.name in MACHINERY:
+            continue
+        module = f"{PACKAGE}.{info.name}"
+        declarations = getattr(import_module(module), "DATASETS", None)
+        if not declarations:
+            raise TypeError(
+                f"{module} declares no DATASETS; a module of {PACKAGE} that holds no dataset "
+                f"belongs in {__name__}.MACHINERY"
+            )
+        for declaration in declarations:
+            if not isinstance(declaration, Declaration):
+                raise TypeError(f"{module}.DATASETS holds {declaration!r}, not a Declaration")
+            if declaration.name in found:
+                raise ValueError(
+                    f"dataset '{declaration.name}' is declared by both {found[declaration.name][0]} "
+                    f"and {module}"
+                )
+            found[declaration.name] = (module, declaration)
+    return tuple(sorted((d for _, d in found.values()), key=lambda d: (d.order, d.name)))
 
-        return present(name, root)
 
-    return data_present
-
-
-# name -> (reader module, extra leading load() arguments, capabilities, description)
-_REAL_DATASETS: dict[str, tuple[str, tuple[str, ...], frozenset[str], str]] = {
-    "cub200": (
-        "cub",
-        (),
-        frozenset({"images", "keypoints", "keypoint-pairs"}),
-        "CUB-200-2011: 200 bird species; right eye, right leg, left wing, tail crops",
-    ),
-    "coco-keypoints": (
-        "coco",
-        (),
-        frozenset({"keypoints"}),
-        "COCO 2017 people: nose, right wrist, left ankle crops",
-    ),
-    "partimagenet": (
-        "partimagenet",
-        (),
-        frozenset({"images", "part-masks", "object-masks"}),
-        "PartImageNet: 40 parts of 11 super-categories",
-    ),
-    "ade20k-part": (
-        "segsets",
-        ("ade20k-part",),
-        frozenset({"part-masks"}),
-        "ADE20K-Part as the study prepared it: 209 part classes",
-    ),
-    "pascal-part": (
-        "segsets",
-        ("pascal-part",),
-        frozenset({"part-masks"}),
-        "Pascal-Part as the study prepared it: 193 part classes",
-    ),
-    "lip": (
-        "segsets",
-        ("lip",),
-        frozenset({"part-masks"}),
-        "Look Into Person: 19 human part classes",
-    ),
-    "ade20k-object": (
-        "segsets",
-        ("ade20k-object",),
-        frozenset({"object-masks"}),
-        "ADE20K objects as the study prepared them: 59 classes",
-    ),
-    "pascal-object": (
-        "segsets",
-        ("pascal-object",),
-        frozenset({"object-masks"}),
-        "Pascal VOC classes that Pascal-Part annotates: 16 classes",
-    ),
-    "cifar10": ("cifar", (), frozenset({"images"}), "CIFAR-10 python release: 10 classes, 32 px"),
-}
+def declared() -> dict[str, Declaration]:
+    """Every built-in dataset's declaration, by name, in listing order."""
+    return {d.name: d for d in _declarations()}
 
 
 @hookimpl
 def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
-    register(
-        DatasetSpec(
-            name="synparts",
-            load=_synparts,
-            capabilities=frozenset({"images", "keypoints", "part-masks", "object-masks", "keypoint-pairs"}),
-            description="procedural objects from 9 shared part types, 8 classes, 96 px",
-            source="generated by partbench from a seed",
-            builtin_data=True,
-        )
-    )
-    from partbench.datasets.layouts import LAYOUTS  # pathlib only; no reader is imported
-
-    for name, (module, leading, capabilities, description) in _REAL_DATASETS.items():
-        register(
-            DatasetSpec(
-                name=name,
-                load=_reader(module, *leading),
-                capabilities=capabilities,
-                description=description,
-                source=LAYOUTS[name][0].source,
-                data_present=_present(name),
-            )
-        )
-    register(
-        DatasetSpec(
-            name="spair71k",
-            load=_reader("spair"),
-            capabilities=frozenset({"keypoint-pairs"}),
-            description="SPair-71k: keypoint pairs of 18 categories with difficulty flags",
-            source="https://cvlab.postech.ac.kr/research/SPair-71k/ (SPair-71k.tar.gz)",
-            data_present=_spair_present,
-        )
-    )
-
-
-def _spair_present(root: Path | None) -> bool:
-    from partbench.datasets.layouts import default_root
-    from partbench.datasets.spair import LAYOUT
-
-    return LAYOUT.present(default_root("spair71k", root))
+    for declaration in _declarations():
+        register(declaration.spec)

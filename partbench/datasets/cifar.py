@@ -10,27 +10,49 @@ from __future__ import annotations
 import codecs
 import io
 import pickle
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from partbench.datasets.base import Dataset, LazySamples, Sample
+from partbench.datasets.declaration import real_dataset
 from partbench.datasets.fingerprints import fingerprint
-from partbench.datasets.layouts import CIFAR10 as LAYOUT
-from partbench.datasets.layouts import default_root
+from partbench.datasets.layouts import Layout, default_root
 from partbench.errors import DataError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 SIDE = 32
-_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, whichever module
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,
-}
+
+LAYOUT = Layout(
+    dataset="cifar10",
+    source="https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-python.tar.gz)",
+    describe="cifar-10-batches-py/ with data_batch_1..5, test_batch, batches.meta",
+    required=(
+        *(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+    ),
+    nests=("cifar-10-batches-py", ""),
+)
+
 SPLIT_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+
+
+@cache
+def _allowed() -> dict[tuple[str, str], Any]:
+    """The only globals a batch may name."""
+    import numpy as np
+
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, whichever module
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
 
 
 class _Refused(pickle.UnpicklingError):
@@ -40,7 +62,7 @@ class _Refused(pickle.UnpicklingError):
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return _allowed()[(module, name)]
         except KeyError:
             raise _Refused(f"refused global '{module}.{name}'") from None
 
@@ -85,6 +107,8 @@ class CIFAR10(Dataset):
 
     def _batches(self, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """All of a split's images (N x 32 x 32 x 3), labels and file names; read on first use."""
+        import numpy as np
+
         if split in self._loaded:
             return self._loaded[split]
         images, labels, names = [], [], []
@@ -124,6 +148,8 @@ class CIFAR10(Dataset):
     def samples(self, split: str) -> LazySamples[Sample]:
         if split not in SPLIT_FILES:
             raise KeyError(f"cifar10 has splits {sorted(SPLIT_FILES)}, not '{split}'")
+        import numpy as np
+
         images, labels, names = self._batches(split)
         return LazySamples(
             len(labels),
@@ -142,3 +168,16 @@ def load(root: Path | str | None = None, **options: object) -> CIFAR10:
     if options:
         raise DataError(f"cifar10 takes no options, got {sorted(options)}")
     return CIFAR10(root)
+
+
+DATASETS = (
+    real_dataset(
+        "cifar10",
+        load,
+        capabilities={"images"},
+        description="CIFAR-10 python release: 10 classes, 32 px",
+        layouts=(LAYOUT,),
+        order=90,
+        suites={"study": ("object-retrieval", "object-linear")},
+    ),
+)

@@ -16,20 +16,38 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from partbench.datasets.base import Dataset, LazySamples, Sample
+from partbench.datasets.declaration import real_dataset
 from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import load_rgb
-from partbench.datasets.layouts import COCO, default_root
+from partbench.datasets.layouts import Layout, default_root
 from partbench.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # (1-based position in COCO's 17-keypoint list, name); the position here is the part class.
 SELECTED_KEYPOINTS = ((1, "nose"), (11, "right wrist"), (16, "left ankle"))
 N_KEYPOINTS = 17
 PERSON = 1
 SPLIT_FOLDERS = {"train": "train2017", "val": "val2017"}
+
+COCO = Layout(
+    dataset="coco-keypoints",
+    source="https://cocodataset.org/#download (2017 train/val images, train/val annotations)",
+    describe=(
+        "annotations/person_keypoints_{train,val}2017.json with images in "
+        "{train,val}2017/ or images/{train,val}2017/"
+    ),
+    required=(
+        "annotations/person_keypoints_train2017.json",
+        "annotations/person_keypoints_val2017.json",
+        "train2017|images/train2017",
+        "val2017|images/val2017",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,8 @@ class COCOKeypoints(Dataset):
 
     def _index(self, split: str) -> list[_Item]:
         """Parse and check one split's JSON; done on first use, as train2017's is 240 MB."""
+        import numpy as np
+
         if split in self._items:
             return self._items[split]
         path = self.annotation_file(split)
@@ -184,3 +204,16 @@ def load(root: Path | str | None = None, per: str = "person", **options: object)
     if options:
         raise DataError(f"coco-keypoints takes only the option 'per', got {sorted(options)}")
     return COCOKeypoints(root, per=per)
+
+
+DATASETS = (
+    real_dataset(
+        "coco-keypoints",
+        load,
+        capabilities={"keypoints"},
+        description="COCO 2017 people: nose, right wrist, left ankle crops",
+        layouts=(COCO,),
+        order=20,
+        suites={"study": ("part-retrieval",)},
+    ),
+)

@@ -8,26 +8,46 @@ published train_test_split.txt.
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from partbench.datasets.base import Dataset, LazySamples, Sample
+from partbench.datasets.declaration import Archive, real_dataset
 from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import load_rgb
-from partbench.datasets.layouts import CUB, default_root
-from partbench.datasets.pairs import ImageKeypoints, KeypointPair, same_class_pairs
+from partbench.datasets.layouts import Layout, default_root
 from partbench.datasets.text_tables import read_lines
 from partbench.errors import DataError
+
+if TYPE_CHECKING:  # registering the dataset imports this module: no numpy at import
+    from partbench.datasets.pairs import KeypointPair
 
 # (1-based id in parts/parts.txt, name there); the position is the part class.
 SELECTED_PARTS = ((11, "right eye"), (12, "right leg"), (9, "left wing"), (14, "tail"))
 N_PARTS = 15
 
+CUB = Layout(
+    dataset="cub200",
+    source="https://www.vision.caltech.edu/datasets/cub_200_2011/ (CUB_200_2011.tgz)",
+    describe=(
+        "images.txt, train_test_split.txt, image_class_labels.txt, classes.txt, "
+        "parts/parts.txt, parts/part_locs.txt and images/<class folder>/<file>.jpg"
+    ),
+    required=(
+        "images.txt",
+        "train_test_split.txt",
+        "image_class_labels.txt",
+        "classes.txt",
+        "parts/parts.txt",
+        "parts/part_locs.txt",
+        "images",
+    ),
+    nests=("", "CUB_200_2011"),
+)
+
 
 class CUB200(Dataset):
     name = "cub200"
-    capabilities = frozenset({"images", "keypoints", "keypoint-pairs"})
+    capabilities = frozenset({"images", "keypoints"})
     part_classes = tuple(name for _, name in SELECTED_PARTS)
     splits = {"retrieval": "all", "train": "train", "test": "test"}  # noqa: RUF012 (declared so in Dataset)
 
@@ -121,6 +141,8 @@ class CUB200(Dataset):
                 )
 
     def _read_part_locs(self) -> None:
+        import numpy as np
+
         path = self.base / "parts" / "part_locs.txt"
         slot = {part_id: k for k, (part_id, _) in enumerate(SELECTED_PARTS)}
         keypoints = {
@@ -173,6 +195,10 @@ class CUB200(Dataset):
     def keypoint_pairs(self, split: str, within: int | None = None) -> list[KeypointPair]:
         """Same-class pairs of ``split`` (pairs.same_class_pairs) over all 15 parts; the
         target box from bounding_boxes.txt, image sizes from the files' headers."""
+        from PIL import Image
+
+        from partbench.datasets.pairs import ImageKeypoints, same_class_pairs
+
         boxes = self._boxes()
         images = []
         for image_id in self.split_ids[split][:within]:
@@ -229,3 +255,24 @@ def load(root: Path | str | None = None, **options: object) -> CUB200:
     if options:
         raise DataError(f"cub200 takes no options, got {sorted(options)}")
     return CUB200(root)
+
+
+DATASETS = (
+    real_dataset(
+        "cub200",
+        load,
+        capabilities={"images", "keypoints", "keypoint-pairs"},
+        description="CUB-200-2011: 200 bird species; right eye, right leg, left wing, tail crops",
+        layouts=(CUB,),
+        order=10,
+        archive=Archive(
+            url="https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",
+            sha256="0c685df5597a8b24909f6a7c9db6d11e008733779a671760afef78feb49bf081",
+            size=1_150_585_339,
+            top="CUB_200_2011",
+        ),
+        suites={
+            "study": ("part-retrieval", "part-linear", "part-attentive", "object-retrieval", "object-linear")
+        },
+    ),
+)

@@ -10,16 +10,33 @@ which every split shares.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from partbench.datasets.base import IGNORE, Dataset, LazySamples, Sample
+from partbench.datasets.declaration import real_dataset
 from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import checked_mask, load_index_map, load_rgb
-from partbench.datasets.layouts import PARTIMAGENET, default_root
+from partbench.datasets.layouts import Layout, default_root
 from partbench.datasets.segsets import Pair, pair_files
 from partbench.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PARTIMAGENET = Layout(
+    dataset="partimagenet",
+    source="https://github.com/TACJu/PartImageNet (PartImageNet_Seg)",
+    describe=(
+        "images/{train,val,test}/*.JPEG and annotations/{train,val,test}/*.png "
+        "(part index maps 0-39, 40 background, 255 ignore)"
+    ),
+    required=tuple(
+        f"{kind}/{split}" for split in ("train", "val", "test") for kind in ("images", "annotations")
+    ),
+    nests=("", "PartImageNet", "PartImageNet_Seg"),
+)
 
 SUPERCATEGORIES = (
     ("Quadruped", ("Head", "Body", "Foot", "Tail")),
@@ -38,9 +55,15 @@ PART_CLASSES = tuple(f"{sup} {part}" for sup, parts in SUPERCATEGORIES for part 
 OBJECT_CLASSES = tuple(sup for sup, _ in SUPERCATEGORIES)
 BACKGROUND = len(PART_CLASSES)  # 40
 
-# part id -> super-category id; background and ignore -> ignore
-_PART_TO_OBJECT = np.full(256, IGNORE, dtype=np.uint8)
-_PART_TO_OBJECT[:BACKGROUND] = [s for s, (_, parts) in enumerate(SUPERCATEGORIES) for _ in parts]
+
+@cache
+def _part_to_object() -> np.ndarray:
+    """part id -> super-category id; background and ignore -> ignore"""
+    import numpy as np
+
+    table = np.full(256, IGNORE, dtype=np.uint8)
+    table[:BACKGROUND] = [s for s, (_, parts) in enumerate(SUPERCATEGORIES) for _ in parts]
+    return table
 
 
 class PartImageNet(Dataset):
@@ -66,11 +89,13 @@ class PartImageNet(Dataset):
         return LazySamples(len(pairs), lambda i: self._sample(pairs[i]))
 
     def _sample(self, pair: Pair) -> Sample:
+        import numpy as np
+
         image = load_rgb(pair.image)
         raw = load_index_map(pair.mask, f"part map of {pair.image}")
         raw = np.where(raw == BACKGROUND, IGNORE, raw)
         part_mask = checked_mask(raw, len(PART_CLASSES), pair.mask, image.shape[:2])
-        object_mask = _PART_TO_OBJECT[part_mask]
+        object_mask = _part_to_object()[part_mask]
         counts = np.bincount(object_mask[object_mask != IGNORE], minlength=len(OBJECT_CLASSES))
         if not counts.any():
             raise DataError(f"{pair.mask}: no part pixels, so the image has no object class")
@@ -94,3 +119,15 @@ def load(root: Path | str | None = None, **options: object) -> PartImageNet:
     if options:
         raise DataError(f"partimagenet takes no options, got {sorted(options)}")
     return PartImageNet(root)
+
+
+DATASETS = (
+    real_dataset(
+        "partimagenet",
+        load,
+        capabilities={"images", "part-masks", "object-masks"},
+        description="PartImageNet: 40 parts of 11 super-categories",
+        layouts=(PARTIMAGENET,),
+        order=30,
+    ),
+)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from partbench.datasets.base import Dataset, LazySamples, Sample
+from partbench.datasets.declaration import Declaration, real_dataset
 from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import (
     checked_mask,
@@ -20,17 +22,7 @@ from partbench.datasets.image_files import (
     load_rgb,
     reduce_zero_label,
 )
-from partbench.datasets.layouts import (
-    ADE20K_OBJECT,
-    ADE20K_PART,
-    LIP_MMSEG,
-    LIP_OFFICIAL,
-    PASCAL_OBJECT,
-    PASCAL_PART,
-    Layout,
-    default_root,
-    resolve_any,
-)
+from partbench.datasets.layouts import Layout, default_root, resolve_any
 from partbench.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -45,6 +37,64 @@ PASCAL_OBJECT_CLASSES = (
     "aeroplane", "bicycle", "bird", "bottle", "bus", "car", "cat", "cow", "dog", "horse",
     "motorbike", "person", "pottedplant", "sheep", "train", "tvmonitor",
 )  # fmt: skip
+
+
+def _mmseg(name: str, source: str, nests: tuple[str, ...] = ("",)) -> Layout:
+    return Layout(
+        dataset=name,
+        source=source,
+        describe="img/{train,val}/*.jpg and ann/{train,val}/*.png (the study's mmseg layout)",
+        required=("img/train", "img/val", "ann/train", "ann/val"),
+        nests=nests,
+    )
+
+
+ADE20K_PART = _mmseg(
+    "ade20k-part",
+    "the ADE20K full release (https://groups.csail.mit.edu/vision/datasets/ADE20K/), "
+    "prepared as in JiePKU/understand-ssl-part-aware",
+)
+PASCAL_PART = _mmseg(
+    "pascal-part",
+    "Pascal-Part (http://roozbehm.info/pascal-parts/pascal-parts.html), prepared as in "
+    "JiePKU/understand-ssl-part-aware",
+)
+PASCAL_OBJECT = _mmseg(
+    "pascal-object",
+    "Pascal VOC 2010 with Pascal-Part (http://roozbehm.info/pascal-parts/pascal-parts.html), "
+    "16 classes as prepared in JiePKU/understand-ssl-part-aware",
+)
+LIP_MMSEG = _mmseg("lip", "http://sysu-hcp.net/lip/ (Look Into Person)")
+LIP_OFFICIAL = Layout(
+    dataset="lip",
+    source="http://sysu-hcp.net/lip/ (Look Into Person)",
+    describe=(
+        "TrainVal_images/{train,val}_images/*.jpg and "
+        "TrainVal_parsing_annotations/{train,val}_segmentations/*.png (official release), "
+        "or img/{train,val}/*.jpg and ann/{train,val}/*.png"
+    ),
+    required=(
+        "TrainVal_images/train_images|TrainVal_images/TrainVal_images/train_images",
+        "TrainVal_images/val_images|TrainVal_images/TrainVal_images/val_images",
+        "TrainVal_parsing_annotations/train_segmentations"
+        "|TrainVal_parsing_annotations/TrainVal_parsing_annotations/train_segmentations",
+        "TrainVal_parsing_annotations/val_segmentations"
+        "|TrainVal_parsing_annotations/TrainVal_parsing_annotations/val_segmentations",
+    ),
+)
+ADE20K_OBJECT = Layout(
+    dataset="ade20k-object",
+    source="http://sceneparsing.csail.mit.edu/ (ADEChallengeData2016), 59 objects as prepared "
+    "in JiePKU/understand-ssl-part-aware",
+    describe="ADEChallengeData2016/{images,annotations}/{training,validation}",
+    required=(
+        "images/training",
+        "images/validation",
+        "annotations/training",
+        "annotations/validation",
+    ),
+    nests=("ADEChallengeData2016", ""),
+)
 
 
 def _numbered(prefix: str, n: int) -> tuple[str, ...]:
@@ -167,3 +217,25 @@ def load(name: str, root: Path | str | None = None, **options: object) -> Segmen
     if options:
         raise DataError(f"{name} takes no options, got {sorted(options)}")
     return SegmentationFolders(SEGSETS[name], root)
+
+
+def _declare(name: str, description: str, order: int) -> Declaration:
+    segset = SEGSETS[name]
+    return real_dataset(
+        name,
+        partial(load, name),
+        capabilities={f"{segset.level}-masks"},
+        description=description,
+        layouts=segset.layouts,
+        order=order,
+        suites={"study": (f"{segset.level}-seg",)},  # the study segments every one of them
+    )
+
+
+DATASETS = (
+    _declare("ade20k-part", "ADE20K-Part as the study prepared it: 209 part classes", 40),
+    _declare("pascal-part", "Pascal-Part as the study prepared it: 193 part classes", 50),
+    _declare("lip", "Look Into Person: 19 human part classes", 60),
+    _declare("ade20k-object", "ADE20K objects as the study prepared them: 59 classes", 70),
+    _declare("pascal-object", "Pascal VOC classes that Pascal-Part annotates: 16 classes", 80),
+)

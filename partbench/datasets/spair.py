@@ -15,17 +15,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from partbench.datasets.base import Dataset, LazySamples, Sample
+from partbench.datasets.declaration import real_dataset
 from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import load_rgb
 from partbench.datasets.layouts import Layout, default_root
-from partbench.datasets.pairs import KeypointPair
 from partbench.errors import DataError
+
+if TYPE_CHECKING:  # registering the dataset imports this module: numpy only where it reads
+    import numpy as np
+
+    from partbench.datasets.pairs import KeypointPair
 
 LAYOUT = Layout(
     dataset="spair71k",
@@ -75,6 +77,8 @@ class SPair71k(Dataset):
             image = self.base / "JPEGImages" / category / name
             if not image.is_file():
                 raise DataError(f"{path}: '{key}' names {image}, which does not exist")
+            from PIL import Image
+
             try:
                 with Image.open(image) as im:
                     self._sizes[(category, name)] = im.size
@@ -85,6 +89,10 @@ class SPair71k(Dataset):
     def _read(self, split: str) -> _Split:
         if split in self._splits:
             return self._splits[split]
+        import numpy as np
+
+        from partbench.datasets.pairs import KeypointPair
+
         images: list[tuple[str, str]] = []
         where: dict[tuple[str, str], int] = {}
         pairs = []
@@ -193,6 +201,8 @@ def _text(data: dict[str, Any], key: str, path: Path) -> str:
 
 
 def _points(data: dict[str, Any], key: str, path: Path) -> np.ndarray:
+    import numpy as np
+
     try:
         kps = np.asarray(data[key], dtype=np.float64)
     except (TypeError, ValueError):
@@ -218,3 +228,15 @@ def load(root: Path | str | None = None, **options: object) -> SPair71k:
     if options:
         raise DataError(f"spair71k takes no options, got {sorted(options)}")
     return SPair71k(root)
+
+
+DATASETS = (
+    real_dataset(
+        "spair71k",
+        load,
+        capabilities={"keypoint-pairs"},
+        description="SPair-71k: keypoint pairs of 18 categories with difficulty flags",
+        layouts=(LAYOUT,),
+        order=15,
+    ),
+)

@@ -16,12 +16,17 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, ClassVar
 
 from partbench.datasets.base import IGNORE, Dataset, LazySamples, Sample
-from partbench.datasets.pairs import ImageKeypoints, KeypointPair, mask_box, same_class_pairs
+from partbench.datasets.declaration import Declaration
+from partbench.errors import PartbenchError
+from partbench.specs import DatasetSpec
+
+if TYPE_CHECKING:  # the functions import numpy: registering the dataset imports this module
+    import numpy as np
+
+    from partbench.datasets.pairs import KeypointPair
 
 VERSION = 1  # bump when rendering changes; it enters the fingerprint
 
@@ -115,6 +120,8 @@ OBJECT_CLASSES: dict[str, tuple[tuple[str, float, float], tuple[Placement, ...]]
 
 def _part_shape(part: str, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coverage mask and texture (0..1) of a part in its own frame (radius about 1)."""
+    import numpy as np
+
     r = np.hypot(u, v)
     a = np.arctan2(v, u)
     if part == "eye":
@@ -150,6 +157,8 @@ def _part_shape(part: str, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    import numpy as np
+
     i = int(h * 6) % 6
     f = h * 6 - int(h * 6)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
@@ -157,6 +166,8 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 
 def _rot(u: np.ndarray, v: np.ndarray, deg: float) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
     return c * u + s * v, -s * u + c * v
 
@@ -171,6 +182,7 @@ def _window(x: float, y: float, radius: float, n: int, ss: int) -> tuple[slice, 
     ``radius`` image pixels of (x, y) along each axis, with a sample to spare. Shapes are
     drawn on their window only: the same per-pixel arithmetic as on the whole grid, so the
     same image, at a fraction of the cost (a part covers about 2% of the frame)."""
+    import numpy as np
 
     def span(c: float) -> slice:
         lo = int(np.floor((c - radius) * ss)) - 1
@@ -186,6 +198,8 @@ def _key(split: str, index: int) -> str:
 
 def render(seed: int, split: str, index: int, size: int = 96) -> Sample:
     """Build one SynParts sample. Pure: the same arguments always give the same sample."""
+    import numpy as np
+
     split_id = {"train": 0, "test": 1}.get(split, 2)
     rng = np.random.default_rng([seed, split_id, index])
     names = list(OBJECT_CLASSES)
@@ -298,6 +312,8 @@ class Renders:
 
     @classmethod
     def of(cls, samples: list[Sample]) -> Renders:
+        import numpy as np
+
         most = max(len(s.keypoints) for s in samples)
         keypoints = np.zeros((len(samples), most, 4))
         for i, s in enumerate(samples):
@@ -313,6 +329,8 @@ class Renders:
 
     @classmethod
     def join(cls, parts: list[Renders]) -> Renders:
+        import numpy as np
+
         most = max(p.keypoints.shape[1] for p in parts)
         padded = [np.pad(p.keypoints, ((0, 0), (0, most - p.keypoints.shape[1]), (0, 0))) for p in parts]
         fields = [f for f in cls.__dataclass_fields__ if f != "keypoints"]
@@ -330,6 +348,8 @@ class Renders:
         )
 
     def save(self, path: Path) -> None:
+        import numpy as np
+
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as f:
@@ -340,6 +360,8 @@ class Renders:
     def load(cls, path: Path, n: int, size: int) -> Renders | None:
         """The renders at ``path``, or None when there are none or they are not ``n`` samples
         of ``size`` pixels (then the samples are drawn again, with a warning naming the file)."""
+        import numpy as np
+
         if not path.is_file():
             return None
         try:
@@ -471,6 +493,8 @@ class SynParts(Dataset):
         """Same-class pairs (pairs.same_class_pairs); the target box is the object's extent in
         its object mask. Placements a class shares (a car's two wheels) stay apart: keypoints
         correspond by position."""
+        from partbench.datasets.pairs import ImageKeypoints, mask_box, same_class_pairs
+
         images = [
             ImageKeypoints(int(s.label), s.keypoints, (self.size, self.size), mask_box(s.object_mask, IGNORE))
             for s in self.samples(split)[:within]
@@ -480,3 +504,46 @@ class SynParts(Dataset):
     def fingerprint(self) -> str:
         config = {"version": VERSION, "seed": self.seed, "size": self.size, **self.counts}
         return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load(root: Path | None = None, **options: object) -> SynParts:
+    """``--dataset-option train=N`` (and seed=, size=, test=) arrive as strings."""
+    known = ("seed", "size", "train", "test")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise PartbenchError(f"synparts: unknown option {', '.join(unknown)}; known: {', '.join(known)}")
+    values = {}
+    for key, value in options.items():
+        try:
+            values[key] = int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise PartbenchError(f"synparts: option {key}={value!r} is not a whole number") from None
+        if values[key] < (0 if key == "seed" else 1):
+            raise PartbenchError(f"synparts: option {key}={value} is out of range")
+    return SynParts(**values)
+
+
+DATASETS = (
+    Declaration(
+        spec=DatasetSpec(
+            name="synparts",
+            load=load,
+            capabilities=frozenset({"images", "keypoints", "part-masks", "object-masks", "keypoint-pairs"}),
+            description="procedural objects from 9 shared part types, 8 classes, 96 px",
+            source="generated by partbench from a seed",
+            builtin_data=True,
+        ),
+        order=0,
+        suites={
+            "synparts": (
+                "part-retrieval",
+                "part-linear",
+                "part-attentive",
+                "part-seg",
+                "object-retrieval",
+                "object-linear",
+                "object-seg",
+            )
+        },
+    ),
+)

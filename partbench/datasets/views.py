@@ -36,14 +36,29 @@ def crop_rule(keypoints: np.ndarray, bounds: tuple[float, float]) -> list[tuple[
     return kept
 
 
+# The crop rule's version: it enters the cache key of every crop pass (partbench.runner.execute).
+# 2: corners rounded one by one, as PIL's Image.crop rounds them.
+CROP_VERSION = "2"
+
+
+def crop_box(x: float, y: float, r: int) -> tuple[int, int, int, int]:
+    """The box the study's ``img.crop((x - r, y - r, x + r, y + r))`` cuts: PIL rounds each corner
+    on its own (``Image._crop``: ``map(int, map(round, box))``, Python's round, halves to even).
+
+    Rounding the centre first differs when a coordinate ends in .5 and r is odd: x = 2.5, r = 1
+    is cut from round(1.5) = 2, where round(2.5) - 1 = 1.
+    """
+    x0, y0, x1, y1 = (round(float(v)) for v in (x - r, y - r, x + r, y + r))
+    return x0, y0, x1, y1
+
+
 def crop_square(image: np.ndarray, x: float, y: float, r: int) -> np.ndarray:
-    """The square (x - r, y - r, x + r, y + r), zero-filled where it leaves the image."""
-    x0, y0 = round(x) - r, round(y) - r
-    side = 2 * r
-    out = np.zeros((side, side, image.shape[2]), dtype=image.dtype)
+    """The square ``crop_box(x, y, r)``, zero-filled where it leaves the image (as PIL fills)."""
+    x0, y0, x1, y1 = crop_box(x, y, r)
+    out = np.zeros((y1 - y0, x1 - x0, image.shape[2]), dtype=image.dtype)
     h, w = image.shape[:2]
     sx0, sy0 = max(x0, 0), max(y0, 0)
-    sx1, sy1 = min(x0 + side, w), min(y0 + side, h)
+    sx1, sy1 = min(x1, w), min(y1, h)
     if sx1 > sx0 and sy1 > sy0:
         out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
     return out

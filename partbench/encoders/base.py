@@ -33,13 +33,40 @@ class Stage:
     stride: int  # input pixels per cell of this stage's map
 
 
-@dataclass
+@dataclass(init=False)
 class EncoderOutput:
     pooled: torch.Tensor  # (B, D): class token after the final norm where there is one, else final's mean
     final: torch.Tensor  # (B, D, H, W): the final feature map after the final norm (ViT: patch tokens)
     prefix: torch.Tensor | None = None  # (B, P, D): class token and registers after the final norm
     projection: torch.Tensor | None = None  # (B, P'): the projection head on the pooled vector
     stages: dict[int, torch.Tensor] = field(default_factory=dict)  # stage index -> (B, C, h, w), pre-norm
+
+    def __init__(
+        self,
+        pooled: torch.Tensor | None = None,
+        final: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
+        projection: torch.Tensor | None = None,
+        stages: dict[int, torch.Tensor] | None = None,
+        **api1: Any,
+    ) -> None:
+        # Plugin API 1's keywords (cls, patch_tokens, grid, blocks: token lists and 1-based
+        # blocks) are what an encoder written for it builds; they become the maps of API 2,
+        # block b being stage b - 1 (partbench.api_versions derives those stages).
+        if api1:
+            unknown = set(api1) - {"cls", "patch_tokens", "grid", "blocks"}
+            if unknown or pooled is not None or final is not None or stages is not None:
+                raise TypeError(
+                    f"EncoderOutput takes pooled, final, prefix, projection, stages; got {sorted(api1)}"
+                )
+            h, w = api1["grid"]
+            pooled = api1["cls"]
+            final = _token_map(api1["patch_tokens"], h, w)
+            stages = {b - 1: _token_map(t, h, w) for b, t in (api1.get("blocks") or {}).items()}
+        if pooled is None or final is None:
+            raise TypeError("EncoderOutput needs pooled and final")
+        self.pooled, self.final, self.prefix, self.projection = pooled, final, prefix, projection
+        self.stages = {} if stages is None else stages
 
     @property
     def embedding(self) -> torch.Tensor:
@@ -49,6 +76,11 @@ class EncoderOutput:
     @property
     def grid(self) -> tuple[int, int]:
         return (int(self.final.shape[-2]), int(self.final.shape[-1]))
+
+
+def _token_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, h * w, D) tokens as a (B, D, h, w) map."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
 
 class Encoder:
@@ -110,13 +142,3 @@ class Encoder:
             "parameters": sum(p.numel() for p in self.module.parameters()),
             "version": self.version,
         }
-
-
-def __getattr__(name: str):
-    # TimmEncoder moved to timm_adapter (it imports torch; this module does not); the old
-    # import path keeps working without importing torch until it is used.
-    if name == "TimmEncoder":
-        from partbench.encoders.timm_adapter import TimmEncoder
-
-        return TimmEncoder
-    raise AttributeError(f"module 'partbench.encoders.base' has no attribute '{name}'")

@@ -440,16 +440,63 @@ def load_official(
     return built[-1] if built else build_encoder(entry, path, geometry=geometry, name=request.name)
 
 
+# The opt-in variant that runs MAE as the study's retrieval and classification code does.
+STUDY_SHUFFLE = "mae-study-shuffle"
+
+
+def study_patch_shuffle(encoder: TimmEncoder, seed: int) -> TimmEncoder:
+    """``encoder`` with its patch embeddings shuffled before the position embeddings are added,
+    as the study's MAE does (its ``MaskedAutoencoderViT.forward_encoder`` in
+    retrieval-classification/vits.py calls ``random_masking(x, 0.)`` on the patch embeddings and
+    adds ``interpolate_pos_encoding`` afterwards; MAE's own ``forward_encoder`` adds them first).
+    Each patch's content thus carries another patch's position. The study draws the order from
+    an unseeded ``torch.rand``; here it is seeded, so a run repeats: the k-th image of every
+    batch gets the k-th permutation drawn from ``seed``.
+    """
+    import torch
+
+    def shuffle(module: Any, args: Any, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 3:
+            raise PartbenchError(f"{encoder.name}: patch shuffling needs (B, N, D) patch tokens")
+        noise = torch.rand(tokens.shape[:2], generator=torch.Generator().manual_seed(seed))
+        order = noise.argsort(dim=1).to(tokens.device)
+        return tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+    encoder.model.patch_embed.register_forward_hook(shuffle)
+    # The features depend on the seed: it enters the description, hence the cache key and hash.
+    encoder.version = f"{encoder.version}+study-patch-shuffle:seed={seed}"
+    return encoder
+
+
+def load_study_shuffle(request: EncoderRequest, *, geometry: Mapping[str, int] | None = None) -> TimmEncoder:
+    """``mae`` as the study ran it (``--seed`` draws the patch orders)."""
+    encoder = load_official(OFFICIAL["mae"], request, geometry=geometry)
+    return study_patch_shuffle(encoder, request.seed)
+
+
 def official_specs() -> list[EncoderSpec]:
-    """One EncoderSpec per official encoder, for the built-in plugin to register."""
+    """One EncoderSpec per official encoder, for the built-in plugin to register, and the study's
+    patch-shuffled MAE beside ``mae``."""
+    mae = OFFICIAL["mae"]
     return [
+        *(
+            EncoderSpec(
+                name=entry.name,
+                load=functools.partial(load_official, entry),
+                family=entry.family,
+                description=entry.description,
+                weights_source=entry.weights_source,
+                weights_present=entry.weights_present,
+            )
+            for entry in OFFICIAL.values()
+        ),
         EncoderSpec(
-            name=entry.name,
-            load=functools.partial(load_official, entry),
-            family=entry.family,
-            description=entry.description,
-            weights_source=entry.weights_source,
-            weights_present=entry.weights_present,
-        )
-        for entry in OFFICIAL.values()
+            name=STUDY_SHUFFLE,
+            load=load_study_shuffle,
+            family=mae.family,
+            description="MAE as the study's code runs it: patches shuffled (seeded by --seed) before "
+            "their position embeddings; to compare with the paper's MAE numbers",
+            weights_source=mae.weights_source,
+            weights_present=mae.weights_present,
+        ),
     ]

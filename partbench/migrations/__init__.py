@@ -5,7 +5,7 @@ Revisions are numbered ``0001``, ``0002``, ... and revision N leaves ``schema_ve
 ``partbench_meta``, so ``partbench.store.SCHEMA_VERSION`` is the head. A new migration is the
 last file copied (``script.py.mako`` is the template): the next number as ``revision``, the
 last as ``down_revision``, ``schema_version`` set to the new number; then ``SCHEMA_VERSION`` and
-the models in ``partbench/store.py`` follow, and tests/test_store.py checks that they agree.
+the models in ``partbench/store/models.py`` follow, and tests/test_store.py checks that they agree.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """The runner: plan, execute, record. ``run`` drives ``partbench run``.
 
-plan     names -> specs, options typed and checked, nothing loaded (plan.py)
-execute  per encoder: jobs claimed, features from the cache or one pass per split, tasks
-         scored on the run's device (execute.py)
+plan     names -> specs, options typed, checked and resolved for the machine, nothing
+         loaded (plan.py)
+config   what one (encoder, task) run is: declared by the plan, completed by loading; its
+         digest, store columns and feature-cache keys (config.py)
+execute  per encoder: jobs claimed, features served (passes.py: the cache, a larger split's
+         pass, or one pass per split), tasks scored on the run's device (execute.py)
 record   each run's lifecycle in the store (record.py)
 """
 
@@ -14,26 +17,19 @@ from typing import Any
 
 from partbench.distributed import World
 from partbench.plugins import Registry
-from partbench.runner.plan import (
-    Plan,
-    RunConfig,
-    RunOptions,
-    describe_device,
-    library_versions,
-    make_plan,
-    resolve_device,
-    resolve_precision,
-    select_tasks,
-    task_options,
-)
+from partbench.runner.config import RunConfig, declared_config
+from partbench.runner.plan import Machine, Plan, RunOptions, RunRequest, make_plan, select_tasks, task_options
 from partbench.runner.record import Outcome, Recorder
 from partbench.store import Store
 
 __all__ = [
+    "Machine",
     "Outcome",
     "Plan",
     "RunConfig",
     "RunOptions",
+    "RunRequest",
+    "declared_config",
     "make_plan",
     "run",
     "select_tasks",
@@ -57,22 +53,19 @@ def run(
     from partbench.runner.execute import EncoderRun, load_dataset
 
     world = World.from_env()
-    plan = make_plan(registry, encoders, tasks, opts)
+    local_rank = world.local_rank if world.size > 1 else None
+    plan = make_plan(registry, encoders, tasks, opts, lambda: Machine.here(opts.device, local_rank))
     if world.main:
         store.check_writable()  # before any encoder is loaded: a result that cannot be stored is lost
-    plan.device = resolve_device(opts.device, world.local_rank if world.size > 1 else None)
-    world.start(plan.device.type)
-    plan.precision = resolve_precision(opts.precision, plan.device)
-    plan.device_text = describe_device(plan.device)
-    plan.versions = library_versions()
-    if plan.device.type == "cuda" and plan.precision == "fp32":
+    world.start(plan.machine.device_type)
+    if plan.machine.device_type == "cuda" and plan.opts.precision == "fp32":
         # TF32 matmuls: fp32 storage at tensor-core speed; recorded with the precision.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(opts.seed)
+    torch.manual_seed(plan.opts.seed)
     dataset = load_dataset(plan)
-    cache = FeatureCache(cache_root() if opts.cache or not world.main else None)
-    if not opts.cache:
+    cache = FeatureCache(cache_root() if plan.opts.cache or not world.main else None)
+    if not plan.opts.cache:
         # One temporary folder for every rank: rank 0's.
         cache.root = Path(world.share(str(cache.root)))
     outcomes: list[Outcome] = []

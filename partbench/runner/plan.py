@@ -1,17 +1,22 @@
-"""Plan: every name resolved and every option typed and checked before anything is loaded.
+"""Plan: every name resolved and every option typed, checked and resolved before anything is
+loaded.
 
-A Plan holds the dataset, tasks with their bound options, encoders and run settings. A
-RunConfig is what one (encoder, task) run is: a typed value whose digest decides whether the
-store already holds it.
+A Plan is complete when it is returned: the options with nothing left on "auto" (device,
+precision, workers resolved for the machine the run happens on) and that machine's facts.
+What one (encoder, task) run is follows from the plan alone up to what loading the dataset
+and the encoder tells (runner/config.py).
+
+A new run option is a field of RunOptions (and its flag in cli.py); the runner reads it from
+``plan.opts``. One that changes scores also enters ``config.declared_config`` and is a field of
+RunConfig: the hash, the sweep's check and the run's record then all hold it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import platform
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +32,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SEED_RANGE = (0, 2**32 - 1 - 1000)  # room for --repeats adding to the seed
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
+    """The options of one ``partbench run``, as plain data (a study's lane receives them as
+    JSON). In a Plan, device, precision and workers are resolved."""
+
     dataset: str = "synparts"
     data_root: Path | None = None
     dataset_options: Sequence[str] = ()  # "key=value", handed to the dataset's load()
@@ -45,50 +53,83 @@ class RunOptions:
     compile: bool = False
     cache: bool = True  # keep features in the persistent cache
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values; ``from_json`` gives the same options back."""
+        out = dataclasses.asdict(self)
+        for key in ("data_root", "weights"):
+            out[key] = None if out[key] is None else str(out[key])
+        out["dataset_options"], out["options"] = list(self.dataset_options), list(self.options)
+        return out
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> RunOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise PartbenchError(f"run options: unknown key(s) {', '.join(unknown)}")
+        kw = dict(value)
+        for key in ("data_root", "weights"):
+            if kw.get(key) is not None:
+                kw[key] = Path(kw[key])
+        for key in ("dataset_options", "options"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything that makes one run what it is. ``digest`` leaves out what changes timings
-    but not scores (device, batch size, workers), so a run is not repeated on another machine."""
+class RunRequest:
+    """One call of ``runner.run`` as plain data: what a study's lane process is asked to run."""
 
-    encoder: Mapping[str, Any]
-    task: Mapping[str, Any]
-    dataset: Mapping[str, Any]
-    views: Mapping[str, Any]
-    seed: int
-    limit: int | None
-    precision: str
-    repeats: int
-    compile: bool
-    batch_size: int
-    device: str
-    workers: int
+    encoders: tuple[str, ...]
+    tasks: tuple[str, ...]
+    options: RunOptions
 
-    RECORDED_ONLY = ("batch_size", "device", "workers")
+    def to_json(self) -> dict[str, Any]:
+        return {"encoders": list(self.encoders), "tasks": list(self.tasks), "options": self.options.to_json()}
 
-    def as_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
-
-    @property
-    def digest(self) -> str:
-        keep = {k: v for k, v in self.as_dict().items() if k not in self.RECORDED_ONLY}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> RunRequest:
+        try:
+            options = RunOptions.from_json(value["options"])
+            return cls(tuple(value["encoders"]), tuple(value["tasks"]), options)
+        except (KeyError, TypeError) as exc:
+            raise PartbenchError(f"run request: expected encoders, tasks and options ({exc})") from None
 
 
-@dataclass
+@dataclass(frozen=True)
+class Machine:
+    """Where a plan runs: the device (a torch.device here; None for a job that runs on another
+    machine, of which only the device type is known) and what the run records of the machine."""
+
+    device_type: str  # "cuda" or "cpu"
+    device: Any = None
+    text: str = ""
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def here(cls, name: str, local_rank: int | None = None) -> Machine:
+        device = resolve_device(name, local_rank)
+        return cls(device.type, device, describe_device(device), library_versions())
+
+    @classmethod
+    def elsewhere(cls, device_type: str) -> Machine:
+        """A job's machine seen from the one submitting it: precision resolves by its device
+        type; the device itself, the workers and the versions are the job's to resolve."""
+        return cls(device_type)
+
+
+@dataclass(frozen=True)
 class Plan:
     dataset: DatasetSpec
     data_root: Path | None
-    dataset_options: dict[str, str]
-    encoders: list[tuple[str, EncoderSpec]]
-    tasks: list[TaskSpec]
-    options: dict[str, dict[str, Any]]  # task -> typed options
-    opts: RunOptions
-    precision: str = "fp32"
-    device: Any = None
-    device_text: str = ""
-    versions: dict[str, str] = field(default_factory=dict)
-    plugin_versions: dict[str, str] = field(default_factory=dict)  # distribution -> version
+    dataset_options: Mapping[str, str]
+    encoders: tuple[tuple[str, EncoderSpec], ...]
+    tasks: tuple[TaskSpec, ...]
+    options: Mapping[str, dict[str, Any]]  # task -> typed options
+    opts: RunOptions  # resolved: no "auto" left where the machine decides it
+    machine: Machine
+    plugin_versions: Mapping[str, str] = field(default_factory=dict)  # distribution -> version
 
     def plugin_version(self, spec: Any) -> str:
         """The version of the distribution that registered ``spec``, as the registry found it;
@@ -171,12 +212,7 @@ def key_values(raw: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
-def make_plan(registry: Registry, encoders: Sequence[str], tasks: Sequence[str], opts: RunOptions) -> Plan:
-    """Check every name and setting; nothing is loaded and nothing is stored."""
-    ds_spec = registry.dataset(opts.dataset)
-    enc = [(name, registry.encoder(name)) for name in encoders]
-    task_specs = select_tasks(registry, tasks, ds_spec)
-    options = task_options(task_specs, opts.options, list(registry.tasks.values()))
+def check_options(opts: RunOptions) -> None:
     if opts.precision not in PRECISIONS:
         raise PartbenchError(f"--precision '{opts.precision}': expected one of {', '.join(PRECISIONS)}")
     for flag, value in (("--repeats", opts.repeats), ("--batch-size", opts.batch_size)):
@@ -188,19 +224,56 @@ def make_plan(registry: Registry, encoders: Sequence[str], tasks: Sequence[str],
         raise PartbenchError(f"--workers must be 0 or more, got {opts.workers}")
     if not SEED_RANGE[0] <= opts.seed <= SEED_RANGE[1]:
         raise PartbenchError(f"--seed must lie in {SEED_RANGE[0]}..{SEED_RANGE[1]}, got {opts.seed}")
+
+
+def resolve_options(opts: RunOptions, machine: Machine) -> RunOptions:
+    """``opts`` with what the machine decides filled in: precision, and where the device is
+    here, the device and the DataLoader workers."""
+    resolved = dataclasses.replace(opts, precision=resolve_precision(opts.precision, machine.device_type))
+    if machine.device is None:
+        return resolved
+    workers = opts.workers
+    if workers is None:
+        from partbench.extraction import default_workers
+
+        workers = default_workers(machine.device_type)
+    return dataclasses.replace(resolved, device=str(machine.device), workers=workers)
+
+
+def make_plan(
+    registry: Registry,
+    encoders: Sequence[str],
+    tasks: Sequence[str],
+    opts: RunOptions,
+    machine: Machine | Callable[[], Machine] | None = None,
+) -> Plan:
+    """Check every name and setting, then resolve them for ``machine`` (a callable is called
+    only once every check has passed; None: this machine, ``opts.device``). Nothing is loaded
+    and nothing is stored."""
+    ds_spec = registry.dataset(opts.dataset)
+    enc = tuple((name, registry.encoder(name)) for name in encoders)
+    task_specs = tuple(select_tasks(registry, tasks, ds_spec))
+    options = task_options(task_specs, opts.options, list(registry.tasks.values()))
+    check_options(opts)
+    dataset_options = key_values(opts.dataset_options, "--dataset-option")
     root = opts.data_root
     if root is None and not ds_spec.builtin_data:
         from partbench.paths import data_root
 
         root = data_root(ds_spec.name)
+    if machine is None:
+        machine = Machine.here(opts.device)
+    elif not isinstance(machine, Machine):
+        machine = machine()
     return Plan(
         dataset=ds_spec,
         data_root=root,
-        dataset_options=key_values(opts.dataset_options, "--dataset-option"),
+        dataset_options=dataset_options,
         encoders=enc,
         tasks=task_specs,
         options=options,
-        opts=opts,
+        opts=resolve_options(opts, machine),
+        machine=machine,
         plugin_versions=dict(registry.versions),
     )
 
@@ -227,11 +300,11 @@ def resolve_device(name: str, local_rank: int | None = None):
     return device
 
 
-def resolve_precision(precision: str, device) -> str:
+def resolve_precision(precision: str, device_type: str) -> str:
     """auto: bf16 on CUDA, where it is the fast path; fp32 on a CPU, where it is exact."""
     if precision != "auto":
         return precision
-    return "bf16" if device.type == "cuda" else "fp32"
+    return "bf16" if device_type == "cuda" else "fp32"
 
 
 def describe_device(device) -> str:

@@ -14,6 +14,10 @@ from typing import Any
 
 from partbench.api import DatasetSpec, EncoderRequest, EncoderSpec, SuiteSpec, TaskOption, TaskSpec, hookimpl
 
+# The partbench plugin API this plugin is written for (partbench.api.API_VERSION); an older
+# partbench refuses it by name instead of failing inside its runs.
+PARTBENCH_API = 2
+
 
 def _load_hog(request: EncoderRequest) -> Any:
     from partbench_example_encoder.hog import HogEncoder
