@@ -17,7 +17,8 @@ from typing import Any, Literal, get_args
 Family = Literal["supervised", "contrastive", "masked-image-modeling", "both", "none", "unknown"]
 Level = Literal["object", "part"]
 # What a dataset can provide; a task names the one it needs.
-Capability = Literal["images", "keypoints", "part-masks", "object-masks"]
+# "keypoint-pairs": pairs of images of one class with corresponding keypoints (correspondence).
+Capability = Literal["images", "keypoints", "part-masks", "object-masks", "keypoint-pairs"]
 FAMILIES: tuple[str, ...] = get_args(Family)
 LEVELS: tuple[str, ...] = get_args(Level)
 CAPABILITIES: tuple[str, ...] = get_args(Capability)
@@ -167,7 +168,7 @@ class DatasetSpec:
         levels = []
         if self.capabilities & {"images", "object-masks"}:
             levels.append("object")
-        if self.capabilities & {"keypoints", "part-masks"}:
+        if self.capabilities & {"keypoints", "part-masks", "keypoint-pairs"}:
             levels.append("part")
         return tuple(levels)
 

@@ -31,6 +31,7 @@ from partbench.render.formatting import difference_text
 from partbench.render.publish import write_all
 from partbench.runner import Outcome, RunOptions, RunRequest, run
 from partbench.store import Store
+from partbench.suites import BUILTIN_TASKS
 
 SUPERVISED = "mini-supervised"
 CONTRASTIVE = ("mini-mocov3", "mini-dino")
@@ -215,11 +216,14 @@ def default_lanes(device: str) -> int:
     return max(1, min(available_cores(), len(MINI_ENCODERS)))
 
 
-def _lane_request(encoders: Sequence[str], tasks: str, opts: RunOptions, *options: str) -> dict[str, Any]:
+def _lane_request(
+    encoders: Sequence[str], tasks: str | Sequence[str], opts: RunOptions, *options: str
+) -> dict[str, Any]:
     """One lane run: ``opts`` on one thread's worth of work (no decoding processes), with
     ``options`` added to its task options."""
     lane_opts = dataclasses.replace(opts, workers=0, options=(*opts.options, *options))
-    return RunRequest(tuple(encoders), (tasks,), lane_opts).to_json()
+    names = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    return RunRequest(tuple(encoders), names, lane_opts).to_json()
 
 
 def run_lanes(
@@ -231,14 +235,14 @@ def run_lanes(
     tasks_each: int = 1,
     then: Sequence[tuple[Sequence[str], str, str]] = (),
 ) -> list[tuple[Path, int]]:
-    """The runner on every task for ``encoders`` dealt over ``lanes`` processes of one thread
-    each (partbench.lane, started with typed RunRequests), sharing the store and the feature
-    cache. ``then`` holds further runs, each
-    (encoders, tasks, one task option), that the lane dealt the fewest encoders makes when its
-    own are done, in the same process (partbench.lane): put the encoders they read in that lane
-    and their features are cached by then. Each lane's output goes to
-    PARTBENCH_HOME/study/lane-N.log. Returns each lane's log and exit status (its first failing
-    run's)."""
+    """The runner on the miniature's tasks (suites.BUILTIN_TASKS) for ``encoders`` dealt over
+    ``lanes`` processes of one thread each (partbench.lane, started with typed RunRequests),
+    sharing the store and the feature cache. ``then`` holds further runs, each (encoders,
+    tasks, one task option), that the lane dealt the fewest encoders makes when its own are
+    done, in the same process (partbench.lane): put the encoders they read in that lane and
+    their features are cached by then. Each lane's output goes to
+    PARTBENCH_HOME/study/lane-N.log. Returns each lane's log and exit status (its first
+    failing run's)."""
     from partbench import paths
 
     folder = paths.home() / "study"
@@ -247,7 +251,7 @@ def run_lanes(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PARTBENCH_DB": store.url}
     before = max((r.id for r in store.runs()), default=0)
     groups = [g for g in (encoders[i::lanes] for i in range(lanes)) if g]
-    commands = [[_lane_request(group, "all", opts)] for group in groups]
+    commands = [[_lane_request(group, BUILTIN_TASKS, opts)] for group in groups]
     lightest = min(range(len(groups)), key=lambda i: (len(groups[i]), -i))
     commands[lightest] += [_lane_request(names, tasks, opts, option) for names, tasks, option in then]
     started = []
@@ -287,7 +291,7 @@ def run_mini_study(
         from partbench.runner.plan import select_tasks
 
         spec = registry.dataset(opts.dataset)
-        each = len(select_tasks(registry, ["all"], spec))
+        each = len(select_tasks(registry, list(BUILTIN_TASKS), spec))
         # Generated data is made once, here, for every lane (the lanes load the dataset with
         # its defaults); a limited run reads a few samples, which each lane makes itself.
         if spec.builtin_data and opts.limit is None and not opts.dataset_options:
@@ -308,7 +312,7 @@ def run_mini_study(
                 say(f"a study lane exited with status {status}; its output is in {path}")
         # What the lanes stored is found and skipped; what one of them failed is run here.
         opts = dataclasses.replace(opts, force=False)
-    outcomes = run(registry, store, MINI_ENCODERS, ["all"], opts, progress=progress, say=say)
+    outcomes = run(registry, store, MINI_ENCODERS, list(BUILTIN_TASKS), opts, progress=progress, say=say)
     projection: dict[str, dict[str, int]] = {}
     for feature in PROJECTION_FEATURES:
         variant = dataclasses.replace(opts, options=(*opts.options, f"part-retrieval.feature={feature}"))

@@ -348,6 +348,7 @@ def test_a_resnet_runs_every_builtin_task_end_to_end(tmp_path: Path) -> None:
     runs = json.loads(partbench("runs", "--format", "json").stdout)
     tasks = {"part-retrieval", "part-linear", "part-attentive", "part-seg"}
     tasks |= {"object-retrieval", "object-linear", "object-seg"}
+    tasks |= {"part-correspondence", "part-seg-nn", "object-seg-nn", "part-discovery"}
     assert {r["task"] for r in runs if r["status"] == "done"} == tasks
     described = runs[0]["config"]["encoder"]
     assert described["pooled_kind"] == "avgpool" and [s[2] for s in described["stages"]] == [2, 4, 8, 16, 32]

@@ -47,6 +47,10 @@ def test_run_stores_every_task_with_provenance(filled_db):
             "object-retrieval",
             "object-linear",
             "object-seg",
+            "part-correspondence",
+            "part-seg-nn",
+            "object-seg-nn",
+            "part-discovery",
         ]
     )
     for r in runs:

@@ -23,12 +23,44 @@ def stored(db):
     return {r["task"]: r for r in json.loads(invoke("runs", "--format", "json", "--db", db).output)}
 
 
+def cub_with_a_test_pair(root):
+    """The CUB tree with a fifth image, a test sparrow showing a right eye and a left wing as
+    image 2 does: the test split then holds a keypoint pair for part-correspondence."""
+    root = trees.cub_tree(root)
+    name = "002.Sparrow/Sparrow_0005.jpg"
+    for file, line in (
+        ("images.txt", f"5 {name}\n"),
+        ("train_test_split.txt", "5 0\n"),
+        ("image_class_labels.txt", "5 2\n"),
+        ("bounding_boxes.txt", "5 20.0 20.0 150.0 120.0\n"),
+    ):
+        with (root / file).open("a") as f:
+            f.write(line)
+    shown = {11: (60, 50), 9: (150, 120)}
+    with (root / "parts" / "part_locs.txt").open("a") as f:
+        for part in range(1, 16):
+            x, y = shown.get(part, (0, 0))
+            f.write(f"5 {part} {x:.1f} {y:.1f} {int(part in shown)}\n")
+    trees.write_image(root / "images" / name, trees.gradient_image(*trees.CUB_SIZE, blue=200))
+    return root
+
+
 @pytest.mark.parametrize(
     ("dataset", "build", "level", "tasks"),
     [
-        ("cub200", trees.cub_tree, "part", {"part-retrieval", "part-linear", "part-attentive"}),
+        (
+            "cub200",
+            cub_with_a_test_pair,
+            "part",
+            {"part-retrieval", "part-linear", "part-attentive", "part-correspondence"},
+        ),
         ("cub200", trees.cub_tree, "object", {"object-retrieval", "object-linear"}),
-        ("lip", lambda root: trees.mmseg_tree(root, "lip"), "part", {"part-seg"}),
+        (
+            "lip",
+            lambda root: trees.mmseg_tree(root, "lip"),
+            "part",
+            {"part-seg", "part-seg-nn", "part-discovery"},
+        ),
         ("cifar10", trees.cifar_tree, "object", {"object-retrieval", "object-linear"}),
     ],
 )

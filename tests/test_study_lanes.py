@@ -7,9 +7,9 @@ import pytest
 
 from partbench.plugins import registry
 from partbench.runner import RunOptions
-from partbench.runner.plan import select_tasks
 from partbench.store import Store
 from partbench.study import MINI_ENCODERS, default_lanes, run_lanes
+from partbench.suites import BUILTIN_TASKS
 
 ENCODERS = ["mini-random", "mini-cnn"]
 
@@ -17,8 +17,7 @@ ENCODERS = ["mini-random", "mini-cnn"]
 def test_lanes_store_every_task_of_every_encoder_from_one_thread_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("PARTBENCH_HOME", str(tmp_path / "home"))
     store = Store(f"sqlite:///{tmp_path / 'lanes.db'}")
-    reg = registry()
-    tasks = [t.name for t in select_tasks(reg, ["all"], reg.dataset("synparts"))]
+    tasks = list(BUILTIN_TASKS)
     opts = RunOptions(limit=16, workers=0)
 
     from partbench import study

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 if TYPE_CHECKING:  # numpy arrives with the samples: dataset modules import without it
     import numpy as np
 
+if TYPE_CHECKING:
+    from partbench.datasets.pairs import KeypointPair
+
 IGNORE = 255  # label-map value that no metric or loss counts
 
 T = TypeVar("T")
@@ -81,9 +84,16 @@ class Dataset:
         this dataset afterwards (a study's lanes) share it instead of each doing it. Most
         datasets read files and have none."""
 
+    def keypoint_pairs(self, split: str, within: int | None = None) -> Sequence[KeypointPair]:
+        """The ``keypoint-pairs`` capability: pairs of samples of ``split`` with corresponding
+        keypoints (partbench.datasets.pairs), in a fixed order; with ``within``, only the pairs
+        of the first ``within`` samples (what a ``--limit`` run encoded)."""
+        raise NotImplementedError
+
     def classes_for(self, view: str) -> Sequence[str]:
         return {
             "images": self.object_classes,
+            "keypoint-pairs": self.object_classes,
             "keypoints": self.part_classes,
             "part-masks": self.part_seg_classes,
             "object-masks": self.object_seg_classes,

@@ -28,6 +28,7 @@ MACHINERY = frozenset(
         "fingerprints",
         "image_files",
         "layouts",
+        "pairs",
         "text_tables",
         "views",
     }

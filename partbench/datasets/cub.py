@@ -8,6 +8,7 @@ published train_test_split.txt.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from partbench.datasets.base import Dataset, LazySamples, Sample
 from partbench.datasets.declaration import Archive, real_dataset
@@ -16,6 +17,9 @@ from partbench.datasets.image_files import load_rgb
 from partbench.datasets.layouts import Layout, default_root
 from partbench.datasets.text_tables import read_lines
 from partbench.errors import DataError
+
+if TYPE_CHECKING:  # registering the dataset imports this module: no numpy at import
+    from partbench.datasets.pairs import KeypointPair
 
 # (1-based id in parts/parts.txt, name there); the position is the part class.
 SELECTED_PARTS = ((11, "right eye"), (12, "right leg"), (9, "left wing"), (14, "tail"))
@@ -144,6 +148,8 @@ class CUB200(Dataset):
         keypoints = {
             i: np.array([[k, 0.0, 0.0, 0.0] for k in range(len(SELECTED_PARTS))]) for i in self.image_ids
         }
+        # Correspondence reads every part (CUB's 15 keypoints, as the correspondence papers do).
+        every = {i: np.array([[k, 0.0, 0.0, 0.0] for k in range(N_PARTS)]) for i in self.image_ids}
         for line in read_lines(path, 5):
             image_id = line.int(0, "image id", low=1)
             if image_id not in keypoints:
@@ -155,7 +161,9 @@ class CUB200(Dataset):
                 raise line.fail(f"visible part at negative position ({x}, {y})")
             if part_id in slot:
                 keypoints[image_id][slot[part_id], 1:] = (x, y, visible)
+            every[image_id][part_id - 1, 1:] = (x, y, visible)
         self.keypoints = keypoints
+        self.every_keypoint = every
 
     # --- the Dataset interface --------------------------------------------------------
 
@@ -184,6 +192,48 @@ class CUB200(Dataset):
             keypoints=self.keypoints[image_id].copy(),
         )
 
+    def keypoint_pairs(self, split: str, within: int | None = None) -> list[KeypointPair]:
+        """Same-class pairs of ``split`` (pairs.same_class_pairs) over all 15 parts; the
+        target box from bounding_boxes.txt, image sizes from the files' headers."""
+        from PIL import Image
+
+        from partbench.datasets.pairs import ImageKeypoints, same_class_pairs
+
+        boxes = self._boxes()
+        images = []
+        for image_id in self.split_ids[split][:within]:
+            path = self.base / "images" / self.image_names[image_id]
+            try:
+                with Image.open(path) as im:
+                    size = im.size
+            except OSError as exc:
+                raise DataError(
+                    f"{path}: unreadable ({exc}); listed in {self.base / 'images.txt'}, "
+                    f"line {self.image_lines[image_id]}"
+                ) from None
+            images.append(
+                ImageKeypoints(self.labels[image_id], self.every_keypoint[image_id], size, boxes[image_id])
+            )
+        return same_class_pairs(images)
+
+    def _boxes(self) -> dict[int, tuple[float, float, float, float]]:
+        path = self.base / "bounding_boxes.txt"
+        boxes: dict[int, tuple[float, float, float, float]] = {}
+        for line in read_lines(path, 5):
+            image_id = line.int(0, "image id", low=1)
+            if image_id not in self.image_names:
+                raise line.fail(f"image id {image_id} is not in images.txt")
+            x, y, w, h = (
+                line.float(k, name) for k, name in ((1, "x"), (2, "y"), (3, "width"), (4, "height"))
+            )
+            if w <= 0 or h <= 0:
+                raise line.fail(f"box of width {w} and height {h}")
+            boxes[image_id] = (x, y, x + w, y + h)
+        absent = [i for i in self.image_ids if i not in boxes]
+        if absent:
+            raise DataError(f"{path}: no box for image id {absent[0]}")
+        return boxes
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             files = [
@@ -211,7 +261,7 @@ DATASETS = (
     real_dataset(
         "cub200",
         load,
-        capabilities={"images", "keypoints"},
+        capabilities={"images", "keypoints", "keypoint-pairs"},
         description="CUB-200-2011: 200 bird species; right eye, right leg, left wing, tail crops",
         layouts=(CUB,),
         order=10,

@@ -19,6 +19,8 @@ ITEM_FIELDS: dict[str, tuple[str, ...]] = {
     "AP": ("ap",),
     "top1": ("correct",),
     "mIoU": ("intersection", "union"),
+    # Keypoints, each with the pair it belongs to: a draw resamples pairs.
+    "PCK@0.10": ("correct", "pair"),
 }
 
 
@@ -36,7 +38,12 @@ def score_from_items(metric: str, items: Mapping[str, np.ndarray], counts: np.nd
 
 
 # The attributes an ItemScorer's scores read, per metric (top1: ``values``).
-_SCORED_FIELDS = {"mIoU": ("inter", "union"), "mAP": ("valid", "values", "starts"), "AP": ("valid", "values")}
+_SCORED_FIELDS = {
+    "mIoU": ("inter", "union"),
+    "PCK@0.10": ("hits", "totals"),
+    "mAP": ("valid", "values", "starts"),
+    "AP": ("valid", "values"),
+}
 
 
 class ItemScorer:
@@ -67,6 +74,14 @@ class ItemScorer:
                 order = np.argsort(inv.reshape(-1), kind="stable")
                 self.valid, self.values = self.valid[order], self.values[order]
                 self.starts = np.searchsorted(inv.reshape(-1)[order], np.arange(len(classes)))
+        elif metric == "PCK@0.10":
+            pair = np.asarray(items["pair"], dtype=np.int64).reshape(-1)
+            correct = np.asarray(items["correct"], dtype=np.float64).reshape(-1)
+            if len(pair) != len(correct):
+                raise ValueError(f"{len(correct)} keypoints but {len(pair)} pair indices")
+            self.totals = np.bincount(pair).astype(np.float64)
+            self.hits = np.bincount(pair, correct, minlength=len(self.totals))
+            self.n = len(self.totals)
         elif metric == "top1":
             self.values = np.asarray(items["correct"], dtype=np.float64).reshape(-1)
             self.n = len(self.values)
@@ -84,6 +99,8 @@ class ItemScorer:
         with np.errstate(invalid="ignore", divide="ignore"):
             if self.metric == "top1":
                 return 100 * (c @ self.values) / c.sum(axis=1)
+            if self.metric == "PCK@0.10":
+                return 100 * (c @ self.hits) / (c @ self.totals)
             if self.metric == "mIoU":
                 inter, union = c @ self.inter, c @ self.union
                 return 100 * _mean_present(inter / np.where(union > 0, union, 1), union > 0)

@@ -28,7 +28,8 @@ class TaskResult:
     items_per_class: dict[str, int] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     # Per-item results, in the dataset's item order (see partbench.metrics.items.score_from_items):
-    # mAP: ap, label; top1: correct, label; mIoU: intersection, union (items x classes).
+    # mAP: ap, label; top1: correct, label; mIoU: intersection, union (items x classes);
+    # PCK@0.10: correct, pair (one row per keypoint; the pairs are the items resampled).
     items: dict[str, np.ndarray] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)  # metric -> chance level, percent
 

@@ -136,6 +136,78 @@ def _seg(source: str):
     return create
 
 
+def _stage_option() -> TaskOption:
+    return TaskOption(-1, "stage whose dense map is read (-1: the final map)", minimum=-1)
+
+
+def _correspondence_options() -> dict[str, TaskOption]:
+    return {
+        "stage": _stage_option(),
+        "reference": TaskOption(
+            "bbox",
+            "alpha multiplies the larger side of the target's object box (SPair-71k's convention) or"
+            " of the target image",
+            ("bbox", "image"),
+        ),
+        "predict": TaskOption(
+            "argmax",
+            "the best-matching cell's centre, or the softmax-weighted mean of the cell centres in a"
+            " window around it",
+            ("argmax", "soft-argmax"),
+        ),
+        "window": TaskOption(5, "soft-argmax window side, in cells (odd)", minimum=1),
+        "temperature": TaskOption(0.04, "soft-argmax temperature on cosine similarity", positive=True),
+    }
+
+
+def _correspondence(options):
+    from partbench.tasks.correspondence import Correspondence
+
+    return Correspondence(options)
+
+
+# The in-context segmentation defaults of the Hummingbird evaluation (Balazevic et al., NeurIPS
+# 2023) as its open reproduction (open-hummingbird-eval) runs it: 30 neighbours, softmax
+# temperature 0.02 on cosine similarity, memories of 1024 x 10^2 to 1024 x 10^4 patches (the
+# smallest here, which a CPU run can hold).
+NEIGHBOURS = 30
+TEMPERATURE = 0.02
+BANK_SIZE = 102_400
+
+
+def _incontext_options() -> dict[str, TaskOption]:
+    return {
+        "stage": _stage_option(),
+        "k": TaskOption(NEIGHBOURS, "neighbours voting for each test patch (Hummingbird: 30)", minimum=1),
+        "temperature": TaskOption(
+            TEMPERATURE,
+            "softmax temperature on the neighbours' cosine similarities (Hummingbird: 0.02)",
+            positive=True,
+        ),
+        "bank": TaskOption(
+            BANK_SIZE,
+            "training patches kept in the memory bank, drawn uniformly with the run's seed"
+            " (Hummingbird's smallest memory: 1024 x 10^2)",
+            minimum=1,
+        ),
+    }
+
+
+def _incontext(source: str):
+    def create(options):
+        from partbench.tasks.incontext import InContextSegmentation
+
+        return InContextSegmentation(source, options)
+
+    return create
+
+
+def _discovery(options):
+    from partbench.tasks.discovery import PartDiscovery
+
+    return PartDiscovery(options)
+
+
 @hookimpl
 def register_tasks(register: Callable[[TaskSpec], None]) -> None:
     register(
@@ -220,5 +292,53 @@ def register_tasks(register: Callable[[TaskSpec], None]) -> None:
             "linear per-pixel probe on blocks 4/6/8/12 for object labels",
             _seg_options(),
             version=FITTED_VERSION,
+        )
+    )
+    _register_dense_tasks(register)
+
+
+def _register_dense_tasks(register: Callable[[TaskSpec], None]) -> None:
+    """The field's no-training dense measures: correspondence, in-context segmentation,
+    part discovery."""
+    register(
+        TaskSpec(
+            "part-correspondence",
+            "part",
+            "PCK@0.10",
+            "keypoint-pairs",
+            _correspondence,
+            "keypoints of one image found in another of its class by cosine nearest neighbour over"
+            " its dense map; PCK@0.05/0.10/0.15, no training",
+            _correspondence_options(),
+        )
+    )
+    for level, source in (("part", "part-masks"), ("object", "object-masks")):
+        register(
+            TaskSpec(
+                f"{level}-seg-nn",
+                level,
+                "mIoU",
+                source,
+                _incontext(source),
+                f"in-context {level} segmentation: each test patch takes the softmax-weighted vote of"
+                " its k nearest labelled training patches (Hummingbird); no training",
+                _incontext_options(),
+            )
+        )
+    register(
+        TaskSpec(
+            "part-discovery",
+            "part",
+            "mIoU",
+            "part-masks",
+            _discovery,
+            "per image, k-means over the object's patch features, clusters matched to part labels by"
+            " the Hungarian assignment; mIoU, NMI, ARI; no labels used for fitting",
+            {
+                "stage": _stage_option(),
+                "clusters": TaskOption(
+                    0, "k of k-means (0: the number of part classes present in the image)", minimum=0
+                ),
+            },
         )
     )

@@ -84,7 +84,7 @@ def _logits(head: nn.Module, feats: torch.Tensor, grid: tuple[int, int], size: t
     return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
 
-def _counts(pred: torch.Tensor, target: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_counts(pred: torch.Tensor, target: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class intersection and union of one label map, on the maps' device."""
     keep = target != IGNORE
     p, t = pred[keep], target[keep]
@@ -496,7 +496,7 @@ class Segmentation(Task):
                     preds = _logits(head, x_te[i:j].to(device).float(), test.grid, shape).argmax(1)
                     for k in range(i, j):
                         target = torch.as_tensor(np.asarray(masks_te[k], dtype=np.int64), device=device)
-                        i_c, u_c = _counts(preds[k - i], target, classes)
+                        i_c, u_c = mask_counts(preds[k - i], target, classes)
                         inter[r, k], union[r, k] = i_c.cpu().numpy(), u_c.cpu().numpy()
             scores.append(miou_from_counts(inter[r].sum(0), union[r].sum(0)))
         # Resampling images: each image's counts averaged over repeats, then summed.

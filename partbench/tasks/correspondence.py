@@ -1,0 +1,255 @@
+"""Semantic keypoint correspondence, no training: each keypoint annotated on both images of
+a pair is looked up in the target by cosine similarity over the target's dense feature map.
+
+The source descriptor is the feature map sampled bilinearly at the keypoint (cell centres at
+(j + 0.5) / grid of the image, as ``F.grid_sample`` with ``align_corners=False`` reads them,
+clamped at the border). The prediction is the centre of the best-matching target cell mapped
+to the target image's pixels, or (``predict=soft-argmax``) the softmax-weighted mean of the
+cell centres in a window around it, as the correspondence papers refine it. Scored by PCK@α:
+a prediction is correct when it lies within α times the larger side of the target's object
+box (SPair-71k's convention; ``reference=image``: of the target image) of the annotated
+point. PCK@0.10 is the headline; 0.05 and 0.15 are reported beside it. The interval
+resamples pairs; the chance level is a point drawn uniformly in the target's box."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from partbench.datasets.base import Dataset
+from partbench.datasets.pairs import KeypointPair
+from partbench.encoders.base import Encoder
+from partbench.errors import PartbenchError
+from partbench.features import Features, View
+from partbench.metrics.resampling import bootstrap_ci
+from partbench.tasks.base import Task, TaskResult, percent
+
+ALPHAS = (0.05, 0.10, 0.15)
+HEADLINE = "PCK@0.10"
+CHUNK_BYTES = 64 * 2**20  # float32 feature maps of a chunk of pairs, each side
+CHANCE_GRID = 64  # the chance level's midpoint rule: 64 x 64 points of the target box
+
+
+def dense_maps(features: Features, output: str) -> torch.Tensor:
+    """(N, T, C) patch descriptors of a view on its grid, prefix tokens dropped."""
+    x = features[output]
+    cells = features.grid[0] * features.grid[1]
+    if x.ndim != 3 or x.shape[1] < cells:
+        raise PartbenchError(f"output '{output}' has shape {tuple(x.shape)}; expected (N, >= {cells}, C)")
+    return x[:, x.shape[1] - cells :]
+
+
+def dense_view(source: str, role: str, stage: int, encoder: Encoder, **extra: Any) -> View:
+    """The view of one split's dense maps: the final map (``stage`` < 0: the token output)
+    or one declared stage."""
+    if stage < 0:
+        return View(source, role, "test", frozenset({"tokens"}), **extra)
+    if stage >= len(encoder.stages):
+        raise PartbenchError(
+            f"option stage={stage}: encoder '{encoder.name}' declares stages 0..{len(encoder.stages) - 1}"
+        )
+    return View(source, role, "test", frozenset({"stages"}), (stage,), **extra)
+
+
+def predict_points(
+    source_maps: torch.Tensor,
+    target_maps: torch.Tensor,
+    source_points: torch.Tensor,
+    *,
+    predict: str = "argmax",
+    window: int = 5,
+    temperature: float = 0.04,
+) -> torch.Tensor:
+    """Matches for a batch of pairs.
+
+    source_maps, target_maps: (P, C, h, w). source_points: (P, K, 2), x and y as fractions of
+    the source image's width and height. Returns (P, K, 2) predicted points as fractions of
+    the target image's width and height."""
+    p, c, h, w = target_maps.shape
+    grid = (source_points * 2 - 1).unsqueeze(2)  # (P, K, 1, 2) in grid_sample's [-1, 1]
+    desc = F.grid_sample(source_maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    desc = desc.squeeze(-1)  # (P, C, K)
+    keys = target_maps.reshape(p, c, h * w)
+    # Cosine as dot products over the norms: one product and one norm pass over the target
+    # maps, where normalising them first costs a pass more (the maps dominate the work).
+    dots = torch.bmm(desc.transpose(1, 2), keys)  # (P, K, T)
+    d_norm = torch.linalg.vector_norm(desc, dim=1).clamp_min(1e-12)
+    k_norm = torch.linalg.vector_norm(keys, dim=1).clamp_min(1e-12)
+    sims = dots / d_norm[:, :, None] / k_norm[:, None, :]
+    best = sims.argmax(-1)
+    row, col = best // w, best % w
+    if predict == "argmax":
+        y, x = row.to(sims.dtype) + 0.5, col.to(sims.dtype) + 0.5
+    elif predict == "soft-argmax":
+        r = window // 2
+        offsets = torch.arange(-r, r + 1, device=sims.device)
+        rows = row[..., None, None] + offsets[:, None]  # (P, K, W, 1)
+        cols = col[..., None, None] + offsets[None, :]  # (P, K, 1, W)
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        flat = (rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)).reshape(p, sims.shape[1], -1)
+        logits = sims.gather(-1, flat) / temperature
+        logits = logits.masked_fill(~inside.reshape(flat.shape), float("-inf"))
+        weights = logits.softmax(-1)
+        ys = (rows.expand_as(inside) + 0.5).reshape(flat.shape).to(sims.dtype)
+        xs = (cols.expand_as(inside) + 0.5).reshape(flat.shape).to(sims.dtype)
+        y, x = (weights * ys).sum(-1), (weights * xs).sum(-1)
+    else:
+        raise ValueError(f"predict must be argmax or soft-argmax, got '{predict}'")
+    return torch.stack([x / w, y / h], dim=-1)
+
+
+def reference_sizes(pairs: Sequence[KeypointPair], reference: str) -> np.ndarray:
+    """The length α multiplies, per pair: the larger side of the target's box, or image."""
+    if reference == "bbox":
+        return np.array(
+            [max(p.target_box[2] - p.target_box[0], p.target_box[3] - p.target_box[1]) for p in pairs]
+        )
+    return np.array([max(p.target_size) for p in pairs], dtype=np.float64)
+
+
+def chance_hits(
+    boxes: np.ndarray, points: np.ndarray, radii: np.ndarray, grid: int = CHANCE_GRID
+) -> np.ndarray:
+    """For each keypoint, the share of its target box within ``radius`` of it: the chance
+    that a point drawn uniformly in the box is correct. The disc's part of the box is
+    integrated by the midpoint rule on a grid x grid lattice of the box clipped to the disc's
+    bounding square, so the lattice is as fine relative to the disc whatever the box's size.
+    boxes (K, 4), points (K, 2), radii (K,) or (K, A) -> the shape of radii."""
+    r_all = np.reshape(radii, (len(radii), -1)).astype(np.float64)
+    t = (np.arange(grid) + 0.5) / grid
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    out = np.zeros_like(r_all)
+    for a in range(r_all.shape[1]):
+        for start in range(0, len(points), 4096):
+            sl = slice(start, start + 4096)
+            b, pt, r = boxes[sl], points[sl], r_all[sl, a]
+            x0, x1 = np.maximum(b[:, 0], pt[:, 0] - r), np.minimum(b[:, 2], pt[:, 0] + r)
+            y0, y1 = np.maximum(b[:, 1], pt[:, 1] - r), np.minimum(b[:, 3], pt[:, 1] + r)
+            w, h = np.clip(x1 - x0, 0, None), np.clip(y1 - y0, 0, None)
+            xs = x0[:, None] + t * w[:, None]  # (k, G)
+            ys = y0[:, None] + t * h[:, None]
+            d2 = (xs[:, None, :] - pt[:, 0, None, None]) ** 2 + (ys[:, :, None] - pt[:, 1, None, None]) ** 2
+            inside = (d2 <= (r**2)[:, None, None]).mean(axis=(1, 2))
+            out[sl, a] = inside * w * h / area[sl]
+    return out.reshape(np.shape(radii))
+
+
+class Correspondence(Task):
+    source = "keypoint-pairs"
+
+    def views(self, dataset: Dataset, encoder: Encoder) -> dict[str, View]:
+        return {"test": dense_view(self.source, "test", self.options["stage"], encoder)}
+
+    def evaluate(
+        self,
+        features: Mapping[str, Features],
+        dataset: Dataset,
+        *,
+        device: torch.device,
+        seed: int,
+        repeats: int = 1,
+    ) -> TaskResult:
+        opts = self.options
+        test = features["test"]
+        maps = dense_maps(test, "tokens" if opts["stage"] < 0 else "stages")
+        h, w = test.grid
+        samples = test.sample_index if test.sample_index is not None else np.arange(len(maps))
+        item_of = {int(s): k for k, s in enumerate(samples)}
+        split = dataset.split_for("test")
+        pairs = [
+            p
+            for p in dataset.keypoint_pairs(split, int(samples.max()) + 1 if len(samples) else 0)
+            if p.source in item_of and p.target in item_of and len(p.source_xy)
+        ]
+        if not pairs:
+            raise PartbenchError(
+                f"{dataset.name}: no keypoint pair of the {split} split among the encoded images"
+            )
+        chunk = max(1, CHUNK_BYTES // (4 * maps.shape[1] * maps.shape[2]))
+        parts = []
+        for start in range(0, len(pairs), chunk):
+            part = pairs[start : start + chunk]
+            k = max(len(p.source_xy) for p in part)
+            src = np.zeros((len(part), k, 2))
+            for i, p in enumerate(part):
+                src[i, : len(p.source_xy)] = p.source_xy / np.asarray(p.source_size, dtype=np.float64)
+
+            def load(items: list[int]) -> torch.Tensor:
+                x = torch.as_tensor(np.asarray(maps[np.asarray(items)]))
+                return x.to(device).float().reshape(len(items), h, w, -1).permute(0, 3, 1, 2)
+
+            out = (
+                predict_points(
+                    load([item_of[p.source] for p in part]),
+                    load([item_of[p.target] for p in part]),
+                    torch.as_tensor(src, dtype=torch.float32, device=device),
+                    predict=opts["predict"],
+                    window=opts["window"],
+                    temperature=opts["temperature"],
+                )
+                .double()
+                .cpu()
+                .numpy()
+            )
+            for i, p in enumerate(part):
+                parts.append(out[i, : len(p.source_xy)] * np.asarray(p.target_size, dtype=np.float64))
+        pred = np.concatenate(parts)
+        gt = np.concatenate([p.target_xy for p in pairs])
+        pair_of = np.concatenate([np.full(len(p.target_xy), i) for i, p in enumerate(pairs)])
+        ref = reference_sizes(pairs, opts["reference"])[pair_of]
+        ratio = np.sqrt(((pred - gt) ** 2).sum(-1)) / ref
+        items: dict[str, np.ndarray] = {
+            "correct": (ratio <= 0.10).astype(np.float64),
+            "pair": pair_of.astype(np.int64),
+            "ratio": ratio,
+        }
+        flags = sorted({f for p in pairs for f in p.flags})
+        for f in flags:
+            items[f"flag.{f}"] = np.array([pairs[i].flags.get(f, -1) for i in pair_of], dtype=np.int64)
+        n = len(pairs)
+        hits_per_pair = {a: np.bincount(pair_of, ratio <= a, minlength=n) for a in ALPHAS}
+        totals = np.bincount(pair_of, minlength=n).astype(np.float64)
+
+        def stat_for(a: float):
+            return lambda counts: float((counts @ hits_per_pair[a]) / (counts @ totals))
+
+        results = {
+            f"PCK@{a:.2f}": percent(stat_for(a)(np.ones(n)), bootstrap_ci(n, stat_for(a), seed=seed))
+            for a in ALPHAS
+        }
+        boxes = np.array([pairs[i].target_box for i in pair_of], dtype=np.float64).reshape(-1, 4)
+        chance = chance_hits(boxes, gt, np.outer(ref, ALPHAS))
+        names = dataset.classes_for(self.source)
+        details: dict[str, Any] = {
+            "keypoints": len(gt),
+            "pairs": n,
+            "interval": "pairs resampled",
+            "chance": {f"PCK@{a:.2f}": 100 * float(chance[:, j].mean()) for j, a in enumerate(ALPHAS)},
+            "per_class_pck": {
+                names[c] if 0 <= c < len(names) else str(c): 100 * float(items["correct"][lab == c].mean())
+                for lab in [np.array([pairs[i].label for i in pair_of])]
+                for c in sorted(set(lab.tolist()))
+            },
+        }
+        for f in flags:
+            values = items[f"flag.{f}"]
+            details[f"{HEADLINE} by {f}"] = {
+                str(v): 100 * float(items["correct"][values == v].mean())
+                for v in sorted(set(values.tolist()))
+            }
+        per_class: dict[str, int] = {}
+        for p in pairs:
+            name = names[p.label] if 0 <= p.label < len(names) else str(p.label)
+            per_class[name] = per_class.get(name, 0) + 1
+        return TaskResult(
+            metrics=results,
+            n_items=n,
+            items_per_class=per_class,
+            details=details,
+            items=items,
+            chance={HEADLINE: 100 * float(chance[:, ALPHAS.index(0.10)].mean())},
+        )

@@ -1,0 +1,198 @@
+"""Unsupervised part discovery, no labels used for fitting (Amir et al., "Deep ViT Features as
+Dense Visual Descriptors"; the SCOPS line of work): per image, k-means over the L2-normalised
+features of the object's patches (those with a labelled pixel), k the number of part classes
+present in them or fixed by option. Only then are labels read: each cluster is matched to at
+most one part class by the Hungarian assignment that maximises the pixels they share
+(scipy.optimize.linear_sum_assignment), every pixel takes its patch's cluster's class
+(pixels of unmatched clusters take none), and mIoU is counted per image as ``part-seg``
+counts it. NMI and ARI compare the clusters with each patch's majority class."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from partbench.datasets.base import IGNORE, Dataset
+from partbench.encoders.base import Encoder
+from partbench.errors import PartbenchError
+from partbench.features import FULL, Features, View
+from partbench.metrics.chance import chance_miou
+from partbench.metrics.resampling import bootstrap_ci
+from partbench.metrics.scores import miou_from_counts
+from partbench.tasks.base import Task, TaskResult, percent
+from partbench.tasks.correspondence import dense_maps, dense_view
+from partbench.tasks.incontext import patch_labels
+from partbench.tasks.segmentation import mask_counts
+
+KMEANS_ITERATIONS = 100
+
+
+def kmeans(
+    x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = KMEANS_ITERATIONS
+) -> np.ndarray:
+    """Lloyd's k-means from a k-means++ start; returns each row's cluster (0..k-1)."""
+    n = len(x)
+    k = min(k, n)
+    centres = [x[rng.integers(n)]]
+    d2 = ((x - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = d2.sum()
+        pick = rng.choice(n, p=d2 / total) if total > 0 else int(rng.integers(n))
+        centres.append(x[pick])
+        d2 = np.minimum(d2, ((x - x[pick]) ** 2).sum(1))
+    c = np.stack(centres)
+    assign = np.full(n, -1)
+    for _ in range(iterations):
+        dist = (x * x).sum(1)[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :]
+        new = dist.argmin(1)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                c[j] = members.mean(0)
+    return assign
+
+
+def match_clusters(overlap: np.ndarray) -> dict[int, int]:
+    """Cluster -> class by the assignment maximising the summed overlap (clusters x classes)."""
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    return {int(r): int(c) for r, c in zip(rows, cols, strict=True)}
+
+
+def contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    _, ia = np.unique(a, return_inverse=True)
+    _, ib = np.unique(b, return_inverse=True)
+    table = np.zeros((ia.max() + 1 if len(ia) else 0, ib.max() + 1 if len(ib) else 0))
+    np.add.at(table, (ia.ravel(), ib.ravel()), 1)
+    return table
+
+
+def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Normalised mutual information, arithmetic-mean normalisation; 1 when both are one
+    group (scikit-learn's conventions)."""
+    table = contingency(labels, clusters)
+    if table.shape[0] == table.shape[1] == 1 or table.size == 0:
+        return 1.0
+    n = table.sum()
+    a, b = table.sum(1), table.sum(0)
+    nz = table > 0
+    mi = float((table[nz] / n * np.log(n * table[nz] / np.outer(a, b)[nz])).sum())
+
+    def entropy(counts: np.ndarray) -> float:
+        p = counts[counts > 0] / n
+        return float(-(p * np.log(p)).sum())
+
+    normaliser = max((entropy(a) + entropy(b)) / 2, np.finfo(np.float64).eps)
+    return max(mi, 0.0) / normaliser
+
+
+def ari(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Adjusted Rand index from the pair confusion counts; 1 on perfect agreement."""
+    table = contingency(labels, clusters)
+    n = table.sum()
+    sum_sq = (table**2).sum()
+    a, b = table.sum(1), table.sum(0)
+    tp = sum_sq - n
+    fp = (table @ b).sum() - sum_sq  # pairs together in the clusters, apart in the labels
+    fn = (table.T @ a).sum() - sum_sq  # together in the labels, apart in the clusters
+    tn = n * n - fp - fn - sum_sq
+    if fn == 0 and fp == 0:
+        return 1.0
+    return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
+
+
+class PartDiscovery(Task):
+    source = "part-masks"
+
+    def views(self, dataset: Dataset, encoder: Encoder) -> dict[str, View]:
+        return {"test": dense_view(self.source, "test", self.options["stage"], encoder, masks=FULL)}
+
+    def evaluate(
+        self,
+        features: Mapping[str, Features],
+        dataset: Dataset,
+        *,
+        device: torch.device,
+        seed: int,
+        repeats: int = 1,
+    ) -> TaskResult:
+        opts = self.options
+        test = features["test"]
+        maps = dense_maps(test, "tokens" if opts["stage"] < 0 else "stages")
+        names = dataset.classes_for(self.source)
+        classes = len(names)
+        masks = test.masks[self.source]
+        h, w = test.grid
+        inter = np.zeros((len(masks), classes))
+        union = np.zeros_like(inter)
+        nmis, aris = np.full(len(masks), np.nan), np.full(len(masks), np.nan)
+        for i, mask in enumerate(masks):
+            mask = np.asarray(mask)
+            counts = patch_labels(mask, (h, w), classes)
+            obj = np.flatnonzero(counts.sum(1) > 0)
+            target = torch.as_tensor(mask.astype(np.int64))
+            pred = np.full(mask.shape, classes, dtype=np.int64)  # "no class" unless matched
+            if len(obj):
+                x = np.asarray(maps[i], dtype=np.float64)[obj]
+                x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+                major = counts[obj].argmax(1)
+                k = opts["clusters"] or len(np.unique(major))
+                assign = kmeans(x, k, np.random.default_rng([seed, i]))
+                cell_cluster = np.full(h * w, -1)
+                cell_cluster[obj] = assign
+                rows = (np.arange(mask.shape[0]) * h // mask.shape[0])[:, None]
+                cols = (np.arange(mask.shape[1]) * w // mask.shape[1])[None, :]
+                pixel_cluster = cell_cluster[rows * w + cols]
+                labelled = (mask != IGNORE) & (pixel_cluster >= 0)
+                overlap = np.zeros((assign.max() + 1, classes))
+                np.add.at(overlap, (pixel_cluster[labelled], mask[labelled].astype(np.int64)), 1)
+                lookup = np.full(assign.max() + 2, classes)
+                for cluster, cls in match_clusters(overlap).items():
+                    lookup[cluster] = cls
+                pred = lookup[pixel_cluster]  # -1 (no cluster) reads the last entry: no class
+                nmis[i], aris[i] = nmi(major, assign), ari(major, assign)
+            i_c, u_c = mask_counts(torch.as_tensor(pred), target, classes)
+            inter[i], union[i] = i_c.numpy(), u_c.numpy()
+        scored = ~np.isnan(nmis)
+        if not scored.any():
+            raise PartbenchError(f"{dataset.name}: no test image has a labelled patch")
+
+        def miou_stat(c: np.ndarray) -> float:
+            return miou_from_counts(c @ inter, c @ union)
+
+        def mean_stat(values: np.ndarray):
+            return lambda c: float((c[scored] @ values[scored]) / c[scored].sum())
+
+        n = len(masks)
+        ones = np.ones(n)
+        results = {
+            "mIoU": percent(miou_stat(ones), bootstrap_ci(n, miou_stat, seed=seed)),
+            "NMI": percent(mean_stat(nmis)(ones), bootstrap_ci(n, mean_stat(nmis), seed=seed)),
+            "ARI": percent(mean_stat(aris)(ones), bootstrap_ci(n, mean_stat(aris), seed=seed)),
+        }
+        pixels = np.zeros(classes, dtype=np.int64)
+        for m in masks:
+            m = np.asarray(m)
+            pixels += np.bincount(m[m != IGNORE].ravel(), minlength=classes)[:classes]
+        total_i, total_u = inter.sum(0), union.sum(0)
+        iou = np.divide(total_i, total_u, out=np.full(classes, np.nan), where=total_u > 0)
+        details: dict[str, Any] = {
+            "per_class_iou": {names[c]: 100 * float(iou[c]) for c in range(classes) if not np.isnan(iou[c])},
+            "clusters": opts["clusters"] or "part classes present",
+            "images_without_object": int((~scored).sum()),
+            "interval": "test images resampled",
+        }
+        return TaskResult(
+            metrics=results,
+            n_items=n,
+            items_per_class={names[c]: int(pixels[c]) for c in range(classes) if pixels[c]},
+            details=details,
+            items={"intersection": inter, "union": union, "nmi": nmis, "ari": aris},
+            chance={"mIoU": chance_miou(pixels)},
+        )
