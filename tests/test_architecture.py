@@ -116,7 +116,9 @@ def test_no_import_cycles_even_through_function_local_imports():
     # A package's __init__ runs when any of its modules is imported; an edge from a package to
     # its own submodule is the usual re-export, not a cycle of responsibilities.
     for name in graph:
-        graph[name] = {m for m in graph[name] if not name.startswith(m + ".") and not m.startswith(name + ".")}
+        graph[name] = {
+            m for m in graph[name] if not name.startswith(m + ".") and not m.startswith(name + ".")
+        }
     assert _cycles(graph) == []
 
 

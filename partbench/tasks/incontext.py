@@ -26,6 +26,7 @@ from partbench.encoders.base import Encoder
 from partbench.errors import PartbenchError
 from partbench.features import FULL, Features, View
 from partbench.metrics.chance import chance_miou
+from partbench.metrics.resampling import bootstrap_ci
 from partbench.metrics.scores import miou_from_counts
 from partbench.tasks.base import Task, TaskResult, percent
 from partbench.tasks.correspondence import dense_maps, dense_view
