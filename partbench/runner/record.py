@@ -91,9 +91,9 @@ class Recorder:
         )
         self.live.discard(run_id)
         if pending is not None:
+            why = self.store.pending.reasons.get(pending, "the database could not be written")
             self.say(
-                f"run {run_id}: the database was locked; the result is kept in {pending} "
-                "and will be stored by the next command"
+                f"run {run_id}: {why}; the result is kept in {pending} and will be stored by the next command"
             )
 
     def fail(self, run_id: int, exc: BaseException | str, status: str = "failed") -> str:
