@@ -25,6 +25,11 @@ UTC). ``items`` is the per-item npz exactly as the store keeps it (arrays of num
 with ``allow_pickle=False``). Metrics and every JSON value are finite numbers; NaN may occur only
 inside the npz. Unknown keys are an error: a later writer that adds any bumps ``version``.
 
+Every run is checked by ``partbench.store.validate`` as it is read (ranges, intervals, one value
+per metric, per-item results against ``n_items`` and the headline, level, times, whole numbers),
+and the whole import is one transaction: a refused line, named by file, line and key, leaves the
+target as it was. docs/export-format.md is the format's full reference, with its schema.
+
 Import deduplicates by configuration hash: a done run whose configuration is already done in
 the target (or held by a live run there) is skipped; a failed or interrupted run is skipped when
 the very same run (configuration, status, start, host, pid) is already there, so importing a
@@ -396,7 +401,7 @@ def _check_run(line: dict[str, Any], tasks: Mapping[str, Any] | None) -> Adopted
             status=fields["status"],
         )
     except ResultError as exc:
-        field = exc.field if exc.field.startswith(("run.", "metrics")) else f"run.{exc.field}"
+        field = exc.field if exc.field.startswith(("run.", "metrics", "items")) else f"run.{exc.field}"
         raise _Bad(f"key '{field}': {str(exc)[len(exc.field) + 2 :]}") from None
     return AdoptedRun(fields, metrics, blob, summary)
 

@@ -18,7 +18,7 @@ from partbench.cache import Entry, FeatureCache, cache_key
 from partbench.distributed import World
 from partbench.errors import PartbenchError
 from partbench.runner.plan import Plan, RunConfig
-from partbench.runner.record import Outcome, Recorder, describe_error, non_finite
+from partbench.runner.record import Outcome, Recorder, describe_error
 from partbench.specs import EncoderRequest, EncoderSpec, TaskSpec
 from partbench.subsets import cut
 
@@ -435,15 +435,11 @@ class EncoderRun:
             except Exception as exc:
                 self._failed(job.spec, job.run_id, exc)
                 continue
-            problem = non_finite(result)
-            if problem is not None:
-                self._failed(job.spec, job.run_id, f"{job.spec.name}: {problem}")
-                continue
             timing = {**merge_timings([f.timing for f in feats.values()]), "scoring_seconds": scoring}
             if peak_gpu is not None:
                 # Since the last pass began: extraction and this task's scoring.
                 timing["peak_memory_mb"] = max(timing.get("peak_memory_mb") or 0, peak_gpu)
-            try:
+            try:  # the store checks the result (partbench.store.validate) before anything is written
                 self.recorder.finish(job.run_id, result, timing)
             except PartbenchError as exc:
                 self._failed(job.spec, job.run_id, exc)

@@ -119,7 +119,11 @@ def _items_count(headline: str | None, items: Mapping[str, np.ndarray]) -> tuple
 
 
 def _check_items(
-    items: Mapping[str, np.ndarray], n_items: int | None, headline: str | None, rows: Sequence[MetricRow]
+    items: Mapping[str, np.ndarray],
+    n_items: int | None,
+    headline: str | None,
+    rows: Sequence[MetricRow],
+    value_fields: Mapping[str, str],
 ) -> None:
     lengths = {name: int(np.shape(a)[0]) if np.ndim(a) else 0 for name, a in items.items()}
     if len(set(lengths.values())) > 1:
@@ -142,7 +146,7 @@ def _check_items(
         raise ResultError("items", f"give no finite '{headline}'")
     if abs(computed - stored) > SCORE_TOLERANCE * max(1.0, abs(computed)):
         raise ResultError(
-            f"metric '{headline}'",
+            value_fields[headline],
             f"is {stored:g}, but its per-item results give {computed:g} (partbench.metrics.score_from_items)",
         )
 
@@ -161,6 +165,7 @@ def check_result(
     None: the headline is checked later, by whoever knows it (``check_headline``)."""
     rows: list[MetricRow] = []
     seen: set[str] = set()
+    value_fields: dict[str, str] = {}  # metric -> how a refusal names its value
     keyed = not isinstance(metrics, Mapping)  # rows from a file: fields named by key
     for i, (name, value, low, high) in enumerate(_metric_rows(metrics)):
         if keyed:
@@ -196,6 +201,7 @@ def check_result(
                 f"{hi if hi is not None else '-'}]",
             )
         rows.append((name, v, lo, hi))
+        value_fields[name] = fields["value"]
     if chance is not None:
         if not isinstance(chance, Mapping):
             raise ResultError("chance", f"expected an object of metric -> chance level, got {chance!r}")
@@ -208,7 +214,7 @@ def check_result(
     if status == "done" and headline is not None:
         check_headline(rows, headline)
     if items:
-        _check_items(items, n, headline, rows)
+        _check_items(items, n, headline, rows, value_fields)
     return rows
 
 
