@@ -72,6 +72,8 @@ def _check_sqlite_file(target: Target) -> None:
     """Refuse, before SQLite touches it, a path that is not a SQLite file."""
     path = target.path
     assert path is not None
+    if "\x00" in str(path):
+        raise ValueError("the path holds a NUL character")
     if path.is_dir():
         raise PartbenchError(f"{path} is a folder, not a results database")
     if path.exists():
