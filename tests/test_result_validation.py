@@ -6,9 +6,11 @@ until it is known to be partbench's; files that are not regular files are refuse
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import sqlite3
 import threading
 import zipfile
@@ -379,6 +381,13 @@ def test_a_disk_io_error_is_named_as_what_it_is(tmp_path):
     assert "locked" not in str(caught.value)
 
 
+def test_a_stopped_postgresql_server_is_named_as_such(tmp_path):
+    pytest.importorskip("psycopg")
+    with pytest.raises(PartbenchError, match="server cannot be reached") as caught:
+        Store("postgresql+psycopg://me@127.0.0.1:1/db", pending_dir=tmp_path / "pending", busy_timeout=1)
+    assert "locked" not in str(caught.value)
+
+
 # --- dataset files -----------------------------------------------------------------------------
 
 
@@ -451,3 +460,57 @@ def test_postgresql_holds_every_seed_the_runner_takes_and_imports_in_one_transac
     assert import_runs(store, good).total_imported == 2
     assert (big, 2**40) in {(r.seed, r.pid) for r in store.runs()}
     store.close()
+
+
+# --- through the runner: a plugin's task ------------------------------------------------------
+
+
+class _Tampered:
+    """A plugin's task: a built-in probe whose result is then changed as ``tamper`` says."""
+
+    def __init__(self, inner, tamper):
+        self.inner, self.tamper, self.source = inner, tamper, inner.source
+        self.options = inner.options
+
+    def views(self, dataset, encoder):
+        return self.inner.views(dataset, encoder)
+
+    def evaluate(self, features, dataset, **kw):
+        result = self.inner.evaluate(features, dataset, **kw)
+        self.tamper(result)
+        return result
+
+
+def _with_metrics(metrics):
+    def tamper(result):
+        result.metrics = metrics
+        result.items = {}
+
+    return tamper
+
+
+@pytest.mark.parametrize(
+    ("tamper", "named"),
+    [
+        (_with_metrics({"top1": MetricValue(250.0)}), r"metric 'top1': 250 is outside the range"),
+        (_with_metrics({"top1": MetricValue(-50.0)}), r"metric 'top1': -50 is outside the range"),
+        (_with_metrics({"top1": MetricValue(1e300)}), r"metric 'top1': 1e\+300 is outside the range"),
+        (_with_metrics({"top1": MetricValue(50.0, 60.0, 40.0)}), r"above its upper"),
+        (_with_metrics({"accuracy": MetricValue(50.0)}), r"headline metric 'top1' is not among them"),
+    ],
+)
+def test_a_plugin_tasks_result_is_checked_and_fails_its_run(tmp_path, tamper, named):
+    from test_runner import _opts, _registry_with
+
+    from partbench.runner import run
+
+    reg = _registry_with(("tiny", "ok"))
+    base = reg.tasks["part-linear"]
+    reg.tasks["plugin-probe"] = dataclasses.replace(
+        base, name="plugin-probe", plugin="plug", create=lambda o: _Tampered(base.create(o), tamper)
+    )
+    store = _store(tmp_path / "runs.db")
+    (outcome,) = run(reg, store, ["tiny"], ["plugin-probe"], _opts(cache=False))
+    assert outcome.status == "failed" and re.search(named, outcome.error), outcome.error
+    (stored,) = store.runs()
+    assert stored.status == "failed" and stored.metrics == [] and re.search(named, stored.error)
