@@ -398,6 +398,7 @@ def _check_run(line: dict[str, Any], tasks: Mapping[str, Any] | None) -> Adopted
             n_items=fields["n_items"],
             chance=fields["chance"],
             items=arrays,
+            details=fields["details"],
             status=fields["status"],
         )
     except ResultError as exc:

@@ -276,6 +276,27 @@ def test_a_task_result_the_store_cannot_stand_behind_fails_its_run(tmp_path, met
     assert run.status == "running" and run.metrics == []  # nothing written; the runner fails it
 
 
+def test_a_result_trained_several_times_is_checked_against_the_mean_of_its_repeats():
+    from partbench.store.validate import ResultError, check_result
+
+    inter = np.array([[3.0, 1.0], [1.0, 3.0]])
+    union = np.array([[4.0, 4.0], [2.0, 4.0]])
+    items = {"intersection": inter, "union": union}  # mIoU of the summed counts: 58.33...
+    # Each repeat's mIoU, and the headline their mean: not the mIoU of the items' mean counts.
+    repeats = {"mIoU_repeats": [55.0, 57.0]}
+    rows = check_result(
+        {"mIoU": MetricValue(56.0, 50.0, 55.5)}, headline="mIoU", n_items=2, chance=None, items=items,
+        details=repeats,
+    )  # fmt: skip
+    assert rows == [("mIoU", 56.0, 50.0, 55.5)]
+    with pytest.raises(ResultError, match=r"metric 'mIoU': is 60, but the mean of its repeats is 56"):
+        check_result(
+            {"mIoU": MetricValue(60.0)}, headline="mIoU", n_items=2, chance=None, items=items, details=repeats
+        )
+    with pytest.raises(ResultError, match=r"is 56, but its per-item results give 58.33"):
+        check_result({"mIoU": MetricValue(56.0)}, headline="mIoU", n_items=2, chance=None, items=items)
+
+
 # --- pending files -----------------------------------------------------------------------------
 
 

@@ -85,7 +85,9 @@ def _finish_record(
 ) -> dict[str, Any]:
     where = f"the result of run {run_id}"
     try:
-        rows = check_result(metrics, headline=headline, n_items=n_items, chance=chance, items=items)
+        rows = check_result(
+            metrics, headline=headline, n_items=n_items, chance=chance, items=items, details=details
+        )
     except ResultError as exc:
         raise PartbenchError(f"{where}: {exc}") from None
     return {
@@ -116,6 +118,7 @@ def check_pending_finish(pending: PendingResult, headline: str | None) -> None:
             n_items=record["n_items"],
             chance=record["chance"],
             items=items,
+            details=record["details"] if isinstance(record["details"], Mapping) else None,
         )
         for key in ("items_per_class", "timing", "details"):
             clean_json(record[key], f"record.{key}")

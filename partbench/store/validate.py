@@ -44,6 +44,10 @@ INT64 = (-(2**63), 2**63 - 1)
 # How far a stored headline may lie from the one its per-item results give, in points: room
 # for float32 accumulation in a task, far below the one decimal a score is shown with.
 SCORE_TOLERANCE = 1e-3
+# Metrics that are a (weighted) mean over items: the items of a result trained several times
+# (each item's mean over the repeats) give its headline, the mean over the repeats, exactly.
+# The others (a mean of per-class ratios) are recomputed only for a single repeat.
+MEAN_OF_ITEMS = ("top1", "AP")
 
 
 class ResultError(PartbenchError):
@@ -124,6 +128,7 @@ def _check_items(
     headline: str | None,
     rows: Sequence[MetricRow],
     value_fields: Mapping[str, str],
+    repeated: bool,
 ) -> None:
     lengths = {name: int(np.shape(a)[0]) if np.ndim(a) else 0 for name, a in items.items()}
     if len(set(lengths.values())) > 1:
@@ -135,7 +140,7 @@ def _check_items(
     if headline not in ITEM_FIELDS or any(k not in items for k in ITEM_FIELDS[headline]):
         return
     stored = next((value for name, value, _, _ in rows if name == headline), None)
-    if stored is None:
+    if stored is None or (repeated and headline not in MEAN_OF_ITEMS):
         return
     try:
         with np.errstate(all="ignore"):
@@ -151,6 +156,18 @@ def _check_items(
         )
 
 
+def _check_repeats(
+    repeats: list[Any], headline: str, rows: Sequence[MetricRow], value_fields: Mapping[str, str]
+) -> None:
+    stored = next((value for name, value, _, _ in rows if name == headline), None)
+    numbers = [_number(v, f"details['{headline}_repeats'][{i}]") for i, v in enumerate(repeats)]
+    if stored is None:
+        return
+    mean = math.fsum(numbers) / len(numbers)  # type: ignore[arg-type]
+    if abs(mean - stored) > SCORE_TOLERANCE * max(1.0, abs(mean)):
+        raise ResultError(value_fields[headline], f"is {stored:g}, but the mean of its repeats is {mean:g}")
+
+
 def check_result(
     metrics: Sequence[Any] | Mapping[str, Any],
     *,
@@ -158,11 +175,16 @@ def check_result(
     n_items: Any,
     chance: Mapping[str, Any] | None,
     items: Mapping[str, np.ndarray] | None = None,
+    details: Mapping[str, Any] | None = None,
     status: str = "done",
 ) -> list[MetricRow]:
     """The metrics of a result as the store keeps them, (name, value, ci_low, ci_high), once
     every check above has passed; a ``ResultError`` naming the field otherwise. ``headline``
-    None: the headline is checked later, by whoever knows it (``check_headline``)."""
+    None: the headline is checked later, by whoever knows it (``check_headline``).
+    ``details``: a result trained several times holds each repeat's headline there
+    (``<metric>_repeats``), and its headline is their mean."""
+    repeats = (details or {}).get(f"{headline}_repeats") if headline is not None else None
+    repeated = isinstance(repeats, list) and len(repeats) > 1
     rows: list[MetricRow] = []
     seen: set[str] = set()
     value_fields: dict[str, str] = {}  # metric -> how a refusal names its value
@@ -194,7 +216,10 @@ def check_result(
             raise ResultError(
                 fields["ci_low"], f"the interval's lower bound {lo:g} is above its upper {hi:g}"
             )
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
+        # A mean over repeats of a per-class ratio (mIoU) need not lie in the interval of
+        # its items' score, which is what the interval resamples.
+        contained = not (repeated and name == headline and name not in MEAN_OF_ITEMS)
+        if contained and ((lo is not None and v < lo) or (hi is not None and v > hi)):
             raise ResultError(
                 fields["value"],
                 f"{v:g} lies outside its own interval [{lo if lo is not None else '-'}, "
@@ -213,8 +238,10 @@ def check_result(
     n = whole_number(n_items, "n_items", minimum=0, optional=True)
     if status == "done" and headline is not None:
         check_headline(rows, headline)
+    if repeated:
+        _check_repeats(repeats, headline, rows, value_fields)  # type: ignore[arg-type]
     if items:
-        _check_items(items, n, headline, rows, value_fields)
+        _check_items(items, n, headline, rows, value_fields, repeated)
     return rows
 
 
