@@ -573,7 +573,7 @@ def db_import(file: Path, db: str | None) -> None:
     done there is skipped."""
     from partbench.exchange import import_runs
 
-    click.echo(import_runs(_store(db), file).summary())
+    click.echo(import_runs(_store(db), file, tasks=_registry().tasks).summary())
 
 
 @cli.command()

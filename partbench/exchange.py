@@ -25,6 +25,11 @@ UTC). ``items`` is the per-item npz exactly as the store keeps it (arrays of num
 with ``allow_pickle=False``). Metrics and every JSON value are finite numbers; NaN may occur only
 inside the npz. Unknown keys are an error: a later writer that adds any bumps ``version``.
 
+Every run is checked by ``partbench.store.validate`` as it is read (ranges, intervals, one value
+per metric, per-item results against ``n_items`` and the headline, level, times, whole numbers),
+and the whole import is one transaction: a refused line, named by file, line and key, leaves the
+target as it was. docs/export-format.md is the format's full reference, with its schema.
+
 Import deduplicates by configuration hash: a done run whose configuration is already done in
 the target (or held by a live run there) is skipped; a failed or interrupted run is skipped when
 the very same run (configuration, status, start, host, pid) is already there, so importing a
@@ -40,16 +45,21 @@ import datetime as dt
 import gzip
 import io
 import json
-import math
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from partbench.store import AdoptedRun
 
 from partbench import __version__
 from partbench.errors import PartbenchError
+from partbench.files import open_regular
+from partbench.store.validate import ResultError, check_result, check_run_fields
+from partbench.store.values import clean_json
 
 FORMAT = "partbench-runs"
 VERSION = 1
@@ -153,14 +163,24 @@ def _open_write(path: Path, compress: bool) -> IO[str]:
 
 
 def _open_read(path: Path) -> IO[str]:
+    """The file as text, gunzipped when it starts as gzip does; a folder, FIFO or device is
+    refused by name before anything reads it (a FIFO would block)."""
     try:
-        with open(path, "rb") as f:
-            gz = f.read(2) == b"\x1f\x8b"
-        if gz:
-            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-        return open(path, encoding="utf-8")
+        raw = open_regular(path, "a partbench runs file")
+    except IsADirectoryError:
+        raise PartbenchError(f"{path} is a folder, not a partbench runs file") from None
     except OSError as exc:
         raise PartbenchError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+    except OSError as exc:
+        raw.close()
+        raise PartbenchError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if gz:
+        raw.close()
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return io.TextIOWrapper(raw, encoding="utf-8")
 
 
 def export_runs(
@@ -261,14 +281,6 @@ def _reject_constant(name: str) -> float:
     raise _Bad(f"holds {name}, which is not a finite number")
 
 
-@dataclass
-class _Record:
-    fields: dict[str, Any]
-    metrics: list[tuple[str, float, float | None, float | None]]
-    blob: bytes | None
-    summary: dict | None
-
-
 def _check_value(key: str, value: Any, kind: str, nullable: bool) -> Any:
     where = f"key 'run.{key}'"
     if value is None:
@@ -286,7 +298,7 @@ def _check_value(key: str, value: Any, kind: str, nullable: bool) -> Any:
     if kind == "json":
         if not isinstance(value, dict):
             raise _Bad(f"{where}: expected an object, got {type(value).__name__}")
-        return value
+        return clean_json(value, where)
     if kind == "time":
         if not isinstance(value, str):
             raise _Bad(f"{where}: expected an ISO 8601 time, got {value!r}")
@@ -298,19 +310,11 @@ def _check_value(key: str, value: Any, kind: str, nullable: bool) -> Any:
     raise AssertionError(kind)
 
 
-def _number(value: Any, where: str, nullable: bool) -> float | None:
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Bad(f"{where}: expected a finite number, got {value!r}")
-    return float(value)
-
-
-def _check_items(raw: Any) -> tuple[bytes, dict] | tuple[None, None]:
+def _check_items(raw: Any) -> tuple[bytes, dict, dict] | tuple[None, None, None]:
     from partbench.store import decode_items
 
     if raw is None:
-        return None, None
+        return None, None, None
     if not isinstance(raw, dict) or set(raw) != {"summary", "npz"}:
         raise _Bad("key 'items': expected null or an object with 'summary' and 'npz'")
     if not isinstance(raw["npz"], str):
@@ -334,7 +338,7 @@ def _check_items(raw: Any) -> tuple[bytes, dict] | tuple[None, None]:
             raise _Bad(f"key 'items.npz': array '{name}' has dtype {a.dtype}; only numbers are stored")
     if raw["summary"] != summary:
         raise _Bad(f"key 'items.summary' does not describe the npz it comes with (the npz holds {summary})")
-    return blob, summary
+    return blob, summary, arrays
 
 
 def _parse_line(text: str) -> dict[str, Any]:
@@ -342,12 +346,16 @@ def _parse_line(text: str) -> dict[str, Any]:
         value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise _Bad(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise _Bad("JSON nested too deeply to be a partbench run") from None
     if not isinstance(value, dict):
         raise _Bad(f"expected a JSON object, got {type(value).__name__}")
     return value
 
 
-def _check_run(line: dict[str, Any]) -> _Record:
+def _check_run(line: dict[str, Any], tasks: Mapping[str, Any] | None) -> AdoptedRun:
+    from partbench.store import AdoptedRun, Run
+
     unknown = sorted(set(line) - set(LINE_KEYS))
     if unknown:
         raise _Bad(f"unknown key '{unknown[0]}' (this partbench reads format version {VERSION})")
@@ -360,8 +368,6 @@ def _check_run(line: dict[str, Any]) -> _Record:
     unknown = sorted(set(run) - set(RUN_FIELDS))
     if unknown:
         raise _Bad(f"unknown key 'run.{unknown[0]}' (this partbench reads format version {VERSION})")
-    from partbench.store import Run
-
     columns = Run.__table__.columns
     fields = {}
     for key, (kind, nullable) in RUN_FIELDS.items():
@@ -378,23 +384,27 @@ def _check_run(line: dict[str, Any]) -> _Record:
     metrics_raw = line["metrics"]
     if not isinstance(metrics_raw, list):
         raise _Bad("key 'metrics': expected a list")
-    metrics = []
+    raw_rows = []
     for i, m in enumerate(metrics_raw):
-        where = f"key 'metrics[{i}]'"
         if not isinstance(m, dict) or set(m) != set(METRIC_KEYS):
-            raise _Bad(f"{where}: expected an object with {', '.join(METRIC_KEYS)}")
-        if not isinstance(m["name"], str) or not 0 < len(m["name"]) <= 60:
-            raise _Bad(f"{where}.name: expected a name of 1 to 60 characters")
-        metrics.append(
-            (
-                m["name"],
-                _number(m["value"], f"{where}.value", False),
-                _number(m["ci_low"], f"{where}.ci_low", True),
-                _number(m["ci_high"], f"{where}.ci_high", True),
-            )
+            raise _Bad(f"key 'metrics[{i}]': expected an object with {', '.join(METRIC_KEYS)}")
+        raw_rows.append(tuple(m[k] for k in METRIC_KEYS))
+    blob, summary, arrays = _check_items(line.get("items"))
+    try:
+        check_run_fields(fields, tasks=tasks)
+        metrics = check_result(
+            raw_rows,
+            headline=fields["headline_metric"],
+            n_items=fields["n_items"],
+            chance=fields["chance"],
+            items=arrays,
+            details=fields["details"],
+            status=fields["status"],
         )
-    blob, summary = _check_items(line.get("items"))
-    return _Record(fields, metrics, blob, summary)  # type: ignore[arg-type]
+    except ResultError as exc:
+        field = exc.field if exc.field.startswith(("run.", "metrics", "items")) else f"run.{exc.field}"
+        raise _Bad(f"key '{field}': {str(exc)[len(exc.field) + 2 :]}") from None
+    return AdoptedRun(fields, metrics, blob, summary)
 
 
 def _check_header(text: str) -> dict[str, Any]:
@@ -417,12 +427,11 @@ def _check_header(text: str) -> dict[str, Any]:
     return header
 
 
-def read_runs(path: str | Path) -> Iterator[_Record]:
-    """Every run of the file, checked; a problem is a PartbenchError naming the file, the line
-    and the key."""
+def read_runs(path: str | Path, tasks: Mapping[str, Any] | None = None) -> Iterator[AdoptedRun]:
+    """Every run of the file, checked by ``partbench.store.validate`` (``tasks``: the installed
+    tasks by name, whose level and headline a run of them must have); a problem is a
+    PartbenchError naming the file, the line and the key."""
     path = Path(path)
-    if path.is_dir():
-        raise PartbenchError(f"{path} is a folder, not a partbench runs file")
     with _open_read(path) as f:
         number = 0
         try:
@@ -439,13 +448,17 @@ def read_runs(path: str | Path) -> Iterator[_Record]:
                 number += 1  # the line a problem is reported at
                 if not text.strip():
                     continue
-                record = _check_run(_parse_line(text))
+                record = _check_run(_parse_line(text), tasks)
                 seen += 1
                 yield record
         except _Bad as exc:
             raise PartbenchError(f"{path} line {number}: {exc}") from None
         except (UnicodeDecodeError, OSError, EOFError, gzip.BadGzipFile) as exc:
             raise PartbenchError(f"{path} line {number + 1}: cannot be read ({exc})") from None
+        except RecursionError:
+            raise PartbenchError(
+                f"{path} line {number}: JSON nested too deeply to be a partbench run"
+            ) from None
     if seen != header["runs"]:
         raise PartbenchError(
             f"{path}: the header promises {header['runs']} run(s) but the file holds {seen}"
@@ -453,18 +466,24 @@ def read_runs(path: str | Path) -> Iterator[_Record]:
         )
 
 
-def import_runs(store: Any, path: str | Path) -> ImportReport:
-    """Add the file's runs to ``store``. The whole file is checked before anything is written,
-    so a bad file changes nothing."""
+def import_runs(store: Any, path: str | Path, *, tasks: Mapping[str, Any] | None = None) -> ImportReport:
+    """Add the file's runs to ``store`` in one transaction: every run is checked as it is
+    read, and a bad one (named by file, line and key) leaves the store as it was.
+    ``tasks``: the installed tasks by name (``Registry.tasks``)."""
     path = Path(path)
     store.check_writable()
-    for _ in read_runs(path):
-        pass
+    statuses: list[str] = []
+
+    def records() -> Iterator[Any]:
+        statuses.clear()  # a locked database tries the whole transaction again
+        for record in read_runs(path, tasks):
+            statuses.append(record.fields["status"])
+            yield record
+
+    outcomes = store.adopt_all(records)
     report = ImportReport(path, store.where)
-    for record in read_runs(path):
-        outcome, _ = store.adopt(record.fields, record.metrics, record.blob, record.summary)
+    for status, (outcome, _) in zip(statuses, outcomes, strict=True):
         if outcome == "imported":
-            status = record.fields["status"]
             report.imported[status] = report.imported.get(status, 0) + 1
         elif outcome == "done-here":
             report.done_here += 1

@@ -20,7 +20,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from partbench.errors import PartbenchError
 
@@ -31,6 +31,44 @@ SHA256_SUFFIX = ".sha256"  # "<file>.sha256" beside a downloaded file: "<hex dig
 def _reason(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def open_regular(path: Path, what: str, *, error: type[PartbenchError] = PartbenchError) -> BinaryIO:
+    """``path`` opened for reading in binary, once it is known to be a regular file: a folder,
+    FIFO, socket or device is refused naming ``path`` and ``what`` it should be. Opened without
+    blocking first, so a FIFO with no writer never hangs the reader. A file that cannot be
+    opened is the OSError itself, for the caller to word."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+            raise error(f"{path} is {kind}, not {what}; give a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_text(path: Path, what: str, *, error: type[PartbenchError] = PartbenchError) -> str:
+    """The UTF-8 text of ``path``, a regular file (see ``open_regular``); OSError as it is."""
+    with open_regular(path, what, error=error) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc})") from None
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -173,6 +173,11 @@ class DatasetSpec:
         return tuple(levels)
 
 
+# Every metric is a percentage: the store refuses a value, interval bound or chance level
+# outside it (partbench.store.validate), and a level's score is a mean of its tasks' metrics.
+METRIC_RANGE = (0.0, 100.0)
+
+
 @dataclass(frozen=True)
 class SuiteSpec:
     name: str
@@ -201,7 +206,8 @@ class SuiteSpec:
 
 @dataclass(frozen=True)
 class MetricValue:
-    """A score in percent with its 95% interval (None where no interval applies)."""
+    """A score in percent (``METRIC_RANGE``) with its 95% interval (None where no interval
+    applies), which contains the score."""
 
     value: float
     ci_low: float | None = None

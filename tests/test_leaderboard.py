@@ -100,6 +100,14 @@ def noisy(items: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
 _HASH = iter(range(10**9))
 
 
+def _counted(metric: str, items: dict[str, np.ndarray]) -> int:
+    """The items a result is computed over, as the store counts them: queries with an AP for
+    mAP and AP, every row otherwise."""
+    if metric in ("mAP", "AP"):
+        return int(np.isfinite(items["ap"]).sum())
+    return len(next(iter(items.values())))
+
+
 def add(
     store: Store,
     encoder: str,
@@ -147,7 +155,7 @@ def add(
     store.finish(
         run_id,
         {metric: MetricValue(value, lo, hi)},
-        n_items=N,
+        n_items=N if items is None else _counted(metric, items),
         items=items,  # type: ignore[arg-type]
         chance=None if chance is None else {metric: chance},
         details=details,

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from partbench.errors import PartbenchError
+from partbench.metrics import score_from_items
 from partbench.specs import MetricValue
 from partbench.store import (
     HEAD_REVISION,
@@ -59,6 +60,12 @@ def _claim_fields(**over):
 
 def _url(path: Path) -> str:
     return f"sqlite:///{path}"
+
+
+def _ap_items(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-item APs without labels: every query counts, and mAP (which needs labels) is not
+    recomputed from them, so a test may store any mAP with them."""
+    return {"ap": np.random.default_rng(seed).random(n)}
 
 
 def _items(n: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
@@ -148,8 +155,13 @@ def test_per_item_results_round_trip_exactly_and_listing_never_reads_them(tmp_pa
     store = Store(_url(tmp_path / "r.db"))
     items = {**_items(400), "intersection": np.arange(800, dtype=np.float64).reshape(400, 2)}
     run_id = store.claim("a", **_claim_fields())
+    score = score_from_items("mAP", items)  # the store recomputes it, and counts the queries with an AP
     store.finish(
-        run_id, {"mAP": MetricValue(50.0, 40.0, 60.0)}, n_items=400, items=items, chance={"mAP": 12.5}
+        run_id,
+        {"mAP": MetricValue(score, score - 5, score + 5)},
+        n_items=int(np.isfinite(items["ap"]).sum()),
+        items=items,
+        chance={"mAP": 12.5},
     )
     back = store.items(run_id)
     assert set(back) == set(items)
@@ -328,11 +340,11 @@ def _writer(url: str, index: int, start, results) -> None:
     for digest in shared[index * 2 :] + shared[: index * 2]:  # each starts elsewhere, then collides
         run_id = store.claim(digest, **_claim_fields())
         if run_id is not None:
-            store.finish(run_id, {"mAP": MetricValue(float(index))}, n_items=3, items=_items(3, index))
+            store.finish(run_id, {"mAP": MetricValue(float(index))}, n_items=3, items=_ap_items(3, index))
             won.append(digest)
     for k in range(3):  # and configurations of its own, written while the others write
         run_id = store.claim(f"own-{index}-{k}", **_claim_fields())
-        store.finish(run_id, {"mAP": MetricValue(1.0)}, n_items=3, items=_items(3, k))
+        store.finish(run_id, {"mAP": MetricValue(1.0)}, n_items=3, items=_ap_items(3, k))
     results.put((index, won))
 
 
@@ -375,7 +387,7 @@ def test_a_result_that_cannot_be_written_waits_in_a_pending_file(tmp_path, isola
     store = Store(_url(path), busy_timeout=0.1, retries=1)
     run_id = store.claim("a", **_claim_fields())
     other = store.claim("b", **_claim_fields())
-    items = _items(50)
+    items = _ap_items(50)
 
     blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the lock past every retry
@@ -580,7 +592,7 @@ def test_a_database_of_the_previous_release_is_upgraded_with_its_runs(tmp_path):
     assert store.claim("old-done", **_claim_fields()) is None  # its result still counts
     assert store.run(2).state == "abandoned"  # a running row from before heartbeats
     new = store.claim("fresh", **_claim_fields())
-    store.finish(new, {"mAP": MetricValue(1.0)}, n_items=2, items=_items(2))
+    store.finish(new, {"mAP": MetricValue(1.0)}, n_items=2, items=_ap_items(2))
     with sqlite3.connect(path) as raw:
         assert raw.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [(HEAD_REVISION,)]
         assert raw.execute("SELECT value FROM partbench_meta").fetchall() == [(str(SCHEMA_VERSION),)]
@@ -629,7 +641,7 @@ def test_runs_id_shows_one_run_in_full(tmp_path):
     bad = store.claim("a", **_claim_fields())
     store.fail(bad, "ValueError: [/bold] broke", traceback='Traceback:\n  File "task.py", line 9\nValueError')
     good = store.claim("b", **_claim_fields())
-    store.finish(good, {"mAP": MetricValue(5.0)}, n_items=4, items=_items(4), chance={"mAP": 1.0})
+    store.finish(good, {"mAP": MetricValue(5.0)}, n_items=4, items=_ap_items(4), chance={"mAP": 1.0})
     runner = CliRunner()
     result = runner.invoke(_cli(), ["runs", "--id", str(bad), "--db", url])
     assert result.exit_code == 0, result.output

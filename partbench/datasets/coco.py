@@ -24,6 +24,7 @@ from partbench.datasets.fingerprints import fingerprint
 from partbench.datasets.image_files import load_rgb
 from partbench.datasets.layouts import Layout, default_root
 from partbench.errors import DataError
+from partbench.files import open_regular
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,10 +88,12 @@ class COCOKeypoints(Dataset):
             return self._items[split]
         path = self.annotation_file(split)
         try:
-            with open(path, encoding="utf-8") as f:
+            with open_regular(path, "a COCO annotation file", error=DataError) as f:
                 data = json.load(f)
         except FileNotFoundError:
             raise DataError(f"{path}: file is missing") from None
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply to be a COCO annotation file") from None
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"{path}, line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})"

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from partbench.errors import DataError
+from partbench.files import read_regular_text
 
 # Python's int() and float() also take '1_000' and non-ASCII digits; no annotation table
 # holds those, so they are malformed here.
@@ -56,10 +57,10 @@ def read_lines(path: Path, columns: int, last_has_spaces: bool = False) -> Itera
     """Rows of ``columns`` fields; with ``last_has_spaces`` the last field keeps its spaces
     (CUB's part names, "left wing"). Blank lines are skipped."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path, "a dataset text file", error=DataError)
     except FileNotFoundError:
         raise DataError(f"{path}: file is missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise DataError(f"{path}: cannot be read as text ({exc})") from None
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():

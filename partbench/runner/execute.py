@@ -19,7 +19,7 @@ from partbench.errors import PartbenchError
 from partbench.runner.config import RunConfig, claim_fields, declared_config, run_config
 from partbench.runner.passes import Passes, Supply
 from partbench.runner.plan import Plan
-from partbench.runner.record import Outcome, Recorder, describe_error, non_finite
+from partbench.runner.record import Outcome, Recorder, describe_error
 from partbench.specs import EncoderRequest, EncoderSpec, TaskSpec
 
 
@@ -197,15 +197,11 @@ class EncoderRun:
         except Exception as exc:
             self._failed(job.spec, job.run_id, exc)
             return
-        problem = non_finite(result)
-        if problem is not None:
-            self._failed(job.spec, job.run_id, f"{job.spec.name}: {problem}")
-            return
         timing = {**merge_timings([f.timing for f in feats.values()]), "scoring_seconds": scoring}
         if peak_gpu is not None:
             # Since the last pass began: extraction and this task's scoring.
             timing["peak_memory_mb"] = max(timing.get("peak_memory_mb") or 0, peak_gpu)
-        try:
+        try:  # the store checks the result (partbench.store.validate) before anything is written
             self.recorder.finish(job.run_id, result, timing)
         except PartbenchError as exc:
             self._failed(job.spec, job.run_id, exc)

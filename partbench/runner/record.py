@@ -1,13 +1,12 @@
 """Record: each run's lifecycle in the store, one short transaction per step.
 
-claim (running) -> done | failed | interrupted. A result is checked before it is stored: a
-metric or chance level that is not a finite number fails its run with the task's name,
-instead of reaching the database.
+claim (running) -> done | failed | interrupted. A result is checked by the store before it is
+stored (``partbench.store.validate``): one it refuses fails its run with the reason, instead
+of reaching the database.
 """
 
 from __future__ import annotations
 
-import math
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,18 +39,6 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, PartbenchError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-def non_finite(result: Any) -> str | None:
-    """Why a task's result cannot be stored, or None."""
-    for name, m in result.metrics.items():
-        for part, v in (("value", m.value), ("lower bound", m.ci_low), ("upper bound", m.ci_high)):
-            if v is not None and not math.isfinite(v):
-                return f"metric '{name}' has a non-finite {part} ({v})"
-    for name, v in (result.chance or {}).items():
-        if v is not None and not math.isfinite(v):
-            return f"chance level of '{name}' is not finite ({v})"
-    return None
 
 
 class Recorder:
@@ -91,9 +78,9 @@ class Recorder:
         )
         self.live.discard(run_id)
         if pending is not None:
+            why = self.store.pending.reasons.get(pending, "the database could not be written")
             self.say(
-                f"run {run_id}: the database was locked; the result is kept in {pending} "
-                "and will be stored by the next command"
+                f"run {run_id}: {why}; the result is kept in {pending} and will be stored by the next command"
             )
 
     def fail(self, run_id: int, exc: BaseException | str, status: str = "failed") -> str:

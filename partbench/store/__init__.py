@@ -10,6 +10,7 @@ Its rooms:
 - ``lifecycle``: claim, heartbeat, finish or fail, prune; adopting runs from another store;
 - ``claims``: the atomic claim of a configuration behind claiming and adopting;
 - ``pending``: results that could not be written, kept in files until they can;
+- ``validate``: the one check of every result stored, wherever it comes from;
 - ``queries``: reading runs back.
 
 ``Store`` is all of it at one URL.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from partbench.paths import home
 from partbench.store.engine import BUSY_TIMEOUT, WRITE_RETRIES
-from partbench.store.lifecycle import RunLifecycle
+from partbench.store.lifecycle import AdoptedRun, RunLifecycle
 from partbench.store.liveness import HEARTBEAT_TIMEOUT
 from partbench.store.models import (
     HEAD_REVISION,
@@ -44,6 +45,7 @@ __all__ = [
     "REVISIONS",
     "SCHEMA_VERSION",
     "VERSION_TABLE",
+    "AdoptedRun",
     "Base",
     "Meta",
     "Metric",

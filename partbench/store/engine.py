@@ -72,6 +72,8 @@ def _check_sqlite_file(target: Target) -> None:
     """Refuse, before SQLite touches it, a path that is not a SQLite file."""
     path = target.path
     assert path is not None
+    if "\x00" in str(path):
+        raise ValueError("the path holds a NUL character")
     if path.is_dir():
         raise PartbenchError(f"{path} is a folder, not a results database")
     if path.exists():
@@ -134,17 +136,33 @@ def _engine_arguments(url: URL, busy_timeout: float) -> tuple[URL, Target, dict[
     return url, target, kwargs
 
 
-def _sqlite_events(engine: Engine) -> None:
+def _use_wal(dbapi_connection: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+    except Exception:
+        pass  # a read-only file keeps its journal mode; reading works in either
+    finally:
+        cursor.close()
+
+
+class _SqliteMode:
+    """Whether the file is known to be partbench's: only then is it switched to WAL, a change
+    written into the file that another application's database must never receive."""
+
+    def __init__(self) -> None:
+        self.wal = False
+
+
+def _sqlite_events(engine: Engine, mode: _SqliteMode) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # pysqlite's own BEGIN handling is off: the store says when and how a transaction begins.
         dbapi_connection.isolation_level = None
+        if mode.wal:
+            _use_wal(dbapi_connection)
         cursor = dbapi_connection.cursor()
-        try:
-            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
-        except Exception:
-            pass  # a read-only file keeps its journal mode; reading works in either
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -154,6 +172,45 @@ def _sqlite_events(engine: Engine) -> None:
         # writers never deadlock upgrading read locks and a claim's check-then-insert is atomic.
         write = connection.get_execution_options().get("partbench_write", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _hide_password(url: str) -> str:
+    """The URL as messages show it: the password of ``scheme://user:password@host`` hidden."""
+    head, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    credentials, _, host = rest.partition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{head}://{user}{':***' if ':' in credentials else ''}@{host}"
+
+
+def _reason(exc: BaseException) -> str:
+    """What a database error is, in words: a lock, a disk that failed, a server that is not
+    there; then the driver's own message."""
+    orig = getattr(exc, "orig", None) or exc
+    message = str(orig).strip()
+    low = message.lower()
+    if "disk i/o error" in low or "input/output error" in low:
+        return f"a disk I/O error (the disk or file system under the database failed): {message}"
+    if "database or disk is full" in low or "no space left" in low:
+        return f"the disk is full: {message}"
+    if any(
+        w in low
+        for w in (
+            "connection refused",
+            "could not connect",
+            "connection failed",
+            "server closed the connection",
+            "terminating connection",
+            "connection is closed",
+            "the database system is shutting down",
+            "no route to host",
+        )
+    ):
+        return f"the database server cannot be reached (stopped, or the network is down): {message}"
+    if _is_lock_error(exc):
+        return f"the database is locked by another writer: {message}"
+    return message
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -173,11 +230,16 @@ class Database:
         self.busy_timeout, self.retries = busy_timeout, retries
         try:
             parsed = make_url(url)
-        except ArgumentError as exc:
-            raise PartbenchError(f"not a database URL: '{url}' ({exc})") from exc
+        except (ArgumentError, ValueError) as exc:
+            # A port that is not a number is a ValueError from int() inside make_url.
+            why = f"its port is not a number: {exc}" if "int()" in str(exc) else str(exc)
+            raise PartbenchError(f"not a database URL: '{_hide_password(url)}' ({why})") from None
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.is_postgres = parsed.get_backend_name() == "postgresql"
-        parsed, self.target, kwargs = _engine_arguments(parsed, busy_timeout)
+        try:
+            parsed, self.target, kwargs = _engine_arguments(parsed, busy_timeout)
+        except ValueError as exc:  # a NUL in a path, a malformed query
+            raise PartbenchError(f"not a usable database URL: '{_hide_password(url)}' ({exc})") from None
         try:
             self.engine: Engine = create_engine(parsed, **kwargs)
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
@@ -185,15 +247,23 @@ class Database:
             if self.is_postgres:
                 hint = "; PostgreSQL needs psycopg: pip install 'partbench[postgres]'"
             raise PartbenchError(f"cannot open the results database {self.where}: {exc}{hint}") from exc
+        mode = _SqliteMode()
         if self.is_sqlite:
-            _sqlite_events(self.engine)
+            _sqlite_events(self.engine, mode)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = self.engine.execution_options(partbench_write=True)
         self._write_session = sessionmaker(self._writer, expire_on_commit=False)
         try:
             prepare_schema(self.engine, self._writer, self.where, read_only=self.target.read_only)
+            if self.is_sqlite and self.target.path is not None:
+                mode.wal = True  # partbench's (or made so just now): every connection uses WAL
+                raw = self.engine.raw_connection()
+                try:
+                    _use_wal(raw.driver_connection)
+                finally:
+                    raw.close()
         except DBAPIError as exc:
-            raise PartbenchError(f"cannot open the results database {self.where}: {exc.orig}") from exc
+            raise PartbenchError(f"cannot open the results database {self.where}: {_reason(exc)}") from exc
 
     @property
     def where(self) -> str:
@@ -231,7 +301,9 @@ class Database:
         except DBAPIError as exc:
             if _is_lock_error(exc):
                 return
-            raise PartbenchError(f"the results database {self.where} is not writable: {exc.orig}") from exc
+            raise PartbenchError(
+                f"the results database {self.where} is not writable: {_reason(exc)}"
+            ) from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -248,7 +320,7 @@ class Database:
                     return op(s)
             except OperationalError as exc:
                 if attempt + 1 == tries:
-                    message = f"cannot write to the results database {self.where}: {exc.orig}"
+                    message = f"cannot write to the results database {self.where}: {_reason(exc)}"
                     raise Unwritable(message) from exc
                 time.sleep(min(0.2 * 2**attempt, 5.0))
         raise AssertionError("unreachable")

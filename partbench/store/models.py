@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from partbench.store.liveness import HEARTBEAT_TIMEOUT, is_abandoned
 from partbench.store.values import now
 
 # The head of partbench/migrations/versions.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 REVISIONS = tuple(f"{n:04d}" for n in range(1, SCHEMA_VERSION + 1))
 HEAD_REVISION = REVISIONS[-1]
 VERSION_TABLE = "partbench_alembic_version"
+
+# 64-bit whole numbers (schema 3): BIGINT on PostgreSQL; on SQLite every INTEGER already holds
+# 64 bits, and the column keeps the INTEGER it was declared with.
+WideInteger = BigInteger().with_variant(Integer(), "sqlite")
 
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
 LISTED_STATUSES = (*RUN_STATUSES, "abandoned")
@@ -47,19 +51,19 @@ class Run(Base):
     config: Mapped[dict] = mapped_column(JSON)  # everything that went into the run
     config_hash: Mapped[str] = mapped_column(String(64), index=True)
     headline_metric: Mapped[str] = mapped_column(String(60))
-    n_items: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    n_items: Mapped[int | None] = mapped_column(WideInteger, nullable=True)
     items_per_class: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     timing: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     device: Mapped[str] = mapped_column(String(200))
     versions: Mapped[dict] = mapped_column(JSON)
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(WideInteger)
     details: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # per-class scores, spreads
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=now)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # schema 2
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pid: Mapped[int | None] = mapped_column(WideInteger, nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
     chance: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # metric -> chance level, percent

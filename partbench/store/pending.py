@@ -62,6 +62,7 @@ class PendingResults:
     def __init__(self, folder: Path, key: str, where: str) -> None:
         self.folder, self.key, self.where = folder, key, where
         self.problems: list[str] = []
+        self.reasons: dict[Path, str] = {}  # a kept file -> why it could not be written
 
     def _files(self) -> list[tuple[Path, int, str]]:
         if not self.folder.is_dir():
@@ -118,6 +119,7 @@ class PendingResults:
             raise PartbenchError(
                 f"the result of run {run_id} could not be stored ({cause}) nor kept in {self.folder} ({exc})"
             ) from exc
+        self.reasons[final] = str(cause)
         return final
 
     def waiting(self) -> Iterator[PendingResult]:
@@ -128,14 +130,21 @@ class PendingResults:
                 with zipfile.ZipFile(path) as archive:
                     meta = json.loads(archive.read("meta.json"))
                     blob = archive.read("items.npz") if "items.npz" in archive.namelist() else None
-            except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-                self.problems.append(f"cannot read the pending result {path}: {exc}")
+            except (OSError, KeyError, ValueError, RecursionError, zipfile.BadZipFile) as exc:
+                self.set_aside(path, f"it cannot be read: {type(exc).__name__}: {exc}")
                 continue
-            yield PendingResult(path, run_id, op, meta["record"], blob, meta.get("summary"))
+            if not isinstance(meta, dict) or "record" not in meta or op not in ("finish", "fail"):
+                self.set_aside(path, "its meta.json is not an object with a 'record'")
+                continue
+            summary = meta.get("summary")
+            yield PendingResult(
+                path, run_id, op, meta["record"], blob, summary if isinstance(summary, dict) else None
+            )
 
-    def set_aside(self, path: Path, why: Exception) -> None:
+    def set_aside(self, path: Path, why: Exception | str) -> None:
         """A pending result that can never be applied (its run was settled or deleted
-        meanwhile) moves to pending/unstored/: kept for the user, not retried on every open."""
+        meanwhile, or the file does not hold a valid result) moves to pending/unstored/: kept
+        for the user, not retried on every open."""
         aside = self.folder / "unstored" / path.name
         try:
             aside.parent.mkdir(exist_ok=True)
