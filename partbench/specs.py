@@ -176,6 +176,14 @@ class DatasetSpec:
 # Every metric is a percentage: the store refuses a value, interval bound or chance level
 # outside it (partbench.store.validate), and a level's score is a mean of its tasks' metrics.
 METRIC_RANGE = (0.0, 100.0)
+# Chance-corrected secondary metrics go below 0 (the adjusted Rand index, in percent, lies in
+# [-100, 100]); no headline metric may, since a level's score averages headlines.
+SIGNED_METRICS: dict[str, tuple[float, float]] = {"ARI": (-100.0, 100.0)}
+
+
+def metric_range(name: str) -> tuple[float, float]:
+    """The values the store accepts for metric ``name``, in percent."""
+    return SIGNED_METRICS.get(name, METRIC_RANGE)
 
 
 @dataclass(frozen=True)

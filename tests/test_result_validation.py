@@ -276,6 +276,20 @@ def test_a_task_result_the_store_cannot_stand_behind_fails_its_run(tmp_path, met
     assert run.status == "running" and run.metrics == []  # nothing written; the runner fails it
 
 
+def test_a_chance_corrected_secondary_metric_may_be_negative_and_no_headline_may():
+    from partbench.store.validate import ResultError, check_result
+
+    # part-discovery's ARI: random clusters score about 0, and a poor image below it.
+    metrics = {"mIoU": MetricValue(30.0, 28.0, 32.0), "ARI": MetricValue(-4.0, -6.0, -2.0)}
+    rows = check_result(metrics, headline="mIoU", n_items=3, chance=None, items={}, details={})
+    assert ("ARI", -4.0, -6.0, -2.0) in rows
+    with pytest.raises(ResultError, match=r"-150 is outside the range of metric 'ARI' \(-100 to 100"):
+        check_result({**metrics, "ARI": MetricValue(-150.0)}, headline="mIoU", n_items=3, chance=None,
+                     items={}, details={})  # fmt: skip
+    with pytest.raises(ResultError, match=r"-4 is outside the range of metric 'ARI'"):
+        check_result({"ARI": MetricValue(-4.0)}, headline="ARI", n_items=3, chance=None, items={}, details={})
+
+
 def test_a_result_trained_several_times_is_checked_against_the_mean_of_its_repeats():
     from partbench.store.validate import ResultError, check_result
 

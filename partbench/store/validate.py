@@ -35,7 +35,7 @@ import numpy as np
 
 from partbench.errors import PartbenchError
 from partbench.metrics import ITEM_FIELDS, score_from_items
-from partbench.specs import LEVELS, METRIC_RANGE
+from partbench.specs import LEVELS, METRIC_RANGE, metric_range
 
 # Seconds a time may lie ahead of this machine's clock: another host's clock may run ahead.
 CLOCK_SKEW = 300.0
@@ -75,8 +75,8 @@ def _number(value: Any, field: str, *, optional: bool = False) -> float | None:
     return number
 
 
-def _in_range(value: float, field: str, name: str) -> None:
-    low, high = METRIC_RANGE
+def _in_range(value: float, field: str, name: str, headline: bool = False) -> None:
+    low, high = METRIC_RANGE if headline else metric_range(name)
     if not low <= value <= high:
         raise ResultError(
             field, f"{value:g} is outside the range of metric '{name}' ({low:g} to {high:g}, percent)"
@@ -208,10 +208,10 @@ def check_result(
         lo = _number(low, fields["ci_low"], optional=True)
         hi = _number(high, fields["ci_high"], optional=True)
         assert v is not None
-        _in_range(v, fields["value"], name)
+        _in_range(v, fields["value"], name, headline=name == headline)
         for bound, part in ((lo, "ci_low"), (hi, "ci_high")):
             if bound is not None:
-                _in_range(bound, fields[part], name)
+                _in_range(bound, fields[part], name, headline=name == headline)
         if lo is not None and hi is not None and lo > hi:
             raise ResultError(
                 fields["ci_low"], f"the interval's lower bound {lo:g} is above its upper {hi:g}"
