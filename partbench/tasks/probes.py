@@ -578,6 +578,51 @@ def _notes(fits: list[ProbeFit], lbfgs: bool, iterations: int | None, names: Seq
     return details
 
 
+def _sgd_fits(
+    options: Mapping[str, Any],
+    make: Callable[[], nn.Module],
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    x_te: torch.Tensor,
+    y_te: torch.Tensor,
+    seed: int,
+    repeats: int,
+    device: torch.device,
+) -> list[ProbeFit]:
+    """One SGD fit per repeat. A fit that had not converged is trained again from the start with
+    twice the epochs (a cosine schedule cannot be extended), while that stays within
+    ``max_epochs``; the last schedule tried is the one scored. The decision reads only the
+    curve that chose the epoch, so with the default report the test split stays unseen."""
+    most = options.get("max_epochs", options["epochs"])
+    fits = []
+    for r in range(repeats):
+        epochs, tried = options["epochs"], []
+        while True:
+            fit = train_probe(
+                make,
+                x_tr,
+                y_tr,
+                x_te,
+                y_te,
+                epochs=epochs,
+                base_lr=options["lr"],
+                batch_size=options["batch_size"],
+                seed=seed + r,
+                report=options["report"],
+                validation=options.get("validation", VALIDATION_SHARE),
+                # One held-out share for every repeat: their spread is that of training alone.
+                split_seed=seed,
+                device=device,
+            )
+            if fit.converged or 2 * epochs > most:
+                break
+            tried.append(epochs)
+            epochs *= 2
+        fit.unconverged_schedules = tried
+        fits.append(fit)
+    return fits
+
+
 class Probe(Task):
     """A classifier trained on the train split's features and scored on the test split's."""
 
@@ -602,51 +647,6 @@ class Probe(Task):
             details["heads"] = heads
             return lambda: attentive_head(dim, classes, heads)
         return lambda: linear_head(dim, classes)
-
-    def _sgd_fits(
-        self,
-        make: Callable[[], nn.Module],
-        x_tr: torch.Tensor,
-        y_tr: torch.Tensor,
-        x_te: torch.Tensor,
-        y_te: torch.Tensor,
-        seed: int,
-        repeats: int,
-        device: torch.device,
-    ) -> list[ProbeFit]:
-        """One fit per repeat. A fit that had not converged is trained again from the start with
-        twice the epochs (a cosine schedule cannot be extended), while that stays within
-        ``max_epochs``; the last schedule tried is the one scored. The decision reads only the
-        curve that chose the epoch, so with the default report the test split stays unseen."""
-        options = self.options
-        most = options.get("max_epochs", options["epochs"])
-        fits = []
-        for r in range(repeats):
-            epochs, tried = options["epochs"], []
-            while True:
-                fit = train_probe(
-                    make,
-                    x_tr,
-                    y_tr,
-                    x_te,
-                    y_te,
-                    epochs=epochs,
-                    base_lr=options["lr"],
-                    batch_size=options["batch_size"],
-                    seed=seed + r,
-                    report=options["report"],
-                    validation=options.get("validation", VALIDATION_SHARE),
-                    # One held-out share for every repeat: their spread is that of training alone.
-                    split_seed=seed,
-                    device=device,
-                )
-                if fit.converged or 2 * epochs > most:
-                    break
-                tried.append(epochs)
-                epochs *= 2
-            fit.unconverged_schedules = tried
-            fits.append(fit)
-        return fits
 
     def evaluate(
         self,
@@ -682,7 +682,7 @@ class Probe(Task):
             )
             fits = [fit] * repeats
         else:
-            fits = self._sgd_fits(make, x_tr, y_tr, x_te, y_te, seed, repeats, device)
+            fits = _sgd_fits(options, make, x_tr, y_tr, x_te, y_te, seed, repeats, device)
         # The interval resamples test items; with repeats, each item's score is its mean
         # correctness over the repeats.
         per_item = np.mean([f.correct for f in fits], axis=0)
