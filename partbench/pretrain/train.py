@@ -246,17 +246,21 @@ def pretrain(
         seconds = time.perf_counter() - start
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in recipe.shipped().items()}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / f"mini-{method}.safetensors"
+    weights, log = out_dir / f"mini-{method}.safetensors", out_dir / f"mini-{method}.log.json"
+    result = PretrainResult(method, weights, log, losses, seconds, steps, seed, batch)
+    _write_run(state, result, _log_record(result, recipe, peak_lr, len(data), data_seed, lrs))
+    return result
+
+
+def _write_run(state: dict[str, torch.Tensor], result: PretrainResult, record: dict) -> None:
+    """The weights, then the log beside them."""
+    result.weights.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     # No metadata: safetensors writes it in hash order, which would change the sha256 between
     # identical runs; the manifest and the log carry what metadata would.
-    save_file(state, str(weights))
-    log = out_dir / f"mini-{method}.log.json"
-    result = PretrainResult(method, weights, log, losses, seconds, steps, seed, batch)
-    log.write_text(json.dumps(_log_record(result, recipe, peak_lr, len(data), data_seed, lrs), indent=1))
-    return result
+    save_file(state, str(result.weights))
+    result.log.write_text(json.dumps(record, indent=1))
 
 
 def _log_record(

@@ -294,6 +294,14 @@ class _EpochChoice:
         return "training loss", plateaued(losses, spent, PROBE_TOLERANCE)
 
 
+def _seeded_head(make_head: Callable[[], nn.Module], seed: int, device: torch.device) -> nn.Module:
+    """A fresh head initialised from ``seed``, leaving the caller's global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = make_head()
+    return head.to(device)
+
+
 def train_probe(
     make_head: Callable[[], nn.Module],
     x_train: torch.Tensor,
@@ -323,10 +331,7 @@ def train_probe(
     if report not in REPORTS:
         raise ValueError(f"report must be one of {REPORTS}, got '{report}'")
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = make_head()
-    head.to(device)
+    head = _seeded_head(make_head, seed, device)
     gen = torch.Generator().manual_seed(seed)  # on the host: the same order on every device
     opt = torch.optim.SGD(head.parameters(), lr=base_lr * batch_size / 256, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
