@@ -19,6 +19,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -173,6 +174,97 @@ def _looks_like_html(head: bytes, content_type: str) -> bool:
     return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml"))
 
 
+@dataclass
+class _Received:
+    """What streaming a response body to a file measured."""
+
+    sha256: str
+    received: int
+    announced: str | None  # the Content-Length header, as sent
+    content_type: str
+    head: bytes  # the body's first 512 bytes, to tell an HTML page
+
+
+def _receive(
+    url: str, part: Path, *, size: int | None, progress: bool, timeout: float, error: type[PartbenchError]
+) -> _Received:
+    """Stream ``url``'s body into ``part``, hashing it as it comes; a failed request raises
+    ``error`` naming the URL."""
+    import http.client
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    digest, received = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            announced = response.headers.get("Content-Length")
+            content_type = response.headers.get("Content-Type") or ""
+            total = int(announced) if announced and announced.isdigit() else size
+            head = b""
+            with progress_bar(progress, total, Path(urlparse(url).path).name or url) as advance:
+                while chunk := response.read(_CHUNK):
+                    if len(head) < 512:
+                        head += chunk[: 512 - len(head)]
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    advance(len(chunk))
+    except urllib.error.HTTPError as exc:
+        raise error(f"{url}: download failed (HTTP {exc.code} {exc.reason})") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # URLError, timeouts, a connection cut mid-body, a full disk, a malformed URL
+        raise error(f"{url}: download failed ({_reason(exc)})") from None
+    return _Received(digest.hexdigest(), received, announced, content_type, head)
+
+
+def _check_received(
+    url: str,
+    got: _Received,
+    *,
+    size: int | None,
+    expected: str | None,
+    sha256_prefix: str | None,
+    error: type[PartbenchError],
+) -> None:
+    """Raise ``error`` unless the body is whole, not an HTML page, and of the size and digest
+    asked for."""
+    announced, received, hexdigest = got.announced, got.received, got.sha256
+    if announced and announced.isdigit() and received != int(announced):
+        raise error(
+            f"{url}: the connection closed after {received} of {announced} bytes; "
+            "the partial download was discarded"
+        )
+    if _looks_like_html(got.head, got.content_type):
+        raise error(
+            f"{url}: the server sent an HTML page, not the file (a login, quota or error "
+            "page?); the download was discarded"
+        )
+    if size is not None and received != size:
+        raise error(f"{url}: received {received} bytes, expected {size}; the download was discarded")
+    if expected is not None and hexdigest != expected:
+        raise error(
+            f"{url}: sha256 mismatch (expected {expected}, got {hexdigest}); the download was discarded"
+        )
+    if sha256_prefix is not None and not hexdigest.startswith(sha256_prefix.lower()):
+        raise error(
+            f"{url}: sha256 {hexdigest[:16]}... does not match the {sha256_prefix} in the "
+            "file name; the download was discarded"
+        )
+
+
+def _run_validate(
+    url: str, validate: Callable[[Path], Any], part: Path, dest: Path, error: type[PartbenchError]
+) -> None:
+    try:
+        validate(part)
+    except Exception as exc:
+        # The check names the temporary path; the user knows the file by its URL.
+        message = str(exc) if isinstance(exc, PartbenchError) else _reason(exc)
+        message = message.replace(str(part), dest.name)
+        raise error(f"{url}: the download was discarded: {message}") from None
+
+
 def download(
     url: str,
     dest: Path | str,
@@ -197,9 +289,6 @@ def download(
     With ``record_sha256`` the digest is also written beside the file (``<name>.sha256``),
     for :func:`verify_cached`.
     """
-    import http.client
-    import urllib.error
-    import urllib.request
     from urllib.parse import urlparse
 
     dest = Path(dest)
@@ -214,63 +303,16 @@ def download(
             raise error(f"{dest.parent}: cannot be written ({_reason(exc)})") from None
         try:
             part = work / dest.name
-            digest, received = hashlib.sha256(), 0
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-                    announced = response.headers.get("Content-Length")
-                    content_type = response.headers.get("Content-Type") or ""
-                    total = int(announced) if announced and announced.isdigit() else size
-                    head = b""
-                    with progress_bar(progress, total, Path(urlparse(url).path).name or url) as advance:
-                        while chunk := response.read(_CHUNK):
-                            if len(head) < 512:
-                                head += chunk[: 512 - len(head)]
-                            out.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
-                            advance(len(chunk))
-            except urllib.error.HTTPError as exc:
-                raise error(f"{url}: download failed (HTTP {exc.code} {exc.reason})") from None
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                # URLError, timeouts, a connection cut mid-body, a full disk, a malformed URL
-                raise error(f"{url}: download failed ({_reason(exc)})") from None
-            if announced and announced.isdigit() and received != int(announced):
-                raise error(
-                    f"{url}: the connection closed after {received} of {announced} bytes; "
-                    "the partial download was discarded"
-                )
-            if _looks_like_html(head, content_type):
-                raise error(
-                    f"{url}: the server sent an HTML page, not the file (a login, quota or error "
-                    "page?); the download was discarded"
-                )
-            if size is not None and received != size:
-                raise error(f"{url}: received {received} bytes, expected {size}; the download was discarded")
-            hexdigest = digest.hexdigest()
-            if expected is not None and hexdigest != expected:
-                raise error(
-                    f"{url}: sha256 mismatch (expected {expected}, got {hexdigest}); "
-                    "the download was discarded"
-                )
-            if sha256_prefix is not None and not hexdigest.startswith(sha256_prefix.lower()):
-                raise error(
-                    f"{url}: sha256 {hexdigest[:16]}... does not match the {sha256_prefix} in the "
-                    "file name; the download was discarded"
-                )
+            got = _receive(url, part, size=size, progress=progress, timeout=timeout, error=error)
+            _check_received(url, got, size=size, expected=expected, sha256_prefix=sha256_prefix, error=error)
             if validate is not None:
-                try:
-                    validate(part)
-                except Exception as exc:
-                    # The check names the temporary path; the user knows the file by its URL.
-                    message = str(exc) if isinstance(exc, PartbenchError) else _reason(exc)
-                    message = message.replace(str(part), dest.name)
-                    raise error(f"{url}: the download was discarded: {message}") from None
+                _run_validate(url, validate, part, dest, error)
             if record_sha256:
                 # The record goes first: cut off between the two renames, the cache holds an old
                 # file with a new record, which verify_cached refuses, never an unrecorded file.
-                write_atomic(dest.with_name(dest.name + SHA256_SUFFIX), f"{hexdigest}  {dest.name}\n")
+                write_atomic(dest.with_name(dest.name + SHA256_SUFFIX), f"{got.sha256}  {dest.name}\n")
             os.replace(part, dest)
-            return hexdigest
+            return got.sha256
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

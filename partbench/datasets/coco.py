@@ -59,6 +59,60 @@ class _Item:
     keypoints: np.ndarray
 
 
+def _image_names(images: list, path: Path) -> dict[int, str]:
+    """Image id -> file name from a split's ``images`` list, each entry checked."""
+    names: dict[int, str] = {}
+    for i, image in enumerate(images):
+        where = f"{path}: images[{i}]"
+        if not isinstance(image, dict):
+            raise DataError(f"{where}: expected an object")
+        image_id, file_name = image.get("id"), image.get("file_name")
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise DataError(f"{where}: 'id' must be an integer, found {image_id!r}")
+        if not isinstance(file_name, str) or not file_name:
+            raise DataError(f"{where} (id {image_id}): 'file_name' must be a string")
+        pure = PurePosixPath(file_name)
+        if pure.is_absolute() or ".." in pure.parts or "\\" in file_name:
+            raise DataError(f"{where} (id {image_id}): file_name '{file_name}' leaves the folder")
+        if image_id in names:
+            raise DataError(f"{where}: image id {image_id} appears twice")
+        names[image_id] = file_name
+    return names
+
+
+def _selected_rows(ann: dict, where: str, images: dict[int, str]) -> list[list[float]]:
+    """Check one person annotation and return its visible selected keypoints as rows of
+    (part class, x, y, 1.0)."""
+    image_id = ann.get("image_id")
+    # Checked by type, not only by lookup: 1.0 and True hash like 1 and would find an
+    # image they do not name.
+    if "image_id" not in ann:
+        raise DataError(f"{where}: 'image_id' is missing")
+    if not isinstance(image_id, int) or isinstance(image_id, bool):
+        raise DataError(
+            f"{where}: 'image_id' must be an integer, found {image_id!r} ({type(image_id).__name__})"
+        )
+    if image_id not in images:
+        raise DataError(f"{where}: image_id {image_id!r} is not in 'images'")
+    if ann.get("category_id") != PERSON:
+        raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not person ({PERSON})")
+    kp = ann.get("keypoints")
+    if not isinstance(kp, list) or len(kp) != 3 * N_KEYPOINTS:
+        found = len(kp) if isinstance(kp, list) else type(kp).__name__
+        raise DataError(f"{where}: 'keypoints' must hold {3 * N_KEYPOINTS} numbers, found {found}")
+    for j, value in enumerate(kp):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(f"{where}: keypoints[{j}] is not a finite number: {value!r}")
+    for j in range(N_KEYPOINTS):
+        if kp[3 * j + 2] not in (0, 1, 2):
+            raise DataError(f"{where}: keypoint {j + 1} has visibility {kp[3 * j + 2]!r}, not 0, 1 or 2")
+    return [
+        [k, kp[3 * (pos - 1)], kp[3 * (pos - 1) + 1], 1.0]
+        for k, (pos, _) in enumerate(SELECTED_KEYPOINTS)
+        if kp[3 * (pos - 1) + 2] == 2
+    ]
+
+
 class COCOKeypoints(Dataset):
     name = "coco-keypoints"
     capabilities = frozenset({"keypoints"})
@@ -105,23 +159,7 @@ class COCOKeypoints(Dataset):
         ):
             raise DataError(f"{path}: expected a JSON object with 'images' and 'annotations' lists")
 
-        images: dict[int, str] = {}
-        for i, image in enumerate(data["images"]):
-            where = f"{path}: images[{i}]"
-            if not isinstance(image, dict):
-                raise DataError(f"{where}: expected an object")
-            image_id, file_name = image.get("id"), image.get("file_name")
-            if not isinstance(image_id, int) or isinstance(image_id, bool):
-                raise DataError(f"{where}: 'id' must be an integer, found {image_id!r}")
-            if not isinstance(file_name, str) or not file_name:
-                raise DataError(f"{where} (id {image_id}): 'file_name' must be a string")
-            pure = PurePosixPath(file_name)
-            if pure.is_absolute() or ".." in pure.parts or "\\" in file_name:
-                raise DataError(f"{where} (id {image_id}): file_name '{file_name}' leaves the folder")
-            if image_id in images:
-                raise DataError(f"{where}: image id {image_id} appears twice")
-            images[image_id] = file_name
-
+        images = _image_names(data["images"], path)
         folder = SPLIT_FOLDERS[split]
         items: list[_Item] = []
         by_image: dict[int, int] = {}  # image id -> position in items, for per="image"
@@ -130,38 +168,10 @@ class COCOKeypoints(Dataset):
             if not isinstance(ann, dict):
                 raise DataError(f"{where}: expected an object")
             where += f" (id {ann.get('id')})"
-            image_id = ann.get("image_id")
-            # Checked by type, not only by lookup: 1.0 and True hash like 1 and would find an
-            # image they do not name.
-            if "image_id" not in ann:
-                raise DataError(f"{where}: 'image_id' is missing")
-            if not isinstance(image_id, int) or isinstance(image_id, bool):
-                raise DataError(
-                    f"{where}: 'image_id' must be an integer, found {image_id!r} ({type(image_id).__name__})"
-                )
-            if image_id not in images:
-                raise DataError(f"{where}: image_id {image_id!r} is not in 'images'")
-            if ann.get("category_id") != PERSON:
-                raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not person ({PERSON})")
-            kp = ann.get("keypoints")
-            if not isinstance(kp, list) or len(kp) != 3 * N_KEYPOINTS:
-                found = len(kp) if isinstance(kp, list) else type(kp).__name__
-                raise DataError(f"{where}: 'keypoints' must hold {3 * N_KEYPOINTS} numbers, found {found}")
-            for j, value in enumerate(kp):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise DataError(f"{where}: keypoints[{j}] is not a finite number: {value!r}")
-            for j in range(N_KEYPOINTS):
-                if kp[3 * j + 2] not in (0, 1, 2):
-                    raise DataError(
-                        f"{where}: keypoint {j + 1} has visibility {kp[3 * j + 2]!r}, not 0, 1 or 2"
-                    )
-            rows = [
-                [k, kp[3 * (pos - 1)], kp[3 * (pos - 1) + 1], 1.0]
-                for k, (pos, _) in enumerate(SELECTED_KEYPOINTS)
-                if kp[3 * (pos - 1) + 2] == 2
-            ]
+            rows = _selected_rows(ann, where, images)
             if len(rows) < 2:
                 continue
+            image_id = ann["image_id"]
             file_name = images[image_id]
             if self.per == "image" and image_id in by_image:
                 item = items[by_image[image_id]]

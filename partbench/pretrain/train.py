@@ -130,6 +130,59 @@ def _batches(n: int, batch: int, gen: torch.Generator) -> Iterator[torch.Tensor]
             yield perm[i : i + batch]
 
 
+def _adamw(recipe: Recipe, hyper: Hyper, peak_lr: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; biases and norms (no_weight_decay) are never decayed,
+    and only the ``decay`` group follows a weight-decay ramp."""
+    decay, no_decay = [], []
+    for name, p in recipe.trainable():
+        (no_decay if no_weight_decay(name, p) else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "decay": True}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=peak_lr,
+        betas=hyper.betas,
+        weight_decay=hyper.weight_decay,
+    )
+
+
+def _schedule(opt: torch.optim.Optimizer, hyper: Hyper, step: int, steps: int, peak_lr: float) -> float:
+    """Set this step's learning rate (and weight decay, where it ramps); returns the rate."""
+    step_lr = learning_rate(step, steps, peak_lr, hyper.warmup)
+    wd = hyper.weight_decay
+    if hyper.weight_decay_end is not None:
+        wd = cosine(step, steps, hyper.weight_decay, hyper.weight_decay_end)
+    for group in opt.param_groups:
+        group["lr"] = step_lr
+        if group.get("decay"):
+            group["weight_decay"] = wd
+    return step_lr
+
+
+def _train_step(
+    method: str,
+    recipe: Recipe,
+    opt: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    gen: torch.Generator,
+    step: int,
+    steps: int,
+) -> float:
+    """One optimiser step on one batch, then the teachers' EMA update; returns the loss."""
+    hyper = recipe.hyper
+    loss = recipe.loss(images, labels, gen, step)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{method}: loss became {loss.item()} at step {step}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    recipe.after_backward(step)
+    if hyper.clip is not None:
+        nn.utils.clip_grad_norm_([p for _, p in recipe.trainable()], hyper.clip)
+    opt.step()
+    if hyper.momentum is not None:
+        recipe.update_teachers(cosine(step, steps, hyper.momentum, 1.0))
+    return float(loss.item())
+
+
 def pretrain(
     method: str,
     *,
@@ -174,15 +227,7 @@ def pretrain(
         if batch > len(data):
             raise ValueError(f"batch size {batch} exceeds the {len(data)} pretraining images")
         recipe.to(device).train()
-        decay, no_decay = [], []
-        for name, p in recipe.trainable():
-            (no_decay if no_weight_decay(name, p) else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "decay": True}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=peak_lr,
-            betas=hyper.betas,
-            weight_decay=hyper.weight_decay,
-        )
+        opt = _adamw(recipe, hyper, peak_lr)
         gen = torch.Generator().manual_seed(seed)
         order = _batches(len(data), batch, gen)
         losses: list[float] = []
@@ -192,64 +237,53 @@ def pretrain(
         with bar:
             task = bar.add_task(method, total=steps, loss=float("nan"))
             for step in range(steps):
-                step_lr = learning_rate(step, steps, peak_lr, hyper.warmup)
-                wd = hyper.weight_decay
-                if hyper.weight_decay_end is not None:
-                    wd = cosine(step, steps, hyper.weight_decay, hyper.weight_decay_end)
-                for group in opt.param_groups:
-                    group["lr"] = step_lr
-                    if group.get("decay"):
-                        group["weight_decay"] = wd
+                step_lr = _schedule(opt, hyper, step, steps, peak_lr)
                 idx = next(order)
-                loss = recipe.loss(data.images[idx], data.labels[idx].to(device), gen, step)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{method}: loss became {loss.item()} at step {step}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                recipe.after_backward(step)
-                if hyper.clip is not None:
-                    nn.utils.clip_grad_norm_([p for _, p in recipe.trainable()], hyper.clip)
-                opt.step()
-                if hyper.momentum is not None:
-                    recipe.update_teachers(cosine(step, steps, hyper.momentum, 1.0))
-                losses.append(float(loss.item()))
+                labels = data.labels[idx].to(device)
+                losses.append(_train_step(method, recipe, opt, data.images[idx], labels, gen, step, steps))
                 lrs.append(step_lr)
                 bar.update(task, advance=1, loss=losses[-1])
         seconds = time.perf_counter() - start
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in recipe.shipped().items()}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / f"mini-{method}.safetensors"
+    weights, log = out_dir / f"mini-{method}.safetensors", out_dir / f"mini-{method}.log.json"
+    result = PretrainResult(method, weights, log, losses, seconds, steps, seed, batch)
+    _write_run(state, result, _log_record(result, recipe, peak_lr, len(data), data_seed, lrs))
+    return result
+
+
+def _write_run(state: dict[str, torch.Tensor], result: PretrainResult, record: dict) -> None:
+    """The weights, then the log beside them."""
+    result.weights.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     # No metadata: safetensors writes it in hash order, which would change the sha256 between
     # identical runs; the manifest and the log carry what metadata would.
-    save_file(state, str(weights))
-    log = out_dir / f"mini-{method}.log.json"
-    result = PretrainResult(method, weights, log, losses, seconds, steps, seed, batch)
-    log.write_text(
-        json.dumps(
-            {
-                "method": method,
-                "family": recipe.family,
-                "seed": seed,
-                "steps": steps,
-                "batch_size": batch,
-                "peak_lr": peak_lr,
-                "images": len(data),
-                "data_seed": data_seed,
-                "hyper": {k: v for k, v in vars(hyper).items()},
-                "seconds": round(seconds, 2),
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "final_loss": result.final_loss,
-                "loss": losses,
-                "lr": lrs,
-            },
-            indent=1,
-        )
-    )
-    return result
+    save_file(state, str(result.weights))
+    result.log.write_text(json.dumps(record, indent=1))
+
+
+def _log_record(
+    result: PretrainResult, recipe: Recipe, peak_lr: float, images: int, data_seed: int, lrs: list[float]
+) -> dict:
+    """What ``mini-<method>.log.json`` holds: the run's settings, where it ran, and its curves."""
+    return {
+        "method": result.method,
+        "family": recipe.family,
+        "seed": result.seed,
+        "steps": result.steps,
+        "batch_size": result.batch_size,
+        "peak_lr": peak_lr,
+        "images": images,
+        "data_seed": data_seed,
+        "hyper": {k: v for k, v in vars(recipe.hyper).items()},
+        "seconds": round(result.seconds, 2),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "final_loss": result.final_loss,
+        "loss": result.losses,
+        "lr": lrs,
+    }
 
 
 def _progress(enabled: bool, method: str, steps: int):

@@ -12,7 +12,7 @@ off."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,6 +170,139 @@ class ProbeFit:
     unconverged_schedules: list[int] = field(default_factory=list)  # SGD: shorter ones tried first
 
 
+def _holdout(
+    labels: np.ndarray, report: str, validation: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Training and held-out indices, and the classes kept whole: only ``report="validation"``
+    holds items out; the other reports train on every item."""
+    if report == "validation":
+        return stratified_holdout(labels, validation, seed)
+    return np.arange(len(labels)), np.zeros(0, dtype=np.int64), []
+
+
+class _HeadOnFeatures:
+    """A head and the features it reads, gathered by index a batch at a time: from a device copy
+    where one fits, else from the (possibly memory-mapped, half-precision) arrays themselves."""
+
+    def __init__(self, head: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor, device: torch.device):
+        self.head, self.device = head, device
+        self.x_train, self.x_test = x_train, x_test
+        # Drawn from every epoch's batches: gathering half-precision rows by index and widening
+        # them was a quarter of an attentive probe's time on a CPU (mini-mae, SynParts parts).
+        self.resident_train = device_copy(x_train, device, host_bytes=RESIDENT_BYTES)
+        self.resident_test = device_copy(x_test, device)
+        # Items whose float32 features fit TOKEN_CHUNK_BYTES: a training batch of token maps
+        # larger than that is pooled a chunk at a time, and prediction goes a chunk at a time.
+        self.per_chunk = max(1, TOKEN_CHUNK_BYTES // (4 * max(1, x_train[0].numel())))
+        first = head[0] if isinstance(head, nn.Sequential) else None
+        self.pooler = first if isinstance(first, AttentivePooler) else None
+
+    def rows(self, x: torch.Tensor, resident: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+        if resident is not None:
+            return resident.index_select(0, idx.to(self.device)).float()
+        return x[idx].to(self.device, non_blocking=True).float()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """The head's output on training items ``idx``, with gradients."""
+        pooler = self.pooler
+        if pooler is None or self.resident_train is not None or len(idx) <= self.per_chunk:
+            return self.head(self.rows(self.x_train, self.resident_train, idx))
+        # Checkpointed chunks keep only their indices for the backward pass, which reads the
+        # rows again: a batch's float32 tokens (and the attention's inputs) are never held
+        # whole, so host memory stays near the memory-mapped cache. Same values: every item
+        # is pooled on its own.
+        pooled = [
+            checkpoint(
+                lambda part: pooler(self.rows(self.x_train, None, part)),
+                idx[i : i + self.per_chunk],
+                use_reentrant=False,
+            )
+            for i in range(0, len(idx), self.per_chunk)
+        ]
+        return self.head[1:](torch.cat(pooled))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, resident: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+        self.head.eval()
+        step = min(1024, self.per_chunk)
+        return torch.cat(
+            [self.head(self.rows(x, resident, idx[i : i + step])).argmax(1) for i in range(0, len(idx), step)]
+        )
+
+    def predict_train(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.predict(self.x_train, self.resident_train, idx)
+
+    def predict_test(self) -> torch.Tensor:
+        return self.predict(self.x_test, self.resident_test, torch.arange(len(self.x_test)))
+
+
+def _sgd_epoch(
+    model: _HeadOnFeatures,
+    opt: torch.optim.Optimizer,
+    perm: torch.Tensor,
+    y_train: torch.Tensor,
+    batch_size: int,
+    has_bn: bool,
+) -> float:
+    """One pass over ``perm`` in batches; returns the epoch's mean training loss."""
+    model.head.train()
+    loss_fn = nn.CrossEntropyLoss()
+    total, seen = torch.zeros((), device=model.device), 0
+    for i in range(0, len(perm), batch_size):
+        idx = perm[i : i + batch_size]
+        if len(idx) < 2 and has_bn:
+            continue  # BatchNorm cannot normalise a single item
+        loss = loss_fn(model.forward(idx), y_train[idx.to(model.device)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach() * len(idx)
+        seen += len(idx)
+    return float(total) / max(seen, 1)
+
+
+@dataclass
+class _EpochChoice:
+    """The epoch ``report`` picks, kept up to date as training goes: the head of the best
+    held-out epoch (restored at the end), or the test predictions of the best test epoch; the
+    first on ties. With neither, the last epoch."""
+
+    epoch: int
+    correct: np.ndarray
+    score: float = -1.0
+    state: dict[str, torch.Tensor] | None = None
+    val_curve: list[float] = field(default_factory=list)
+    test_curve: list[float] = field(default_factory=list)
+
+    def held_out(self, epoch: int, acc: float, head: nn.Module) -> None:
+        self.val_curve.append(acc)
+        if acc > self.score:
+            self.score, self.epoch = acc, epoch
+            self.state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+
+    def on_test(self, epoch: int, correct: np.ndarray) -> None:
+        self.test_curve.append(float(correct.mean()))
+        if self.test_curve[-1] > self.score:
+            self.score, self.epoch, self.correct = self.test_curve[-1], epoch, correct
+
+    def convergence(self, losses: list[float], spent: list[float]) -> tuple[str, bool]:
+        """What convergence is judged on, and its verdict: the curve that chose the epoch where
+        there is one (fitting.SCORE_TOLERANCE), else the training loss."""
+        chooser = self.val_curve or self.test_curve
+        if chooser:
+            gauge = "held-out top-1" if self.val_curve else "test top-1"
+            return gauge, score_levelled([100 * a for a in chooser], spent)
+        return "training loss", plateaued(losses, spent, PROBE_TOLERANCE)
+
+
+def _seeded_head(make_head: Callable[[], nn.Module], seed: int, device: torch.device) -> nn.Module:
+    """A fresh head initialised from ``seed``, leaving the caller's global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = make_head()
+    return head.to(device)
+
+
 def train_probe(
     make_head: Callable[[], nn.Module],
     x_train: torch.Tensor,
@@ -199,124 +332,65 @@ def train_probe(
     if report not in REPORTS:
         raise ValueError(f"report must be one of {REPORTS}, got '{report}'")
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = make_head()
-    head.to(device)
+    head = _seeded_head(make_head, seed, device)
     gen = torch.Generator().manual_seed(seed)  # on the host: the same order on every device
     opt = torch.optim.SGD(head.parameters(), lr=base_lr * batch_size / 256, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    loss_fn = nn.CrossEntropyLoss()
-    labels = np.asarray(y_train)
-    kept: list[int] = []
-    if report == "validation":
-        fit_np, held_np, kept = stratified_holdout(
-            labels, validation, seed if split_seed is None else split_seed
-        )
-    else:
-        fit_np, held_np = np.arange(len(labels)), np.zeros(0, dtype=np.int64)
+    split = seed if split_seed is None else split_seed
+    fit_np, held_np, kept = _holdout(np.asarray(y_train), report, validation, split)
     fit_idx, held_idx = torch.as_tensor(fit_np, dtype=torch.long), torch.as_tensor(held_np, dtype=torch.long)
-    # Drawn from every epoch's batches: gathering half-precision rows by index and widening
-    # them was a quarter of an attentive probe's time on a CPU (mini-mae, SynParts parts).
-    resident_train = device_copy(x_train, device, host_bytes=RESIDENT_BYTES)
-    resident_test = device_copy(x_test, device)
+    model = _HeadOnFeatures(head, x_train, x_test, device)
     y_train_d, y_test_d = y_train.to(device), y_test.to(device)
     has_bn = any(isinstance(m, nn.BatchNorm1d) for m in head.modules())
-
-    def rows(x: torch.Tensor, resident: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
-        if resident is not None:
-            return resident.index_select(0, idx.to(device)).float()
-        return x[idx].to(device, non_blocking=True).float()
-
-    # Items whose float32 features fit TOKEN_CHUNK_BYTES: a training batch of token maps
-    # larger than that is pooled a chunk at a time, and prediction goes a chunk at a time.
-    per_chunk = max(1, TOKEN_CHUNK_BYTES // (4 * max(1, x_train[0].numel())))
-    pooler = head[0] if isinstance(head, nn.Sequential) and isinstance(head[0], AttentivePooler) else None
-
-    def forward(idx: torch.Tensor) -> torch.Tensor:
-        if pooler is None or resident_train is not None or len(idx) <= per_chunk:
-            return head(rows(x_train, resident_train, idx))
-        # Checkpointed chunks keep only their indices for the backward pass, which reads the
-        # rows again: a batch's float32 tokens (and the attention's inputs) are never held
-        # whole, so host memory stays near the memory-mapped cache. Same values: every item
-        # is pooled on its own.
-        pooled = [
-            checkpoint(
-                lambda part: pooler(rows(x_train, None, part)), idx[i : i + per_chunk], use_reentrant=False
-            )
-            for i in range(0, len(idx), per_chunk)
-        ]
-        return head[1:](torch.cat(pooled))
-
-    @torch.no_grad()
-    def predict(x: torch.Tensor, resident: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
-        head.eval()
-        step = min(1024, per_chunk)
-        return torch.cat(
-            [head(rows(x, resident, idx[i : i + step])).argmax(1) for i in range(0, len(idx), step)]
-        )
-
-    test_all = torch.arange(len(x_test))
+    choice = _EpochChoice(epoch=epochs, correct=np.zeros(len(y_test), bool))
     losses: list[float] = []
     spent: list[float] = []  # each epoch's learning rate
-    val_curve: list[float] = []
-    test_curve: list[float] = []
-    best_score, best_epoch, best_state = -1.0, epochs, None
-    best_correct = np.zeros(len(y_test), bool)
     for epoch in range(1, epochs + 1):
-        head.train()
         perm = fit_idx[torch.randperm(len(fit_idx), generator=gen)]
-        total, seen = torch.zeros((), device=device), 0
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i : i + batch_size]
-            if len(idx) < 2 and has_bn:
-                continue  # BatchNorm cannot normalise a single item
-            loss = loss_fn(forward(idx), y_train_d[idx.to(device)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(idx)
-            seen += len(idx)
+        losses.append(_sgd_epoch(model, opt, perm, y_train_d, batch_size, has_bn))
         spent.append(sched.get_last_lr()[0])
         sched.step()
-        losses.append(float(total) / max(seen, 1))
         if report == "validation" and len(held_idx):
-            acc = float(
-                (predict(x_train, resident_train, held_idx) == y_train_d[held_idx.to(device)]).float().mean()
-            )
-            val_curve.append(acc)
-            if acc > best_score:
-                best_score, best_epoch = acc, epoch
-                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            held_top1 = (model.predict_train(held_idx) == y_train_d[held_idx.to(device)]).float().mean()
+            choice.held_out(epoch, float(held_top1), head)
         elif report == "best-on-test":
-            correct = (predict(x_test, resident_test, test_all) == y_test_d).cpu().numpy()
-            test_curve.append(float(correct.mean()))
-            if test_curve[-1] > best_score:
-                best_score, best_epoch, best_correct = test_curve[-1], epoch, correct
+            choice.on_test(epoch, (model.predict_test() == y_test_d).cpu().numpy())
     if report != "best-on-test":
-        if best_state is not None:
-            head.load_state_dict(best_state)
-        best_correct = (predict(x_test, resident_test, test_all) == y_test_d).cpu().numpy()
-    # Judged on the curve that chose the epoch where there is one (fitting.SCORE_TOLERANCE).
-    chooser = val_curve or test_curve
-    if chooser:
-        gauge = "held-out top-1" if val_curve else "test top-1"
-        converged = score_levelled([100 * a for a in chooser], spent)
-    else:
-        gauge, converged = "training loss", plateaued(losses, spent, PROBE_TOLERANCE)
+        if choice.state is not None:
+            head.load_state_dict(choice.state)
+        choice.correct = (model.predict_test() == y_test_d).cpu().numpy()
+    gauge, converged = choice.convergence(losses, spent)
     return ProbeFit(
-        top1=float(best_correct.mean()),
-        correct=best_correct,
+        top1=float(choice.correct.mean()),
+        correct=choice.correct,
         epoch_choice=report,
-        chosen_epoch=best_epoch,
+        chosen_epoch=choice.epoch,
         train_loss=losses,
         converged=converged,
         gauge=gauge,
         validation_items=len(held_idx),
-        validation_top1=val_curve,
-        test_top1=test_curve,
+        validation_top1=choice.val_curve,
+        test_top1=choice.test_curve,
         kept_whole=kept,
         epochs=epochs,
+    )
+
+
+def _standardised(x_fit: torch.Tensor, device: torch.device) -> tuple[Standardise, torch.Tensor]:
+    """The standardisation fitted on the training items (moments in float64), and those items
+    standardised."""
+    x_fit = x_fit.to(device).double()
+    mean, std = x_fit.mean(0), x_fit.std(0, unbiased=False).clamp(min=1e-6)
+    scale = Standardise(mean.float(), std.float()).to(device)
+    return scale, scale(x_fit.float())
+
+
+@torch.no_grad()
+def _predict_linear(
+    linear: nn.Linear, scale: Standardise, x: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    return torch.cat(
+        [linear(scale(x[i : i + 4096].to(device).float())).argmax(1) for i in range(0, len(x), 4096)]
     )
 
 
@@ -347,57 +421,26 @@ def train_linear_lbfgs(
         raise ValueError(f"report must be one of {REPORTS}, got '{report}'")
     device = torch.device(device)
     labels = np.asarray(y_train)
-    kept: list[int] = []
-    if report == "validation":
-        fit_np, held_np, kept = stratified_holdout(labels, validation, split_seed)
-    else:
-        fit_np, held_np = np.arange(len(labels)), np.zeros(0, dtype=np.int64)
+    fit_np, held_np, kept = _holdout(labels, report, validation, split_seed)
     # Nothing to choose with: no choice is made, as for "last".
     grid = [LBFGS_L2] if report == "last" or (report == "validation" and not len(held_np)) else list(L2_GRID)
-    x_fit = x_train[torch.as_tensor(fit_np)].to(device).double()
-    mean, std = x_fit.mean(0), x_fit.std(0, unbiased=False).clamp(min=1e-6)
-    scale = Standardise(mean.float(), std.float()).to(device)
-    z_fit = scale(x_fit.float())
+    scale, z_fit = _standardised(x_train[torch.as_tensor(fit_np)], device)
     y_fit = torch.as_tensor(labels[fit_np], dtype=torch.long, device=device)
-    del x_fit
     whitening = spectrum(second_moment(z_fit[i : i + MOMENT_ROWS] for i in range(0, len(z_fit), MOMENT_ROWS)))
     linear = nn.Linear(z_fit.shape[1], classes).to(device)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
-
-    @torch.no_grad()
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(
-            [linear(scale(x[i : i + 4096].to(device).float())).argmax(1) for i in range(0, len(x), 4096)]
-        )
-
-    x_held = x_train[torch.as_tensor(held_np)] if len(held_np) else None
-    y_held = torch.as_tensor(labels[held_np], dtype=torch.long, device=device)
     y_test_d = torch.as_tensor(np.asarray(y_test), dtype=torch.long, device=device)
-    best: tuple[float, float, dict, list[float], bool] | None = None
-    scores: list[float] = []
-    # The line search compares losses and gradients finely: no TF32 (see segmentation).
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        for l2 in grid:
-            curve, stalled = _lbfgs(linear, z_fit, y_fit, l2, iterations, whitening)
-            if report == "validation" and x_held is not None:
-                score = float((predict(x_held) == y_held).float().mean())
-            elif report == "best-on-test":
-                score = float((predict(x_test) == y_test_d).float().mean())
-            else:
-                score = 0.0
-            scores.append(score)
-            if best is None or score > best[0]:
-                state = {k: v.detach().clone() for k, v in linear.state_dict().items()}
-                best = (score, l2, state, curve, stalled)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    assert best is not None
-    _, chosen, state, curve, stalled = best
+    judge: tuple[torch.Tensor, torch.Tensor] | None = None  # the items each ridge is scored on
+    if report == "validation" and len(held_np):
+        y_held = torch.as_tensor(labels[held_np], dtype=torch.long, device=device)
+        judge = (x_train[torch.as_tensor(held_np)], y_held)
+    elif report == "best-on-test":
+        judge = (x_test, y_test_d)
+    ridges = _ridge_path(linear, scale, z_fit, y_fit, grid, iterations, whitening, judge)
+    scores, (chosen, state, curve, stalled) = ridges
     linear.load_state_dict(state)
-    correct = (predict(x_test) == y_test_d).cpu().numpy()
+    correct = (_predict_linear(linear, scale, x_test, device) == y_test_d).cpu().numpy()
     return ProbeFit(
         top1=float(correct.mean()),
         correct=correct,
@@ -413,6 +456,41 @@ def train_linear_lbfgs(
         top1_per_l2=scores if len(grid) > 1 else [],
         iterations_run=max(0, len(curve) - 1),
     )
+
+
+def _ridge_path(
+    linear: nn.Linear,
+    scale: Standardise,
+    z_fit: torch.Tensor,
+    y_fit: torch.Tensor,
+    grid: list[float],
+    iterations: int,
+    whitening: tuple[torch.Tensor, torch.Tensor],
+    judge: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[list[float], tuple[float, dict[str, torch.Tensor], list[float], bool]]:
+    """Fit each ridge of ``grid`` in turn, each from the last solution, and score it on
+    ``judge`` (0 without). Returns every ridge's score and the first best: its ridge, weights,
+    objective curve and whether L-BFGS stopped on its own tolerances."""
+    best: tuple[float, float, dict, list[float], bool] | None = None
+    scores: list[float] = []
+    # The line search compares losses and gradients finely: no TF32 (see segmentation).
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for l2 in grid:
+            curve, stalled = _lbfgs(linear, z_fit, y_fit, l2, iterations, whitening)
+            score = 0.0
+            if judge is not None:
+                x, y = judge
+                score = float((_predict_linear(linear, scale, x, z_fit.device) == y).float().mean())
+            scores.append(score)
+            if best is None or score > best[0]:
+                state = {k: v.detach().clone() for k, v in linear.state_dict().items()}
+                best = (score, l2, state, curve, stalled)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert best is not None
+    return scores, best[1:]
 
 
 def _lbfgs(
@@ -443,6 +521,114 @@ def _lbfgs(
     return curve
 
 
+def _repeat_details(fits: list[ProbeFit], lbfgs: bool) -> dict[str, Any]:
+    """How the repeats spread (none with a single fit)."""
+    if len(fits) < 2:
+        return {}
+    accs = [f.top1 for f in fits]
+    details: dict[str, Any] = {
+        "top1_repeats": [100 * a for a in accs],
+        "top1_std": float(100 * np.std(accs, ddof=1)),
+        "chosen_epoch_repeats": [f.chosen_epoch for f in fits],
+    }
+    if not lbfgs:
+        details["epochs_repeats"] = [f.epochs for f in fits]
+    return details
+
+
+def _lbfgs_details(fit: ProbeFit) -> dict[str, Any]:
+    """How an L-BFGS fit chose its ridge, and its objective."""
+    details: dict[str, Any] = {
+        "l2_choice": fit.epoch_choice,
+        "l2_grid": fit.l2_grid,
+        "chosen_l2": fit.chosen_l2,
+    }
+    if fit.top1_per_l2:
+        on = "validation" if fit.epoch_choice == "validation" else "test"
+        details[f"{on}_top1_per_l2"] = [round(100 * a, 3) for a in fit.top1_per_l2]
+    details["iterations_run"] = fit.iterations_run
+    details["train_loss_curve"] = [round(v, 6) for v in subsample_curve(fit.train_loss)]
+    return details
+
+
+def _sgd_details(fit: ProbeFit) -> dict[str, Any]:
+    """How an SGD fit chose its epoch, its curves, and what its convergence was judged on."""
+    details: dict[str, Any] = {"epoch_choice": fit.epoch_choice, "epochs": fit.epochs}
+    if fit.unconverged_schedules:
+        details["unconverged_schedules"] = fit.unconverged_schedules
+    details["chosen_epoch"] = fit.chosen_epoch
+    if fit.validation_top1:
+        details["validation_top1_per_epoch"] = [round(100 * a, 3) for a in fit.validation_top1]
+    if fit.test_top1:
+        details["test_top1_per_epoch"] = [round(100 * a, 3) for a in fit.test_top1]
+    details["train_loss_per_epoch"] = [round(v, 6) for v in fit.train_loss]
+    details["converged_on"] = fit.gauge
+    return details
+
+
+def _notes(fits: list[ProbeFit], lbfgs: bool, iterations: int | None, names: Sequence[str]) -> dict[str, Any]:
+    """Whether every fit converged (with a warning if not) and what the held-out share lacked."""
+    first = fits[0]
+    details: dict[str, Any] = {"converged": all(f.converged for f in fits)}
+    if not details["converged"]:
+        longest = max(f.epochs for f in fits)
+        budget = (iterations, "L-BFGS iterations") if lbfgs else (longest, "epochs")
+        details["warning"] = unconverged_warning("probe", *budget, gauge=first.gauge)
+    if first.kept_whole:
+        details["validation_note"] = "kept whole in training, too small to hold an item out: " + ", ".join(
+            names[c] if 0 <= c < len(names) else str(c) for c in first.kept_whole
+        )
+    if first.epoch_choice == "validation" and not first.validation_items:
+        fallback = f"the ridge {LBFGS_L2:g} is used" if lbfgs else "the last epoch is reported"
+        details["validation_note"] = f"no item could be held out: {fallback}"
+    return details
+
+
+def _sgd_fits(
+    options: Mapping[str, Any],
+    make: Callable[[], nn.Module],
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    x_te: torch.Tensor,
+    y_te: torch.Tensor,
+    seed: int,
+    repeats: int,
+    device: torch.device,
+) -> list[ProbeFit]:
+    """One SGD fit per repeat. A fit that had not converged is trained again from the start with
+    twice the epochs (a cosine schedule cannot be extended), while that stays within
+    ``max_epochs``; the last schedule tried is the one scored. The decision reads only the
+    curve that chose the epoch, so with the default report the test split stays unseen."""
+    most = options.get("max_epochs", options["epochs"])
+    fits = []
+    for r in range(repeats):
+        epochs, tried = options["epochs"], []
+        while True:
+            fit = train_probe(
+                make,
+                x_tr,
+                y_tr,
+                x_te,
+                y_te,
+                epochs=epochs,
+                base_lr=options["lr"],
+                batch_size=options["batch_size"],
+                seed=seed + r,
+                report=options["report"],
+                validation=options.get("validation", VALIDATION_SHARE),
+                # One held-out share for every repeat: their spread is that of training alone.
+                split_seed=seed,
+                device=device,
+            )
+            if fit.converged or 2 * epochs > most:
+                break
+            tried.append(epochs)
+            epochs *= 2
+        fit.unconverged_schedules = tried
+        fits.append(fit)
+    return fits
+
+
 class Probe(Task):
     """A classifier trained on the train split's features and scored on the test split's."""
 
@@ -460,50 +646,13 @@ class Probe(Task):
             "test": View(self.source, "test", "test", out),
         }
 
-    def _sgd_fits(
-        self,
-        make: Callable[[], nn.Module],
-        x_tr: torch.Tensor,
-        y_tr: torch.Tensor,
-        x_te: torch.Tensor,
-        y_te: torch.Tensor,
-        seed: int,
-        repeats: int,
-        device: torch.device,
-    ) -> list[ProbeFit]:
-        """One fit per repeat. A fit that had not converged is trained again from the start with
-        twice the epochs (a cosine schedule cannot be extended), while that stays within
-        ``max_epochs``; the last schedule tried is the one scored. The decision reads only the
-        curve that chose the epoch, so with the default report the test split stays unseen."""
-        options = self.options
-        most = options.get("max_epochs", options["epochs"])
-        fits = []
-        for r in range(repeats):
-            epochs, tried = options["epochs"], []
-            while True:
-                fit = train_probe(
-                    make,
-                    x_tr,
-                    y_tr,
-                    x_te,
-                    y_te,
-                    epochs=epochs,
-                    base_lr=options["lr"],
-                    batch_size=options["batch_size"],
-                    seed=seed + r,
-                    report=options["report"],
-                    validation=options.get("validation", VALIDATION_SHARE),
-                    # One held-out share for every repeat: their spread is that of training alone.
-                    split_seed=seed,
-                    device=device,
-                )
-                if fit.converged or 2 * epochs > most:
-                    break
-                tried.append(epochs)
-                epochs *= 2
-            fit.unconverged_schedules = tried
-            fits.append(fit)
-        return fits
+    def _head_maker(self, dim: int, classes: int, details: dict[str, Any]) -> Callable[[], nn.Module]:
+        """What builds a fresh head (recording the attentive head's number of heads)."""
+        if self.kind == "attentive":
+            heads = attention_heads(dim)
+            details["heads"] = heads
+            return lambda: attentive_head(dim, classes, heads)
+        return lambda: linear_head(dim, classes)
 
     def evaluate(
         self,
@@ -518,90 +667,39 @@ class Probe(Task):
         feat = self._feature()
         train, test = features["train"], features["test"]
         names = dataset.classes_for(self.source)
-        classes = len(names)
         x_tr, x_te = train[feat], test[feat]
         y_tr, y_te = torch.as_tensor(train.labels), torch.as_tensor(test.labels)
-        dim = x_tr.shape[-1]
         details: dict[str, Any] = {"feature": feat}
-        if self.kind == "attentive":
-            heads = attention_heads(dim)
-            details["heads"] = heads
-
-            def make() -> nn.Module:
-                return attentive_head(dim, classes, heads)
-        else:
-
-            def make() -> nn.Module:
-                return linear_head(dim, classes)
-
+        make = self._head_maker(x_tr.shape[-1], len(names), details)
         lbfgs = self.kind == "linear" and options.get("solver", "sgd") == "lbfgs"
         if lbfgs:
             # Deterministic (zero initialisation, full batch): repeats would all be equal.
-            fits = [
-                train_linear_lbfgs(
-                    x_tr,
-                    y_tr,
-                    x_te,
-                    y_te,
-                    classes=classes,
-                    iterations=options["lbfgs_iterations"],
-                    report=options["report"],
-                    validation=options.get("validation", VALIDATION_SHARE),
-                    split_seed=seed,
-                    device=device,
-                )
-            ] * repeats
+            fit = train_linear_lbfgs(
+                x_tr,
+                y_tr,
+                x_te,
+                y_te,
+                classes=len(names),
+                iterations=options["lbfgs_iterations"],
+                report=options["report"],
+                validation=options.get("validation", VALIDATION_SHARE),
+                split_seed=seed,
+                device=device,
+            )
+            fits = [fit] * repeats
         else:
-            fits = self._sgd_fits(make, x_tr, y_tr, x_te, y_te, seed, repeats, device)
-        accs = [f.top1 for f in fits]
+            fits = _sgd_fits(options, make, x_tr, y_tr, x_te, y_te, seed, repeats, device)
         # The interval resamples test items; with repeats, each item's score is its mean
         # correctness over the repeats.
         per_item = np.mean([f.correct for f in fits], axis=0)
-        metrics = {"top1": percent(float(np.mean(accs)), bootstrap_ci(per_item, seed=seed))}
-        if repeats > 1:
-            details["top1_repeats"] = [100 * a for a in accs]
-            details["top1_std"] = float(100 * np.std(accs, ddof=1))
-            details["chosen_epoch_repeats"] = [f.chosen_epoch for f in fits]
-            if not lbfgs:
-                details["epochs_repeats"] = [f.epochs for f in fits]
+        metrics = {"top1": percent(float(np.mean([f.top1 for f in fits])), bootstrap_ci(per_item, seed=seed))}
         first = fits[0]
+        details.update(_repeat_details(fits, lbfgs))
         details["solver"] = first.solver
         details["train_items"] = len(y_tr) - first.validation_items
         details["validation_items"] = first.validation_items
-        if lbfgs:
-            details["l2_choice"] = first.epoch_choice
-            details["l2_grid"] = first.l2_grid
-            details["chosen_l2"] = first.chosen_l2
-            if first.top1_per_l2:
-                on = "validation" if first.epoch_choice == "validation" else "test"
-                details[f"{on}_top1_per_l2"] = [round(100 * a, 3) for a in first.top1_per_l2]
-            details["iterations_run"] = first.iterations_run
-            details["train_loss_curve"] = [round(v, 6) for v in subsample_curve(first.train_loss)]
-        else:
-            details["epoch_choice"] = first.epoch_choice
-            details["epochs"] = first.epochs
-            if first.unconverged_schedules:
-                details["unconverged_schedules"] = first.unconverged_schedules
-            details["chosen_epoch"] = first.chosen_epoch
-            if first.validation_top1:
-                details["validation_top1_per_epoch"] = [round(100 * a, 3) for a in first.validation_top1]
-            if first.test_top1:
-                details["test_top1_per_epoch"] = [round(100 * a, 3) for a in first.test_top1]
-            details["train_loss_per_epoch"] = [round(v, 6) for v in first.train_loss]
-            details["converged_on"] = first.gauge
-        details["converged"] = all(f.converged for f in fits)
-        if not details["converged"]:
-            longest = max(f.epochs for f in fits)
-            budget = (options["lbfgs_iterations"], "L-BFGS iterations") if lbfgs else (longest, "epochs")
-            details["warning"] = unconverged_warning("probe", *budget, gauge=first.gauge)
-        if first.kept_whole:
-            details["validation_note"] = (
-                "kept whole in training, too small to hold an item out: "
-                + ", ".join(names[c] if 0 <= c < classes else str(c) for c in first.kept_whole)
-            )
-        if first.epoch_choice == "validation" and not first.validation_items:
-            fallback = f"the ridge {LBFGS_L2:g} is used" if lbfgs else "the last epoch is reported"
-            details["validation_note"] = f"no item could be held out: {fallback}"
+        details.update(_lbfgs_details(first) if lbfgs else _sgd_details(first))
+        details.update(_notes(fits, lbfgs, options.get("lbfgs_iterations"), names))
         details["interval"] = "test items resampled"
         return TaskResult(
             metrics=metrics,
