@@ -290,6 +290,17 @@ def test_a_chance_corrected_secondary_metric_may_be_negative_and_no_headline_may
         check_result({"ARI": MetricValue(-4.0)}, headline="ARI", n_items=3, chance=None, items={}, details={})
 
 
+def test_correspondence_items_are_keypoints_counted_by_their_pairs():
+    from partbench.store.validate import ResultError, check_result
+
+    # Three pairs with 3, 2 and 2 keypoints; 4 of 7 matched: PCK 57.14 over 3 items.
+    items = {"correct": np.array([1.0, 1, 0, 1, 0, 1, 0]), "pair": np.array([0, 0, 0, 1, 1, 2, 2])}
+    pck = {"PCK@0.10": MetricValue(400 / 7)}
+    check_result(pck, headline="PCK@0.10", n_items=3, chance=None, items=items)
+    with pytest.raises(ResultError, match=r"distinct values of 'pair'"):
+        check_result(pck, headline="PCK@0.10", n_items=7, chance=None, items=items)
+
+
 def test_a_result_trained_several_times_is_checked_against_the_mean_of_its_repeats():
     from partbench.store.validate import ResultError, check_result
 

@@ -118,6 +118,10 @@ def _items_count(headline: str | None, items: Mapping[str, np.ndarray]) -> tuple
     if headline in ("mAP", "AP") and ap is not None:
         values = np.asarray(ap, dtype=np.float64).reshape(-1)
         return int(np.isfinite(values).sum()), "queries with a finite 'ap'"
+    pair = items.get("pair")
+    if headline is not None and headline.startswith("PCK") and pair is not None:
+        # One row per keypoint; the items resampled and counted are the pairs.
+        return len(np.unique(np.asarray(pair).reshape(-1))), "distinct values of 'pair'"
     name, array = next(iter(items.items()))
     return int(np.shape(array)[0]), f"rows of '{name}'"
 
