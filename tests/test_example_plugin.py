@@ -120,10 +120,7 @@ def test_encoder_task_dataset_and_suite_are_listed(installed: Path, on_path) -> 
     assert task["plugin"] == plugin and task["level"] == "object" and task["metric"] == "top1"
     assert task["options"]["feature"]["choices"] == ["cls", "embedding"]
     assert _listed("datasets")["example-shapes"]["plugin"] == plugin
-    plugins = {
-        p["name"]: p
-        for p in json.loads(_partbench("list", "plugins", "--format", "json").stdout)
-    }
+    plugins = {p["name"]: p for p in json.loads(_partbench("list", "plugins", "--format", "json").stdout)}
     assert plugins[plugin]["suites"] == ["example"] and plugins[plugin]["problems"] == []
 
 
