@@ -166,7 +166,7 @@ def test_cross_entropy_with_its_gradient_in_one_pass(benchmark, pixel_logits, ba
 
 @pytest.fixture(scope="module")
 def correlated_seg_problem(pytestconfig):
-    """SynParts part-seg's shape (1,000 maps scaled to 100 when the suite runs it once) with
+    """SynParts part-seg's shape (1,000 maps scaled to 16 when the suite runs it once) with
     its features' structure: the four stages are noisy copies of one 128-channel map, as four
     depths of one network are strongly correlated, and that map's variance decays across its
     directions; labels a linear function of it, unlabelled where their margin is small. On
@@ -176,7 +176,7 @@ def correlated_seg_problem(pytestconfig):
 
     from partbench.datasets.base import IGNORE
 
-    n = 1000 if full_size(pytestconfig) else 40
+    n = 1000 if full_size(pytestconfig) else 16
     gen = torch.Generator().manual_seed(0)
     signal = torch.randn(n, 64, 128, generator=gen)
     # Mixed with a decaying spectrum, as a network's features are: the labels depend on

@@ -325,26 +325,26 @@ def test_every_timm_test_architecture_gives_nchw_stages_and_a_final_map(name: st
         assert out.prefix.shape == (1, prefix, model.num_features)
 
 
-def test_a_resnet_runs_every_builtin_task_end_to_end(tmp_path: Path) -> None:
+def test_a_resnet_runs_every_builtin_task_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`partbench run --encoder timm:<cnn> --weights FILE --task all`: a CNN through extraction,
     stages resampled for segmentation, and every built-in task, stored with its stages."""
-    import os
-    import subprocess
-    import sys
+    from click.testing import CliRunner
+
+    from partbench.cli import cli
+    from partbench.plugins import reset_registry
 
     path = tmp_path / "test_resnet.pth"
     torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), path)
-    env = {k: v for k, v in os.environ.items() if k != "PARTBENCH_LOAD_PLUGINS"}
-    env.update(PARTBENCH_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    monkeypatch.delenv("PARTBENCH_LOAD_PLUGINS")  # as a user runs it: every installed plugin
+    reset_registry()
     db = f"sqlite:///{tmp_path / 'runs.db'}"
 
-    def partbench(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "partbench", *args, "--db", db]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    def partbench(*args: str):
+        return CliRunner().invoke(cli, [*args, "--db", db])
 
     quick = ("--limit", "8", "-o", "epochs=3", "-o", "iterations=10")
     ran = partbench("run", "-e", "timm:test_resnet", "--weights", str(path), "-t", "all", *quick)
-    assert ran.returncode == 0, ran.stderr + ran.stdout
+    assert ran.exit_code == 0, ran.output
     runs = json.loads(partbench("runs", "--format", "json").stdout)
     tasks = {"part-retrieval", "part-linear", "part-attentive", "part-seg"}
     tasks |= {"object-retrieval", "object-linear", "object-seg"}

@@ -1,7 +1,10 @@
 """A stranger's plugin: installed from its own pyproject, found through its entry point, run.
 
 The example plugin imports only ``partbench.api`` and registers an encoder, a task, a dataset
-and a suite; each is run through ``partbench run`` beside the built-in ones.
+and a suite; each is run through ``partbench run`` beside the built-in ones. The install and the
+import check are real processes (what they test is a fresh interpreter's view); the commands run
+in this process, with the install's folder on ``sys.path`` so the entry point is found as an
+installed one is.
 """
 
 from __future__ import annotations
@@ -12,9 +15,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
+
+from partbench.cli import cli
+from partbench.plugins import reset_registry
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "partbench-example-encoder"
 PACKAGE = PLUGIN / "partbench_example_encoder"
@@ -52,15 +60,26 @@ def _env(site: Path, home: Path) -> dict[str, str]:
     return env
 
 
-def _partbench(site: Path, home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "partbench", *args], env=_env(site, home), capture_output=True, text=True
-    )
+@pytest.fixture
+def on_path(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Put a site folder on sys.path and load every plugin found there, as a process started
+    with that PYTHONPATH and no PARTBENCH_LOAD_PLUGINS would."""
+
+    def put(site: Path) -> None:
+        monkeypatch.syspath_prepend(str(site))
+        monkeypatch.delenv("PARTBENCH_LOAD_PLUGINS", raising=False)
+        reset_registry()
+
+    return put
 
 
-def _listed(site: Path, home: Path, what: str) -> dict[str, dict]:
-    result = _partbench(site, home, "list", what, "--format", "json")
-    assert result.returncode == 0, result.stderr
+def _partbench(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def _listed(what: str) -> dict[str, dict]:
+    result = _partbench("list", what, "--format", "json")
+    assert result.exit_code == 0, result.stderr
     return {e["name"]: e for e in json.loads(result.stdout)}
 
 
@@ -76,9 +95,11 @@ def test_the_plugin_imports_partbench_api_only() -> None:
 
 
 def test_importing_the_api_and_the_plugin_loads_no_torch(installed: Path) -> None:
+    # One fresh interpreter: first what importing loads, then every public name resolves.
     code = (
-        "import sys, partbench.api, partbench_example_encoder; "
-        "print(sorted(m for m in ('torch', 'numpy', 'timm') if m in sys.modules))"
+        "import sys, partbench.api as a, partbench_example_encoder; "
+        "print(sorted(m for m in ('torch', 'numpy', 'timm') if m in sys.modules)); "
+        "[getattr(a, n) for n in a.__all__]; print(sorted(a.__all__) == dir(a))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -87,46 +108,38 @@ def test_importing_the_api_and_the_plugin_loads_no_torch(installed: Path) -> Non
         text=True,
         check=True,
     )
-    assert done.stdout.strip() == "[]"
-    every = (
-        "import partbench.api as a; [getattr(a, n) for n in a.__all__]; print(sorted(a.__all__) == dir(a))"
-    )
-    done = subprocess.run([sys.executable, "-c", every], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "True"
+    assert done.stdout.splitlines() == ["[]", "True"]
 
 
-def test_encoder_task_dataset_and_suite_are_listed(installed: Path, tmp_path: Path) -> None:
+def test_encoder_task_dataset_and_suite_are_listed(installed: Path, on_path) -> None:
+    on_path(installed)
     plugin = "partbench-example-encoder"
-    assert _listed(installed, tmp_path, "encoders")["example-hog"]["plugin"] == plugin
-    assert _listed(installed, tmp_path, "encoders")["random-vit"]["plugin"] == "partbench"
-    task = _listed(installed, tmp_path, "tasks")["example-ncm"]
+    assert _listed("encoders")["example-hog"]["plugin"] == plugin
+    assert _listed("encoders")["random-vit"]["plugin"] == "partbench"
+    task = _listed("tasks")["example-ncm"]
     assert task["plugin"] == plugin and task["level"] == "object" and task["metric"] == "top1"
     assert task["options"]["feature"]["choices"] == ["cls", "embedding"]
-    assert _listed(installed, tmp_path, "datasets")["example-shapes"]["plugin"] == plugin
-    plugins = {
-        p["name"]: p
-        for p in json.loads(_partbench(installed, tmp_path, "list", "plugins", "--format", "json").stdout)
-    }
+    assert _listed("datasets")["example-shapes"]["plugin"] == plugin
+    plugins = {p["name"]: p for p in json.loads(_partbench("list", "plugins", "--format", "json").stdout)}
     assert plugins[plugin]["suites"] == ["example"] and plugins[plugin]["problems"] == []
 
 
-def test_plugin_encoder_task_and_dataset_run_beside_builtin_ones(installed: Path, tmp_path: Path) -> None:
+def test_plugin_encoder_task_and_dataset_run_beside_builtin_ones(installed: Path, on_path) -> None:
+    on_path(installed)
     quick = ("--limit", "12", "-o", "iterations=10", "-o", "epochs=3")
     # The plugin's task and a built-in one on the plugin's dataset, with the plugin's encoder and
     # a built-in one; then the plugin's encoder on the built-in SynParts.
     ran = _partbench(
-        installed,
-        tmp_path,
         "run",
         *("-e", "example-hog", "-e", "random-vit", "-d", "example-shapes"),
         *("-t", "example-ncm", "-t", "object-retrieval", "-t", "object-seg"),
         *quick,
     )
-    assert ran.returncode == 0, ran.stderr + ran.stdout
-    ran = _partbench(installed, tmp_path, "run", "-e", "example-hog", "-t", "part-retrieval", *quick)
-    assert ran.returncode == 0, ran.stderr + ran.stdout
+    assert ran.exit_code == 0, ran.output
+    ran = _partbench("run", "-e", "example-hog", "-t", "part-retrieval", *quick)
+    assert ran.exit_code == 0, ran.output
 
-    runs = json.loads(_partbench(installed, tmp_path, "runs", "--format", "json").stdout)
+    runs = json.loads(_partbench("runs", "--format", "json").stdout)
     got = {(r["encoder"], r["task"], r["dataset"]): r for r in runs}
     assert {k for k, r in got.items() if r["status"] == "done"} == {
         (e, t, "example-shapes")
@@ -188,10 +201,9 @@ def test_the_task_scores_what_it_should(installed: Path, monkeypatch: pytest.Mon
     assert wrong.metrics["top1"].value == 0 and wrong.items["label"].tolist() == test_labels.tolist()
 
 
-def test_a_bad_dataset_option_is_one_line(installed: Path, tmp_path: Path) -> None:
+def test_a_bad_dataset_option_is_one_line(installed: Path, on_path) -> None:
+    on_path(installed)
     result = _partbench(
-        installed,
-        tmp_path,
         "run",
         "-e",
         "example-hog",
@@ -202,13 +214,14 @@ def test_a_bad_dataset_option_is_one_line(installed: Path, tmp_path: Path) -> No
         "--dataset-option",
         "colour=red",
     )
-    assert result.returncode != 0 and "example-shapes: unknown option colour" in result.stderr
+    assert result.exit_code != 0 and "example-shapes: unknown option colour" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_without_the_plugin_the_name_is_unknown(tmp_path: Path) -> None:
-    result = _partbench(tmp_path, tmp_path, "run", "-e", "example-hog", "-t", "part-retrieval")
-    assert result.returncode == 1 and "unknown encoder 'example-hog'" in result.stderr
+def test_without_the_plugin_the_name_is_unknown(tmp_path: Path, on_path) -> None:
+    on_path(tmp_path)
+    result = _partbench("run", "-e", "example-hog", "-t", "part-retrieval")
+    assert result.exit_code == 1 and "unknown encoder 'example-hog'" in result.stderr
 
 
 def test_the_plugin_page_points_at_every_file_of_the_example_and_names_only_the_api() -> None:

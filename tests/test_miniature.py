@@ -37,6 +37,7 @@ def object_linear(tmp_path_factory):
     return store, runs
 
 
+@pytest.mark.slow  # the shipped files on full-size SynParts: the size is the claim
 def test_shipped_supervised_encoders_learned_object_classes(object_linear):
     store, runs = object_linear
     top1 = {m.name: m.value for m in runs["mini-supervised"].metrics}["top1"]
@@ -47,6 +48,7 @@ def test_shipped_supervised_encoders_learned_object_classes(object_linear):
         assert runs[name].weights_id == _shipped_id(name)
 
 
+@pytest.mark.slow  # the shipped files on full-size SynParts: the size is the claim
 def test_self_supervised_minis_are_above_chance_on_object_retrieval(tmp_path):
     """The task where they were at chance before their recipes ran longer: each one's interval
     now lies above the expected AP of random features on the same items, if only just."""
@@ -65,6 +67,7 @@ def _shipped_id(name: str) -> str:
     return "sha256:" + manifest[f"mini-{MINI[name].method}.safetensors"]["sha256"]
 
 
+@pytest.mark.slow  # every shipped file through the full gate: the gate as shipping runs it is the claim
 def test_each_shipped_file_beats_its_initialisation_at_the_level_it_serves():
     """The gate, run again on the shipped files: the encoders docs/miniature.md states are above the
     floor pass it, the others do not."""

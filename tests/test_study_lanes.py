@@ -14,6 +14,7 @@ from partbench.suites import BUILTIN_TASKS
 ENCODERS = ["mini-random", "mini-cnn"]
 
 
+@pytest.mark.slow  # four lane processes, every task twice over
 def test_lanes_store_every_task_of_every_encoder_from_one_thread_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("PARTBENCH_HOME", str(tmp_path / "home"))
     store = Store(f"sqlite:///{tmp_path / 'lanes.db'}")
