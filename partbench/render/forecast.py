@@ -47,7 +47,7 @@ def forecast_text(forecasts: Sequence[Mapping[str, Any]]) -> str:
                         text += f", device ~{size_text(memory['device_mb'] * 2**20)}"
                     seconds = p.get("seconds")
                     timed = (
-                        f"; ~{seconds:.0f} s (as run {p['timed_by_run']} was timed here)"
+                        f"; ~{_seconds(seconds)} (as run {p['timed_by_run']} was timed here)"
                         if seconds is not None
                         else "; time: not timed on this device before"
                     )
@@ -58,9 +58,13 @@ def forecast_text(forecasts: Sequence[Mapping[str, Any]]) -> str:
                 total = f"  total: writes {size_text(enc['bytes'])} to the cache"
                 total += f"; scoring holds up to ~{size_text(enc['scoring_host_mb'] * 2**20)} of features"
                 if enc["seconds"] is not None:
-                    total += f"; encoding ~{enc['seconds']:.0f} s"
+                    total += f"; encoding ~{_seconds(enc['seconds'])}"
                 lines.append(total)
             else:
                 lines.append("  nothing to run")
     lines.append("Dry run: nothing was run, stored or cached.")
     return "\n".join(lines)
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"

@@ -7,8 +7,8 @@ reported, not set aside).
 
 What it loads, and why:
 
-- the dataset's index (annotations; no image is decoded for the fingerprint), because every
-  cache key holds the dataset's fingerprint;
+- the dataset (its index and its fingerprint), because every cache key holds the
+  dataset's fingerprint;
 - each encoder, on the CPU, because its description (weights identity, stages) enters the
   cache key and the run's digest; its module then moves to PyTorch's meta device and one
   forward runs there, which computes the shape of every output and no value;
@@ -29,8 +29,9 @@ Estimates (documented in docs/performance.md):
   (DataLoader prefetch and, on CUDA, the pinned staging buffers), the writer's queue of
   batches, and the largest task's features read whole in float32 (an upper bound:
   segmentation streams its features in chunks);
-- time: where the store holds a done run of the same encoder on a device described the
-  same way, whose timing counted an encoder pass, items / that pass's end-to-end rate.
+- time: where the store holds a done run of the same encoder at the same precision on a
+  device described the same way, whose timing counted an encoder pass: items / that run's
+  end-to-end rate (its items over its passes' wall time: decoding, forward and writing).
 """
 
 from __future__ import annotations
@@ -352,11 +353,13 @@ def _scoring_mb(
 
 
 def _rate(store: Any, encoder: str, plan: Plan) -> dict[str, Any] | None:
-    """The end-to-end items per second of the latest done run of this encoder on a device
-    described as this one is, whose timing counted an encoder pass."""
+    """The end-to-end items per second of the latest done run of this encoder, at this
+    precision, on a device described as this one is, whose timing counted an encoder pass."""
     for run in reversed(store.runs(status="done")):
         timing = run.timing or {}
         if run.encoder != encoder or run.device != plan.machine.text or not timing.get("encoder_passes"):
+            continue
+        if (run.config or {}).get("precision") != plan.opts.precision:
             continue
         images, wall = timing.get("images"), timing.get("wall_seconds")
         if images and wall:
