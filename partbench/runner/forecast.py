@@ -80,31 +80,7 @@ def _encoder(plan: Plan, dataset: Any, name: str, spec: Any, cache: Any, store: 
 
     encoder = spec.load(encoder_request(plan, name, spec))
     described = encoder.describe()
-    runs, views, digests = [], [], []
-    for task_spec in plan.tasks:
-        task = task_spec.create(plan.options[task_spec.name])
-        task_views = task.views(dataset, encoder)
-        declared = declared_config(plan, name, spec, task_spec)
-        config = run_config(plan, declared, dataset, described, task_views)
-        done = store.find_done(config.digest)
-        same_declared = [
-            r.id
-            for r in store.runs(status="done", dataset=plan.dataset.name)
-            if r.encoder == name and r.task == task_spec.name and covers(r.config, declared)
-        ]
-        runs.append(
-            {
-                "task": task_spec.name,
-                "config_hash": config.digest,
-                "stored_run": done.id if done is not None else None,
-                "declared_covered_by": same_declared,
-                "will_run": done is None or plan.opts.force,
-                "views": {role: sorted(v.outputs) for role, v in task_views.items()},
-            }
-        )
-        if done is None or plan.opts.force:
-            views.append(list(task_views.values()))
-            digests.append(config)
+    runs, views, configs = _runs(plan, dataset, name, spec, encoder, described, store)
     out: dict[str, Any] = {
         "encoder": name,
         "weights_id": described.get("weights_id"),
@@ -128,18 +104,16 @@ def _encoder(plan: Plan, dataset: Any, name: str, spec: Any, cache: Any, store: 
 
     # Keys only: a FeatureCache touches no file until an entry is read or written.
     passes = Passes(
-        plan, dataset, name, digests[0], [v for vs in views for v in vs],
+        plan, dataset, name, configs[0], [v for vs in views for v in vs],
         cache or FeatureCache(cache_root()), World(), name,
     )  # fmt: skip
     passes.have = peek
     cached, todos, cuts = passes.schedule()
-    memo: dict = {}
-    base_rss = peak_rss_mb()
-
+    est = _Estimates(plan, dataset, encoder, described, peak_rss_mb(), _rate(store, name, plan))
     # Shapes: one forward on the meta device, of every stage any pass asks for.
-    stages = sorted({s for p in passes.passes.values() if "stages" in p.outputs for s in p.stages})
-    shapes = _shapes(encoder, passes, stages)
-    rate = _rate(store, name, plan)
+    est.shapes = _shapes(
+        encoder, sorted({s for p in passes.passes.values() if "stages" in p.outputs for s in p.stages})
+    )
     for key, p in sorted(passes.passes.items()):
         entry = passes.entries[key]
         row: dict[str, Any] = {
@@ -150,51 +124,113 @@ def _encoder(plan: Plan, dataset: Any, name: str, spec: Any, cache: Any, store: 
         }
         if key in cached:
             row |= {"action": "cached", "outputs": sorted(p.outputs), "bytes": 0}
+        elif key in cuts:
+            parent_key, parent, _ = cuts[key]
+            held = peek(parent)
+            if parent_key is not None:
+                held |= {p.array_name(o) for o in passes.encoded(parent_key, todos[parent_key]).outputs}
+            source = parent_key[1] if parent_key else "cached"
+            row |= {"action": f"cut from the {source} {p.inputs} pass"}
+            row |= est.pass_row(passes.cut_outputs(key, todos[key], held), encoded=False)
         else:
-            todo = todos[key]
-            if key in cuts:
-                parent_key, parent, _ = cuts[key]
-                held = peek(parent) | (
-                    _array_names(passes.encoded(parent_key, todos[parent_key])) if parent_key else set()
-                )
-                todo = passes.cut_outputs(key, todo, held)
-                row["action"] = f"cut from the {parent_key[1] if parent_key else 'cached'} {p.inputs} pass"
-            else:
-                todo = passes.encoded(key, todo)
-                row["action"] = "encode"
-            counts = _counts(dataset, todo, plan.opts.limit, encoder, memo)
-            sizes = _bytes(todo, shapes, counts)
-            row |= {
-                "outputs": sorted(todo.outputs),
-                "masks": [passes.passes[key].mask_name(s, r) for s, r in todo.masks],
-                "samples": counts["samples"],
-                "items": counts["items"],
-                "counted": counts["counted"],
-                "bytes": sum(sizes.values()),
-                "arrays": sizes,
-            }
-            if row["action"] == "encode":
-                row["memory"] = _memory(plan, described, encoder, todo, shapes, counts, base_rss)
-                if rate is not None:
-                    row["seconds"] = counts["items"] / rate["items_per_second"]
-                    row["timed_by_run"] = rate["run"]
+            row |= {"action": "encode"} | est.pass_row(passes.encoded(key, todos[key]), encoded=True)
         if entry.folder.name in problems:
             row["damaged_entry"] = problems[entry.folder.name]
         out["passes"].append(row)
-    out["scoring_host_mb"] = max(_scoring_mb(vs, shapes, dataset, plan, encoder, memo) for vs in views)
+    out["scoring_host_mb"] = max(est.scoring_mb(vs) for vs in views)
     out["bytes"] = sum(r["bytes"] for r in out["passes"])
     timed = [r["seconds"] for r in out["passes"] if "seconds" in r]
-    out["seconds"] = (
-        sum(timed) if timed and len(timed) == sum(r["action"] == "encode" for r in out["passes"]) else None
-    )
+    encoded = sum(r["action"] == "encode" for r in out["passes"])
+    out["seconds"] = sum(timed) if timed and len(timed) == encoded else None
     return out
 
 
-def _array_names(p: Any) -> set[str]:
-    return {p.array_name(o) for o in p.outputs}
+def _runs(
+    plan: Plan, dataset: Any, name: str, spec: Any, encoder: Any, described: Mapping[str, Any], store: Any
+) -> tuple[list[dict], list[list[Any]], list[Any]]:
+    """What the store answers of each task's run; the views and configurations of those the
+    run would run (every one with --force)."""
+    runs, views, configs = [], [], []
+    done_here = [r for r in store.runs(status="done", dataset=plan.dataset.name) if r.encoder == name]
+    for task_spec in plan.tasks:
+        task = task_spec.create(plan.options[task_spec.name])
+        task_views = task.views(dataset, encoder)
+        declared = declared_config(plan, name, spec, task_spec)
+        config = run_config(plan, declared, dataset, described, task_views)
+        done = store.find_done(config.digest)
+        will_run = done is None or plan.opts.force
+        runs.append(
+            {
+                "task": task_spec.name,
+                "config_hash": config.digest,
+                "stored_run": done.id if done is not None else None,
+                "declared_covered_by": [
+                    r.id for r in done_here if r.task == task_spec.name and covers(r.config, declared)
+                ],
+                "will_run": will_run,
+                "views": {role: sorted(v.outputs) for role, v in task_views.items()},
+            }
+        )
+        if will_run:
+            views.append(list(task_views.values()))
+            configs.append(config)
+    return runs, views, configs
 
 
-def _shapes(encoder: Any, passes: Any, stages: Sequence[int]) -> dict[str, tuple[tuple[int, ...], str]]:
+class _Estimates:
+    """Counts, bytes, memory and time of the passes of one encoder."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        dataset: Any,
+        encoder: Any,
+        described: Mapping[str, Any],
+        base_rss: float,
+        rate: Mapping[str, Any] | None,
+    ):
+        self.plan, self.dataset, self.encoder, self.described = plan, dataset, encoder, described
+        self.base_rss, self.rate = base_rss, rate
+        self.shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.memo: dict = {}
+
+    def counts(self, p: Any) -> dict[str, Any]:
+        return _counts(self.dataset, p, self.plan.opts.limit, self.encoder, self.memo)
+
+    def pass_row(self, todo: Any, encoded: bool) -> dict[str, Any]:
+        counts = self.counts(todo)
+        sizes = _bytes(todo, self.shapes, counts)
+        row: dict[str, Any] = {
+            "outputs": sorted(todo.outputs),
+            "masks": [todo.mask_name(s, r) for s, r in todo.masks],
+            "samples": counts["samples"],
+            "items": counts["items"],
+            "counted": counts["counted"],
+            "bytes": sum(sizes.values()),
+            "arrays": sizes,
+        }
+        if encoded:
+            row["memory"] = _memory(self.plan, self.described, self.encoder, todo, self.shapes, self.base_rss)
+            if self.rate is not None:
+                row["seconds"] = counts["items"] / self.rate["items_per_second"]
+                row["timed_by_run"] = self.rate["run"]
+        return row
+
+    def scoring_mb(self, views: Sequence[Any]) -> float:
+        """A task's features read whole as float32, in MiB: the scoring's working set, bounded
+        above."""
+        from partbench.extraction import Pass
+
+        total = 0
+        for v in views:
+            split = self.dataset.split_for(v.role)
+            p = Pass(v.inputs, split, v.transform, frozenset(v.outputs), v.stages, ())
+            items = self.counts(p)["items"]
+            total += sum(items * math.prod(self.shapes[o][0]) * 4 for o in v.outputs)
+        return total / 2**20
+
+
+def _shapes(encoder: Any, stages: Sequence[int]) -> dict[str, tuple[tuple[int, ...], str]]:
     """Each output's per-item shape and stored dtype, from a forward on the meta device."""
     import dataclasses
 
@@ -302,7 +338,6 @@ def _memory(
     encoder: Any,
     p: Any,
     shapes: Mapping[str, tuple[tuple[int, ...], str]],
-    counts: Mapping[str, Any],
     base_rss: float,
 ) -> dict[str, float]:
     """Predicted peaks of one encoded pass in MiB (see the module's docstring)."""
@@ -335,21 +370,6 @@ def _memory(
     if cuda:
         result["device_mb"] = forward / mib
     return result
-
-
-def _scoring_mb(
-    views: Sequence[Any], shapes: Mapping[str, Any], dataset: Any, plan: Plan, encoder: Any, memo: dict
-) -> float:
-    """A task's features read whole as float32, in MiB: the scoring's working set, bounded above."""
-    from partbench.extraction import Pass
-
-    total = 0
-    for v in views:
-        p = Pass(v.inputs, dataset.split_for(v.role), v.transform, frozenset(v.outputs), v.stages, ())
-        counts = _counts(dataset, p, plan.opts.limit, encoder, memo)
-        for o in v.outputs:
-            total += counts["items"] * math.prod(shapes[o][0]) * 4
-    return total / 2**20
 
 
 def _rate(store: Any, encoder: str, plan: Plan) -> dict[str, Any] | None:
