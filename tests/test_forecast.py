@@ -116,10 +116,30 @@ def test_synparts_forecast_matches_what_the_run_writes(tmp_path, isolated_home):
 
 def test_official_cub_tree_forecast_matches_what_the_run_writes(tmp_path, isolated_home):
     root = trees.cub_tree(tmp_path / "cub")
-    args = ["-e", "random-vit", "-t", "part-retrieval", "-t", "part-linear", "-t", "object-retrieval"]
-    check_forecast_then_run(
+    # The part tasks' test crops are cut from the retrieval's pass over every image.
+    args = ["-e", "random-vit", "-t", "part", "-t", "object-retrieval"]
+    forecast = check_forecast_then_run(
         isolated_home, tmp_path / "r.db", [*args, "-d", "cub200", "--data-root", str(root), *QUICK]
     )
+
+    actions = [p["action"] for p in forecast[0]["encoders"][0]["passes"]]
+    assert "cut from the all crops pass" in actions and actions.count("encode") == 3
+
+
+def test_a_damaged_entry_is_named_and_left_in_place(tmp_path, isolated_home):
+    args = ["-e", "mini-mae", "-t", "part-retrieval", "--limit", "4", "--workers", "0"]
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    assert invoke("run", *args, "--db", db).exit_code == 0
+    (meta,) = (isolated_home / "cache").glob("*/meta.json")
+    (meta.parent / json.loads(meta.read_text())["arrays"]["cls"]["file"]).write_bytes(b"x")
+    (p,) = dry_run(*args, "--force", "--db", db)[0]["encoders"][0]["passes"]
+    # The run would set it aside and encode again; the dry run says so and moves nothing.
+    assert (
+        p["action"] == "encode"
+        and "array 'cls'" in p["damaged_entry"]
+        and "has 1 bytes" in p["damaged_entry"]
+    )
+    assert meta.exists() and not (isolated_home / "cache" / ".bad").exists()  # set aside by a run only
 
 
 def test_no_cache_forecast_encodes_every_pass(tmp_path, isolated_home):
