@@ -152,3 +152,34 @@ def test_no_cache_forecast_encodes_every_pass(tmp_path, isolated_home):
 def test_json_needs_dry_run(tmp_path):
     result = CliRunner().invoke(cli, ["run", "-e", "mini-mae", "-t", "part-retrieval", "--json"])
     assert result.exit_code == 1 and "--json goes with --dry-run" in result.output
+
+
+def test_shapes_of_an_encoder_the_meta_device_cannot_run():
+    """An encoder computing outside torch's operators gets the same shapes from one zero image."""
+    from partbench.plugins import registry
+    from partbench.runner.forecast import _shapes
+    from partbench.specs import EncoderRequest
+
+    spec = registry().encoder("mini-mae")
+    stages = (0, 3)
+    plain = _shapes(spec.load(EncoderRequest("mini-mae")), stages, reload=lambda: None)
+
+    def numpy_side(encoder):
+        forward = encoder.forward
+
+        def through_numpy(images, stages=()):
+            images.numpy()  # a meta tensor has no data: this raises there
+            return forward(images, stages=stages)
+
+        encoder.forward = through_numpy
+        return encoder
+
+    loads = []
+
+    def reload():
+        loads.append(1)
+        return numpy_side(spec.load(EncoderRequest("mini-mae")))
+
+    assert _shapes(numpy_side(spec.load(EncoderRequest("mini-mae"))), stages, reload) == plain
+    assert loads == [1]
+    assert plain["stages"] == ((64, 256), "float16") and plain["cls"] == ((128,), "float32")

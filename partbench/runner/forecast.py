@@ -38,9 +38,10 @@ Estimates (documented in docs/performance.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from partbench.errors import PartbenchError
 from partbench.runner.config import covers, declared_config, run_config
 from partbench.runner.plan import Machine, Plan, RunOptions, make_plan
 
@@ -77,9 +78,18 @@ def _encoder(plan: Plan, dataset: Any, name: str, spec: Any, cache: Any, store: 
     from partbench.distributed import World
     from partbench.runner.execute import encoder_request
     from partbench.runner.passes import Passes
+    from partbench.runner.record import describe_error
     from partbench.timing import peak_rss_mb
 
-    encoder = spec.load(encoder_request(plan, name, spec))
+    def load() -> Any:
+        try:
+            return spec.load(encoder_request(plan, name, spec))
+        except PartbenchError:
+            raise
+        except Exception as exc:
+            raise PartbenchError(f"encoder '{name}' failed to load: {describe_error(exc)}") from exc
+
+    encoder = load()
     described = encoder.describe()
     runs, views, configs = _runs(plan, dataset, name, spec, encoder, described, store)
     out: dict[str, Any] = {
@@ -112,9 +122,8 @@ def _encoder(plan: Plan, dataset: Any, name: str, spec: Any, cache: Any, store: 
     cached, todos, cuts = passes.schedule()
     est = _Estimates(plan, dataset, encoder, described, peak_rss_mb(), _rates(store, name, plan))
     # Shapes: one forward on the meta device, of every stage any pass asks for.
-    est.shapes = _shapes(
-        encoder, sorted({s for p in passes.passes.values() if "stages" in p.outputs for s in p.stages})
-    )
+    stages = sorted({s for p in passes.passes.values() if "stages" in p.outputs for s in p.stages})
+    est.shapes = _shapes(encoder, stages, load)
     for key, p in sorted(passes.passes.items()):
         entry = passes.entries[key]
         row: dict[str, Any] = {
@@ -232,19 +241,28 @@ class _Estimates:
         return total / 2**20
 
 
-def _shapes(encoder: Any, stages: Sequence[int]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Each output's per-item shape and stored dtype, from a forward on the meta device."""
+def _shapes(
+    encoder: Any, stages: Sequence[int], reload: Callable[[], Any]
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each output's per-item shape and stored dtype, from a forward on the meta device
+    (``reload``: the encoder loaded again, for one whose forward the meta device cannot run)."""
     import dataclasses
 
     import torch
 
     from partbench.extraction import MAPS, Pass, encoder_outputs
 
-    encoder.module.to("meta")
     size = encoder.input_size
-    x = torch.empty(1, 3, size, size, device="meta")
-    with torch.inference_mode():
-        out = encoder.forward(x, stages=tuple(stages))
+    try:
+        encoder.module.to("meta")
+        with torch.inference_mode():
+            out = encoder.forward(torch.empty(1, 3, size, size, device="meta"), stages=tuple(stages))
+    except Exception:
+        # An encoder that computes outside torch's operators cannot run on the meta device:
+        # one zero image through a fresh copy on the CPU gives the same shapes.
+        encoder = reload()
+        with torch.inference_mode():
+            out = encoder.forward(torch.zeros(1, 3, size, size), stages=tuple(stages))
     every = Pass("images", "", "", frozenset({"cls", "embedding", "tokens", "stages"}), tuple(stages), ())
     if encoder.has_projection:
         every = dataclasses.replace(every, outputs=every.outputs | {"projection"})
