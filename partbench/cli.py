@@ -19,6 +19,7 @@ from partbench.cli_sweep import sweep_options
 from partbench.errors import PartbenchError, Terminated
 from partbench.render.formats import DEFAULT as DEFAULT_FORMAT
 from partbench.render.formats import FORMATS
+from partbench.render.formatting import size_text
 
 
 def _console(stderr: bool = False):
@@ -74,6 +75,28 @@ def _store(db: str | None):
     for problem in store.problems:  # pending results from an earlier command that could not be stored
         click.echo(f"Warning: {problem}", err=True)
     return store
+
+
+def _read_only_store(db: str | None):
+    """The store as a dry run reads it: a SQLite file opened read-only (pending results are
+    not applied, no schema is written), no store at all where the file does not exist yet."""
+    from sqlalchemy.engine import make_url
+
+    from partbench.paths import database_url
+    from partbench.runner.forecast import NoStore
+    from partbench.store import Store
+
+    url = database_url(db)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        from urllib.parse import quote
+
+        path = Path(parsed.database)
+        if not str(parsed.database).startswith("file:"):
+            if not path.exists():
+                return NoStore()
+            url = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
+    return Store(url)
 
 
 db_option = click.option(
@@ -157,6 +180,13 @@ def cli() -> None:
     help="task option (see `partbench list tasks`)",
 )
 @click.option("--force", is_flag=True, help="re-run configurations that are already stored")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="print the passes, bytes, memory and time the run would take, and what is stored or cached; "
+    "run nothing, write nothing",
+)
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: the forecast as JSON")
 @db_option
 @user_errors
 def run(
@@ -178,6 +208,8 @@ def run(
     repeats,
     options,
     force,
+    dry_run,
+    as_json,
     db,
 ) -> None:
     """Evaluate encoders on tasks and store every result with its provenance."""
@@ -188,8 +220,10 @@ def run(
         raise PartbenchError("--weights belongs to one encoder; give a single --encoder with it")
     if bool(tasks) == bool(suite):
         raise PartbenchError("give --task (with --dataset) or --suite, not both and not neither")
+    if as_json and not dry_run:
+        raise PartbenchError("--json goes with --dry-run")
     reg = _registry()
-    store = _store(db)
+    store = _read_only_store(db) if dry_run else _store(db)
     work = [(dataset, list(tasks))]
     if suite:
         work = _suite_work(reg, suite, data_root)
@@ -211,6 +245,20 @@ def run(
         options=options,
     )
     import dataclasses
+
+    if dry_run:
+        from partbench.render.forecast import forecast_text
+        from partbench.runner.forecast import forecast
+
+        found = [
+            forecast(reg, store, encoders, ds_tasks, dataclasses.replace(opts, dataset=ds))
+            for ds, ds_tasks in work
+        ]
+        if as_json:
+            click.echo(json.dumps(found, indent=2))
+        else:
+            click.echo(forecast_text(found))
+        return
 
     from partbench.distributed import World
 
@@ -467,16 +515,16 @@ def cache_info(fmt: str) -> None:
             escape(r["dataset"]),
             escape(r["split"]),
             escape(", ".join(r["outputs"])),
-            _size(r["bytes"]),
+            size_text(r["bytes"]),
         )
     _console().print(table)
-    click.echo(f"{len(rows)} entries, {_size(sum(r['bytes'] for r in rows))}")
+    click.echo(f"{len(rows)} entries, {size_text(sum(r['bytes'] for r in rows))}")
     if renders:
-        click.echo(f"SynParts renders: {len(renders)} files, {_size(sum(r['bytes'] for r in renders))}")
+        click.echo(f"SynParts renders: {len(renders)} files, {size_text(sum(r['bytes'] for r in renders))}")
     if leftovers:
         click.echo(
             f"Left by interrupted passes or set aside: {len(leftovers)} files or folders, "
-            f"{_size(sum(r['bytes'] for r in leftovers))} (partbench cache clear frees them)"
+            f"{size_text(sum(r['bytes'] for r in leftovers))} (partbench cache clear frees them)"
         )
 
 
@@ -514,7 +562,7 @@ def cache_clear(encoder: str | None) -> None:
     from partbench.cache import FeatureCache, cache_root
 
     count, freed = FeatureCache(cache_root()).clear(encoder)
-    click.echo(f"Removed {count} entries, {_size(freed)}")
+    click.echo(f"Removed {count} entries, {size_text(freed)}")
     if encoder is None:
         from partbench.datasets.synparts import kept_renders
 
@@ -523,15 +571,9 @@ def cache_clear(encoder: str | None) -> None:
         for f in files:
             f.unlink(missing_ok=True)
         if files:
-            click.echo(f"Removed {len(files)} SynParts render files, {_size(size)} (drawn again when needed)")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+            click.echo(
+                f"Removed {len(files)} SynParts render files, {size_text(size)} (drawn again when needed)"
+            )
 
 
 @cli.group("db")

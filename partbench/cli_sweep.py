@@ -32,6 +32,14 @@ def print_status(sweeps: Sequence[Mapping[str, Any]], console: Any) -> None:
         console.print(f"No sweeps recorded in {sweeps_root()}.", markup=False)
         return
     for sweep in sweeps:
+        if sweep.get("damaged"):
+            console.print(
+                f"sweep {sweep['name']}: its record is damaged and cannot be shown: {sweep['damaged']}",
+                markup=False,
+                highlight=False,
+                style="red",
+            )
+            continue
         table = Table(
             title=f"sweep {sweep['name']} ({sweep['launcher']}, {sweep['created_at']})", title_justify="left"
         )

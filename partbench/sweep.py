@@ -30,10 +30,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import socket
 import time
 import traceback
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,9 @@ LAUNCHERS = ("local", "slurm")
 STATES = ("queued", "running", "done", "failed", "unknown")
 ENV_PASSED = ("PARTBENCH_HOME", "PARTBENCH_DB", "PARTBENCH_DATA", "PARTBENCH_LOAD_PLUGINS")
 DEFAULT_TIME_MIN = 24 * 60
+# Slurm's --mem takes an integer count of megabytes (submitit writes GB): 2**53 MB is beyond any
+# node, and below it the value converts to an integer without overflow.
+MAX_MEM_GB = 2**43
 # Slurm states of a job that has not started, and of one that has ended.
 SLURM_WAITING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"}
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -183,10 +188,25 @@ class Launcher:
         if self.kind not in LAUNCHERS:
             raise PartbenchError(f"--launcher '{self.kind}': expected one of {', '.join(LAUNCHERS)}")
         for flag, value in (("--time", self.time_min), ("--cpus", self.cpus), ("--mem", self.mem_gb)):
-            if value is not None and value <= 0:
-                raise PartbenchError(f"{flag} must be positive, got {value}")
+            # NaN compares false with everything: it must fail the finite test, not pass "<= 0".
+            if value is not None and (not math.isfinite(value) or value <= 0):
+                raise PartbenchError(f"{flag} must be positive and finite, got {value}")
+        if self.mem_gb is not None and self.mem_gb > MAX_MEM_GB:
+            raise PartbenchError(f"--mem must be at most {MAX_MEM_GB} GB, got {self.mem_gb:g}")
         if self.gpus is not None and self.gpus < 0:
             raise PartbenchError(f"--gpus must be 0 or more, got {self.gpus}")
+        if self.parallel is not None and self.parallel < 1:
+            raise PartbenchError(f"--parallel must be at least 1, got {self.parallel}")
+        for flag, text in (
+            ("--partition", self.partition),
+            ("--account", self.account),
+            ("--qos", self.qos),
+            ("--constraint", self.constraint),
+            ("--name", name),
+            *(("--setup", line) for line in self.setup),
+            *(("--slurm-option", item) for item in self.slurm_options),
+        ):
+            _one_line(flag, text)
         params: dict[str, Any] = {
             "name": name,
             "timeout_min": int(self.time_min or DEFAULT_TIME_MIN),
@@ -260,6 +280,20 @@ class Launcher:
         return executor
 
 
+def _one_line(flag: str, text: str | None) -> None:
+    """Refuse a control character (a newline above all) in a value written into the batch
+    script: there each option is one ``#SBATCH`` line and each setup one shell line, so a
+    newline would add lines of the value's choosing."""
+    if text is None:
+        return
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise PartbenchError(
+            f"{flag} {text!r}: contains the control character {bad!r}; the batch script takes each "
+            "value on one line (give several values as several options)"
+        )
+
+
 # --- the check before submitting ---------------------------------------------------------------
 
 
@@ -281,21 +315,63 @@ def sweeps_root() -> Path:
     return home() / "sweeps"
 
 
-def _load_record(folder: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads((folder / "sweep.json").read_text())
-    except (OSError, ValueError):
+def _load_record(folder: Path) -> dict[str, Any] | str | None:
+    """The sweep recorded in ``folder``; why it cannot be read when its ``sweep.json`` is
+    damaged; None for a folder without one (a sweep being submitted writes it last)."""
+    path = folder / "sweep.json"
+    if not path.exists() and not path.is_symlink():
         return None
-    return record if isinstance(record, dict) and "jobs" in record else None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    except (ValueError, RecursionError):
+        return f"{path} is not JSON"
+    why = _record_problem(record)
+    return f"{path}: {why}" if why else record
+
+
+def _record_problem(record: Any) -> str | None:
+    """What makes a sweep record unusable, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for key in ("name", "launcher", "path", "folder"):
+        if not isinstance(record.get(key), str):
+            return f"'{key}' is missing or not text"
+    jobs = record.get("jobs")
+    if not isinstance(jobs, list):
+        return "'jobs' is missing or not a list"
+    for k, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            return f"job {k} is not an object"
+        for key in ("job_id", "encoder", "dataset", "state_file"):
+            if not isinstance(job.get(key), str):
+                return f"job {k}: '{key}' is missing or not text"
+        if not isinstance(job.get("tasks"), list):
+            return f"job {k}: 'tasks' is missing or not a list"
+    return None
+
+
+def _scan() -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The readable sweep records, oldest first, and the damaged ones (folder name -> why)."""
+    root = sweeps_root()
+    if not root.is_dir():
+        return [], {}
+    found, damaged = [], {}
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir():
+            continue
+        loaded = _load_record(folder)
+        if isinstance(loaded, str):
+            damaged[folder.name] = loaded
+        elif loaded is not None:
+            found.append(loaded)
+    return sorted(found, key=lambda r: (str(r.get("created_at", "")), r["name"])), damaged
 
 
 def records() -> list[dict[str, Any]]:
-    """Every sweep recorded under PARTBENCH_HOME/sweeps, oldest first."""
-    root = sweeps_root()
-    if not root.is_dir():
-        return []
-    found = [r for r in (_load_record(p) for p in root.iterdir() if p.is_dir()) if r is not None]
-    return sorted(found, key=lambda r: (r.get("created_at", ""), r.get("name", "")))
+    """Every readable sweep recorded under PARTBENCH_HOME/sweeps, oldest first."""
+    return _scan()[0]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -308,12 +384,27 @@ def job_states(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each job's state: queued, running, done, failed (or unknown), from what the job wrote
     and what the launcher says about it (one sacct call for a Slurm sweep)."""
     launcher = _launcher_states(record)
+
+    def said_of(job: Mapping[str, Any]) -> str:
+        return launcher.get(job["job_id"], "unknown")
+
     out = []
     for job in record["jobs"]:
+        state_file = Path(record["path"]) / job["state_file"]
         try:
-            written = json.loads((Path(record["path"]) / job["state_file"]).read_text())
-        except (OSError, ValueError):
-            written = {}
+            written = json.loads(state_file.read_text())
+        except FileNotFoundError:
+            written = {}  # the job has not started
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            written = f"{state_file} is not readable JSON"
+        if not isinstance(written, str):
+            written = _state_problem(written, state_file) or written
+        if isinstance(written, str):
+            # The job's own word is lost: say so, with what the launcher still knows.
+            out.append(
+                {"state": "unknown", "error": f"damaged job record: {written} (launcher: {said_of(job)})"}
+            )
+            continue
         said = launcher.get(job["job_id"], "unknown")
         if written.get("state") in ("done", "failed"):
             out.append(written)
@@ -332,6 +423,21 @@ def job_states(record: Mapping[str, Any]) -> list[dict[str, Any]]:
             hint = f"the job ended before partbench started ({said}); see {_log_hint(record, job)}"
             out.append({"state": "failed", "error": hint})
     return out
+
+
+def _state_problem(written: Any, path: Path) -> str | None:
+    """What makes a job's state file unusable, or None."""
+    if not isinstance(written, dict):
+        return f"{path} is not a JSON object"
+    if "state" in written and written["state"] not in STATES:
+        return f"{path}: state {written['state']!r} is not one of {', '.join(STATES)}"
+    outcomes = written.get("outcomes")
+    if outcomes is not None and not (
+        isinstance(outcomes, list)
+        and all(isinstance(o, dict) and isinstance(o.get("status"), str) for o in outcomes)
+    ):
+        return f"{path}: 'outcomes' is not a list of runs with a status"
+    return None
 
 
 def _log_hint(record: Mapping[str, Any], job: Mapping[str, Any]) -> str:
@@ -609,9 +715,9 @@ def wait_for(record: Mapping[str, Any], poll: float = 1.0, timeout: float | None
 
 def status(names: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The recorded sweeps (or those named) with every job's state."""
-    found = records()
+    found, damaged = _scan()
     if names:
-        known = {r["name"] for r in found}
+        known = {r["name"] for r in found} | set(damaged)
         missing = [n for n in names if n not in known]
         if missing:
             raise PartbenchError(
@@ -619,7 +725,19 @@ def status(names: Sequence[str] = ()) -> list[dict[str, Any]]:
                 + (f"; known: {', '.join(sorted(known))}" if known else "")
             )
         found = [r for r in found if r["name"] in names]
-    out = []
+        damaged = {k: v for k, v in damaged.items() if k in names}
+    # A damaged record is shown with why, not left out: its jobs may still be running.
+    out: list[dict[str, Any]] = [
+        {
+            "name": folder,
+            "damaged": why,
+            "folder": str(sweeps_root() / folder),
+            "jobs": [],
+            "counts": dict.fromkeys(STATES, 0),
+            "skipped": [],
+        }
+        for folder, why in damaged.items()
+    ]
     for record in found:
         jobs = []
         for job, state in zip(record["jobs"], job_states(record), strict=True):
@@ -643,13 +761,14 @@ def status(names: Sequence[str] = ()) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": record["name"],
+                "damaged": None,
                 "created_at": record.get("created_at"),
                 "launcher": record["launcher"],
                 "folder": record["folder"],
                 "db": record.get("db"),
                 "jobs": jobs,
                 "counts": counts,
-                "skipped": record.get("skipped", []),
+                "skipped": record.get("skipped") if isinstance(record.get("skipped"), list) else [],
             }
         )
     return out

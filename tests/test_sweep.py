@@ -263,3 +263,79 @@ def test_local_job_states_from_the_state_file_and_the_process(tmp_path):
     assert [s["state"] for s in states] == ["running", "failed", "failed", "done"]
     assert "before partbench started" in states[1]["error"]
     assert "while running" in states[2]["error"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            {"account": "vision\n#SBATCH --exclusive"},
+            r"--account 'vision\\n#SBATCH --exclusive': contains the control",
+        ),
+        ({"slurm_options": ["mail-type=END\nrm -rf ~"]}, "--slurm-option 'mail-type=END.*control character"),
+        ({"partition": "gpu\r"}, "--partition .*control character"),
+        ({"setup": ["module load cuda\x00"]}, "--setup .*control character"),
+        ({"parallel": 0}, "--parallel must be at least 1, got 0"),
+        ({"mem_gb": float("inf")}, "--mem must be positive and finite, got inf"),
+        ({"mem_gb": float("nan")}, "--mem must be positive and finite, got nan"),
+        ({"mem_gb": -4.0}, "--mem must be positive and finite, got -4.0"),
+        ({"mem_gb": 1e300}, "--mem must be at most"),
+    ],
+)
+def test_values_the_batch_script_cannot_take_are_refused(options, message):
+    with pytest.raises(PartbenchError, match=message):
+        Launcher("slurm", **options).parameters("x")
+
+
+def test_a_control_character_never_reaches_sbatch(tmp_path, isolated_home, fake_slurm):
+    args = ["sweep", "-e", "mini-random", "-t", "part-retrieval", "--launcher", "slurm"]
+    for extra in (["--account", "a\nb"], ["--slurm-option", "comment=x\n#SBATCH --exclusive"]):
+        result = _invoke(*args, *extra, "--db", f"sqlite:///{tmp_path / 'r.db'}")
+        assert result.exit_code == 1 and "control character" in result.output, result.output
+        assert "Traceback" not in result.output
+    result = _invoke(*args, "--mem", "inf", "--db", f"sqlite:///{tmp_path / 'r.db'}")
+    assert result.exit_code == 1 and "--mem must be positive and finite" in result.output
+    assert not list(fake_slurm.glob("sbatch-*.sh")) and records() == []
+
+
+def test_damaged_sweep_records_are_reported_by_status(tmp_path, isolated_home):
+    from partbench.sweep import sweeps_root
+
+    root = sweeps_root()
+    (root / "broken").mkdir(parents=True)
+    (root / "broken" / "sweep.json").write_text('{"name": "broken", "jobs": [')
+    (root / "listy").mkdir()
+    (root / "listy" / "sweep.json").write_text("[1, 2]")
+    good = root / "good"
+    (good / "jobs").mkdir(parents=True)
+    record = {
+        "name": "good", "launcher": "local", "host": socket.gethostname(), "path": str(good),
+        "folder": str(good / "submitit"), "created_at": "2025-01-01T00:00:00",
+        "jobs": [
+            {"job_id": "1", "encoder": "e", "dataset": "d", "tasks": ["t"], "state_file": f"jobs/{i}.json"}
+            for i in range(3)
+        ],
+    }  # fmt: skip
+    (good / "sweep.json").write_text(json.dumps(record))
+    (good / "jobs" / "0.json").write_text("[1, 2]")  # a list: no .get
+    (good / "jobs" / "1.json").write_text(json.dumps({"state": "done", "outcomes": ["done"]}))
+    (good / "jobs" / "2.json").write_text(json.dumps({"state": "done", "outcomes": [{"status": "done"}]}))
+
+    result = _invoke("sweep", "--status", "--format", "json")
+    assert result.exit_code == 0, result.output
+    shown = {s["name"]: s for s in json.loads(result.output)}
+    assert "sweep.json is not JSON" in shown["broken"]["damaged"] and "broken" in shown["broken"]["damaged"]
+    assert "not a JSON object" in shown["listy"]["damaged"]
+    jobs = shown["good"]["jobs"]
+    assert shown["good"]["damaged"] is None
+    assert jobs[0]["state"] == "unknown" and "damaged job record" in jobs[0]["error"]
+    assert "0.json is not a JSON object" in jobs[0]["error"]
+    assert jobs[1]["state"] == "unknown" and "'outcomes'" in jobs[1]["error"]
+    assert jobs[2]["state"] == "done" and jobs[2]["runs"]["done"] == 1
+
+    result = _invoke("sweep", "--status")
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert "sweep broken: its record is damaged" in result.output
+    assert "sweep listy: its record is damaged" in result.output
+    result = _invoke("sweep", "--status", "--name", "broken")
+    assert result.exit_code == 0 and "sweep broken: its record is damaged" in result.output

@@ -153,3 +153,12 @@ def score_columns(board: Board) -> list[tuple[str, str]]:
     if board.level != "all":
         return [(board.level, f"{board.level} score")]
     return [(lv, f"{lv} score") for lv in board.levels]
+
+
+def size_text(n: float) -> str:
+    """A byte count in binary units."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -49,6 +49,16 @@ def load_dataset(plan: Plan) -> Any:
         raise PartbenchError(f"dataset '{spec.name}' failed to load: {describe_error(exc)}") from exc
 
 
+def encoder_request(plan: Plan, name: str, spec: EncoderSpec) -> EncoderRequest:
+    """What the encoder's loader is told in this plan."""
+    return EncoderRequest(
+        name=name,
+        variant=name[len(spec.name) :] if spec.is_prefix else None,
+        weights=plan.opts.weights,
+        seed=plan.opts.seed,
+    )
+
+
 class EncoderRun:
     """One encoder over the plan's tasks: load it, claim the runs, get their features
     (Passes), score each task."""
@@ -98,14 +108,8 @@ class EncoderRun:
         import torch
 
         plan = self.plan
-        request = EncoderRequest(
-            name=self.name,
-            variant=self.name[len(self.spec.name) :] if self.spec.is_prefix else None,
-            weights=plan.opts.weights,
-            seed=plan.opts.seed,
-        )
         try:
-            encoder = self.spec.load(request)
+            encoder = self.spec.load(encoder_request(plan, self.name, self.spec))
             encoder.to(plan.machine.device).eval()
             described = encoder.describe()
         except Exception as exc:

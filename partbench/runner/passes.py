@@ -9,7 +9,7 @@ it fail, the rest go on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,10 @@ from partbench.runner.config import RunConfig
 from partbench.runner.plan import Plan
 from partbench.runner.record import describe_error
 from partbench.subsets import cut
+
+# A pass cut from a larger one: (the larger pass's key when this run encodes it, else None;
+# its entry; where the smaller split's samples sit in it).
+Cut = tuple[tuple | None, Entry, list[int]]
 
 # The pooled outputs: one vector an item each, cheap beside the encoder's forward pass.
 POOLED = frozenset({"cls", "embedding", "projection"})
@@ -66,6 +70,8 @@ class Passes:
         self.world, self.who, self.progress = world, who, progress
         self.passes = merge_views(list(views), dataset)
         self.entries = {key: self.entry_for(p) for key, p in self.passes.items()}
+        # What an entry serves: checked, a bad entry set aside (a forecast looks without moving it).
+        self.have: Callable[[Entry], set[str]] = lambda entry: set(entry.arrays())
 
     def entry_for(self, p: Any) -> Entry:
         return self.cache.entry(self.config.feature_key(p.split, p.inputs, p.transform))
@@ -83,17 +89,46 @@ class Passes:
             "limit": self.plan.opts.limit,
         }
 
+    def schedule(self) -> tuple[list[tuple], dict[tuple, Any], dict[tuple, Cut]]:
+        """What ``supply`` does, decided before anything runs: the passes the cache serves
+        whole, what each other pass lacks (key -> the pass's missing part, a larger pass
+        folding in a smaller one's outputs), and the passes cut from a larger one."""
+        cached: list[tuple] = []
+        todos: dict[tuple, Any] = {}
+        for key, p in self.passes.items():
+            todo = _missing(p, self.have(self.entries[key]))
+            if todo is None:
+                cached.append(key)
+            else:
+                todos[key] = todo
+        return cached, todos, self._cuts(todos)
+
+    def encoded(self, key: tuple, todo: Any) -> Any:
+        """The pass as it is encoded: a pass that computes one pooled vector computes them all
+        for a few more floats an item, so a later run that picks another (-o feature=...) runs
+        no encoder."""
+        if not todo.outputs & POOLED:
+            return todo
+        p, have = self.passes[key], self.have(self.entries[key])
+        pooled = POOLED if self.config.encoder.get("has_projection") else POOLED - {"projection"}
+        extra = frozenset(o for o in pooled if p.array_name(o) not in have)
+        return dataclasses.replace(todo, outputs=todo.outputs | extra)
+
+    def cut_outputs(self, key: tuple, todo: Any, held: set[str]) -> Any:
+        """The part of a pass cut from a larger one that holds ``held``: as for an encoded
+        pass, every pooled output there is comes along."""
+        if not todo.outputs & POOLED:
+            return todo
+        have = self.have(self.entries[key])
+        extra = frozenset(o for o in POOLED if o in held and o not in have)
+        return dataclasses.replace(todo, outputs=todo.outputs | extra)
+
     def supply(self, encoder: Any, compiled: Any) -> Supply:
         """Serve every pass: from the cache, by encoding, or (rank 0) cut from a larger one."""
         out = Supply()
-        todos: dict[tuple, Any] = {}
-        for key, p in self.passes.items():
-            todo = _missing(p, set(self.entries[key].arrays()))
-            if todo is None:
-                out.served[key] = (self.entries[key], p, {"encoder_passes": 0, "cached": True})
-            else:
-                todos[key] = todo
-        cuts = self._cuts(todos)
+        cached, todos, cuts = self.schedule()
+        for key in cached:
+            out.served[key] = (self.entries[key], self.passes[key], {"encoder_passes": 0, "cached": True})
         for key, todo in todos.items():
             if key not in cuts:
                 self._encode(key, todo, encoder, compiled, out)
@@ -106,13 +141,7 @@ class Passes:
         from partbench.extraction import run_pass
 
         p, entry, opts = self.passes[key], self.entries[key], self.plan.opts
-        if todo.outputs & POOLED:
-            # A pass that computes one pooled vector computes them all for a few more floats an
-            # item: a later run that picks another (-o feature=...) then runs no encoder.
-            have = set(entry.arrays())
-            pooled = POOLED if self.config.encoder.get("has_projection") else POOLED - {"projection"}
-            extra = frozenset(o for o in pooled if p.array_name(o) not in have)
-            todo = dataclasses.replace(todo, outputs=todo.outputs | extra)
+        todo = self.encoded(key, todo)
         try:
             result = run_pass(
                 encoder,
@@ -141,18 +170,14 @@ class Passes:
         out.bad_outputs[key] = result.errors
         out.served[key] = (entry, p, result.timing)
 
-    def _cut(self, key: tuple, todo: Any, how: tuple[tuple | None, Entry, list[int]], out: Supply) -> None:
+    def _cut(self, key: tuple, todo: Any, how: Cut, out: Supply) -> None:
         parent_key, parent, positions = how
         why = out.broken.get(parent_key) if parent_key is not None else None
         if why is not None:
             out.broken[key] = why  # the same images failed in the larger pass
             return
         p, entry = self.passes[key], self.entries[key]
-        if todo.outputs & POOLED:
-            # As for an encoded pass: every pooled output there is comes along.
-            held, have = set(parent.arrays()), set(entry.arrays())
-            extra = frozenset(o for o in POOLED if o in held and o not in have)
-            todo = dataclasses.replace(todo, outputs=todo.outputs | extra)
+        todo = self.cut_outputs(key, todo, self.have(parent))
         # An output the larger pass could not give fails here too; the rest are cut.
         errors = {o: e for o, e in out.bad_outputs.get(parent_key, {}).items() if o in todo.outputs}
         try:
@@ -171,7 +196,7 @@ class Passes:
         out.bad_outputs[key] = errors
         out.served[key] = (entry, p, timing)
 
-    def _cuts(self, todos: dict[tuple, Any]) -> dict[tuple, tuple[tuple | None, Entry, list[int]]]:
+    def _cuts(self, todos: dict[tuple, Any]) -> dict[tuple, Cut]:
         """The passes to cut out of a larger one instead of encoding: pass key -> (the larger
         pass's key when this run encodes it, else None; its entry; where the smaller split's
         samples sit in it). A larger pass that this run encodes takes on the smaller one's
@@ -195,7 +220,7 @@ class Passes:
                 if parent_key in cuts:
                     continue
                 parent = self.entry_for(dataclasses.replace(p, split=split))
-                will = set(parent.arrays())
+                will = self.have(parent)
                 runs = parent_key in todos
                 if runs:
                     if (todo.outputs - todos[parent_key].outputs - POOLED) and not fold_maps:

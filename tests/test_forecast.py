@@ -1,0 +1,185 @@
+"""``partbench run --dry-run``: the passes a run would make, told before it runs, with the
+bytes each writes to the cache, what the store and the cache already answer and, once this
+machine has timed the encoder, the time; nothing is stored or cached by it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dataset_trees as trees
+import pytest
+from click.testing import CliRunner
+
+from partbench.cli import cli
+
+QUICK = ["-o", "epochs=3", "-o", "iterations=5", "--workers", "0"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def dry_run(*args: str) -> list[dict]:
+    result = invoke("run", *args, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def cache_bytes(home: Path) -> dict[str, int]:
+    """Entry folder -> bytes of the arrays its index records (what the passes wrote)."""
+    out = {}
+    for meta in (home / "cache").glob("*/meta.json"):
+        arrays = json.loads(meta.read_text())["arrays"]
+        out[meta.parent.name] = sum(a["bytes"] for a in arrays.values())
+        assert sum(a["bytes"] for a in arrays.values()) == sum(
+            (meta.parent / a["file"]).stat().st_size for a in arrays.values()
+        )
+    return out
+
+
+def predicted(forecast: list[dict]) -> dict[str, int]:
+    return {
+        p["entry"]: p["bytes"]
+        for f in forecast
+        for e in f["encoders"]
+        for p in e["passes"]
+        if p["action"] != "cached"
+    }
+
+
+def check_forecast_then_run(home: Path, db_path: Path, args: list[str]) -> list[dict]:
+    db = f"sqlite:///{db_path}"
+    forecast = dry_run(*args, "--db", db)
+    # Nothing stored, nothing cached: the database is not even created.
+    assert not db_path.exists() and not list((home / "cache").glob("*/meta.json"))
+    runs = forecast[0]["encoders"][0]["runs"]
+    assert runs and all(r["will_run"] and r["stored_run"] is None for r in runs)
+    passes = forecast[0]["encoders"][0]["passes"]
+    assert passes and all(p["action"] == "encode" or p["action"].startswith("cut from") for p in passes)
+    for p in passes:
+        assert p["bytes"] == sum(p["arrays"].values()) > 0
+        assert p["counted"] == "exact"
+
+    result = invoke("run", *args, "--db", db)
+    assert result.exit_code == 0, result.output
+    written = cache_bytes(home)
+    # Every pass wrote exactly the bytes predicted, entry by entry, and no other entry exists.
+    assert written == predicted(forecast)
+
+    # Again: the store answers every run and the cache every pass; still nothing is written.
+    before = db_path.stat().st_mtime_ns
+    again = dry_run(*args, "--db", db)
+    assert db_path.stat().st_mtime_ns == before and cache_bytes(home) == written
+    assert all(r["stored_run"] is not None and not r["will_run"] for r in again[0]["encoders"][0]["runs"])
+    assert again[0]["encoders"][0]["passes"] == []
+    forced = dry_run(*args, "--force", "--db", db)
+    assert {p["action"] for p in forced[0]["encoders"][0]["passes"]} == {"cached"}
+    assert forced[0]["encoders"][0]["bytes"] == 0
+    return forecast
+
+
+def test_synparts_forecast_matches_what_the_run_writes(tmp_path, isolated_home):
+    args = [
+        "-e",
+        "mini-mae",
+        "-t",
+        "part-retrieval",
+        "-t",
+        "object-linear",
+        "-t",
+        "part-seg",
+        "--limit",
+        "12",
+    ]
+    forecast = check_forecast_then_run(isolated_home, tmp_path / "r.db", [*args, *QUICK])
+    (enc,) = forecast[0]["encoders"]
+    assert enc["weights_id"].startswith("sha256:")
+    memory = [p["memory"] for p in enc["passes"] if p["action"] == "encode"]
+    assert memory and all(m["host_mb"] > 0 for m in memory)
+    assert enc["seconds"] is None  # never timed here before
+
+    # The run above timed this encoder on this device: a new configuration (another limit)
+    # is predicted from that run's end-to-end rate.
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    later = dry_run("-e", "mini-mae", "-t", "part-retrieval", "--limit", "10", *QUICK, "--db", db)
+    (p,) = later[0]["encoders"][0]["passes"]
+    runs = json.loads(invoke("runs", "--format", "json", "--db", db).output)
+    timer = next(r for r in runs if r["id"] == p["timed_by_run"])
+    rate = timer["timing"]["images"] / timer["timing"]["wall_seconds"]
+    assert p["seconds"] == pytest.approx(p["items"] / rate)
+
+    text = invoke("run", "-e", "mini-mae", "-t", "part-retrieval", "--limit", "10", "--dry-run", "--db", db)
+    assert text.exit_code == 0 and "pass test crops (test): encode" in text.output
+    assert "Dry run: nothing was run, stored or cached." in text.output
+
+
+def test_official_cub_tree_forecast_matches_what_the_run_writes(tmp_path, isolated_home):
+    root = trees.cub_tree(tmp_path / "cub")
+    # The part tasks' test crops are cut from the retrieval's pass over every image.
+    args = ["-e", "random-vit", "-t", "part", "-t", "object-retrieval"]
+    forecast = check_forecast_then_run(
+        isolated_home, tmp_path / "r.db", [*args, "-d", "cub200", "--data-root", str(root), *QUICK]
+    )
+
+    actions = [p["action"] for p in forecast[0]["encoders"][0]["passes"]]
+    assert "cut from the all crops pass" in actions and actions.count("encode") == 3
+
+
+def test_a_damaged_entry_is_named_and_left_in_place(tmp_path, isolated_home):
+    args = ["-e", "mini-mae", "-t", "part-retrieval", "--limit", "4", "--workers", "0"]
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    assert invoke("run", *args, "--db", db).exit_code == 0
+    (meta,) = (isolated_home / "cache").glob("*/meta.json")
+    (meta.parent / json.loads(meta.read_text())["arrays"]["cls"]["file"]).write_bytes(b"x")
+    (p,) = dry_run(*args, "--force", "--db", db)[0]["encoders"][0]["passes"]
+    # The run would set it aside and encode again; the dry run says so and moves nothing.
+    assert (
+        p["action"] == "encode"
+        and "array 'cls'" in p["damaged_entry"]
+        and "has 1 bytes" in p["damaged_entry"]
+    )
+    assert meta.exists() and not (isolated_home / "cache" / ".bad").exists()  # set aside by a run only
+
+
+def test_no_cache_forecast_encodes_every_pass(tmp_path, isolated_home):
+    forecast = dry_run("-e", "mini-mae", "-t", "part-retrieval", "--limit", "4", "--no-cache")
+    assert forecast[0]["cache"] is None
+    assert [p["action"] for p in forecast[0]["encoders"][0]["passes"]] == ["encode"]
+    assert not (isolated_home / "cache").exists()
+
+
+def test_json_needs_dry_run(tmp_path):
+    result = CliRunner().invoke(cli, ["run", "-e", "mini-mae", "-t", "part-retrieval", "--json"])
+    assert result.exit_code == 1 and "--json goes with --dry-run" in result.output
+
+
+def test_shapes_of_an_encoder_the_meta_device_cannot_run():
+    """An encoder computing outside torch's operators gets the same shapes from one zero image."""
+    from partbench.plugins import registry
+    from partbench.runner.forecast import _shapes
+    from partbench.specs import EncoderRequest
+
+    spec = registry().encoder("mini-mae")
+    stages = (0, 3)
+    plain = _shapes(spec.load(EncoderRequest("mini-mae")), stages, reload=lambda: None)
+
+    def numpy_side(encoder):
+        forward = encoder.forward
+
+        def through_numpy(images, stages=()):
+            images.numpy()  # a meta tensor has no data: this raises there
+            return forward(images, stages=stages)
+
+        encoder.forward = through_numpy
+        return encoder
+
+    loads = []
+
+    def reload():
+        loads.append(1)
+        return numpy_side(spec.load(EncoderRequest("mini-mae")))
+
+    assert _shapes(numpy_side(spec.load(EncoderRequest("mini-mae"))), stages, reload) == plain
+    assert loads == [1]
+    assert plain["stages"] == ((64, 256), "float16") and plain["cls"] == ((128,), "float32")
