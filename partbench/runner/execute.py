@@ -69,7 +69,7 @@ def _config(
             "version": spec.version,
             "plugin": spec.plugin,
             "plugin_version": plan.plugin_version(spec),
-            "options": options,
+            "options": spec.hashed_options(options),
             # The leaderboard ranks the protocol's defaults; variants stay in `runs`.
             "default_options": options == spec.defaults(),
         },
