@@ -17,6 +17,8 @@ from partbench.errors import PartbenchError
 from partbench.plugins import registry
 from partbench.tasks.segmentation import _logits, resolution_transforms, slide_logits
 
+CPU = torch.device("cpu")
+
 
 def _mmseg_corners(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int]]:
     """mmseg's slide_inference loop, written out as it is there."""
@@ -184,3 +186,37 @@ def test_part_seg_runs_end_to_end_with_sliding_windows(tmp_path) -> None:
     assert run["config"]["task"]["options"]["window"] == 64
     assert "protocol" not in run["config"]["task"]["options"]  # at its default: not hashed
     assert run["n_items"] == 6  # the test images, each scored from its four windows
+
+
+def test_seg_fit_chunks_are_sized_from_free_device_memory(monkeypatch) -> None:
+    """The L-BFGS chunking on a card, with its free memory faked: the features stay resident
+    only when they fit half the free memory, and a chunk's images grow with the free memory,
+    so that ADE20K-Part at 512 px (ViT-B/16: 32 x 32 tokens of 3,072 channels, 209 classes,
+    loss maps of 128 x 128) streams in chunks of tens of images on an 80 GB card."""
+    from partbench.tasks import segmentation
+    from partbench.tasks.fitting import device_copy
+
+    cuda = torch.device("cuda")
+    free = {"bytes": 80 * 10**9}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 * 10**9))
+    values, pixels, classes = 1024 * 3072, 128 * 128, 209
+    per_image = 4 * (3 * values + 12 * classes * pixels)
+    chunk_bytes, keep_bytes = segmentation._lbfgs_budgets(cuda)
+    assert (chunk_bytes, keep_bytes) == (free["bytes"] // 8, free["bytes"] // 4)
+    chunk = segmentation.lbfgs_chunk_images(values, pixels, classes, chunk_bytes)
+    assert chunk == chunk_bytes // per_image and 40 <= chunk <= 60
+    free["bytes"] = 10 * 10**9  # less free memory: smaller chunks, never below the CPU budget
+    small = segmentation.lbfgs_chunk_images(values, pixels, classes, segmentation._lbfgs_budgets(cuda)[0])
+    assert 1 <= small < chunk and small * per_image <= free["bytes"] // 8
+    free["bytes"] = 10**6
+    assert segmentation._lbfgs_budgets(cuda) == (
+        segmentation.LBFGS_CHUNK_BYTES,
+        segmentation.LBFGS_RESIDENT_BYTES,
+    )
+    # 20,210 training maps of those features (127 GB in half precision) do not fit: streamed.
+    features = torch.zeros(20_210, 1, 1, dtype=torch.float16).expand(20_210, 1024, 3072)
+    free["bytes"] = 80 * 10**9
+    assert device_copy(features, cuda) is None
+    # On a CPU the chunk is the fixed budget's, whatever the machine's memory.
+    cpu_chunk = segmentation.lbfgs_chunk_images(values, pixels, classes, segmentation._lbfgs_budgets(CPU)[0])
+    assert cpu_chunk == 1

@@ -323,6 +323,14 @@ def _lbfgs_budgets(device: torch.device) -> tuple[int, int]:
     return max(LBFGS_CHUNK_BYTES, free // 8), max(LBFGS_RESIDENT_BYTES, free // 4)
 
 
+def lbfgs_chunk_images(values: int, pixels: int, classes: int, chunk_bytes: int) -> int:
+    """Images per chunk of a full-batch evaluation: an image's float32 features (``values`` of
+    them: read, standardised, their gradient) and its labelled pixels' mixing weights, logits
+    and gradients stay within ``chunk_bytes`` together, whatever the size of the training set."""
+    per_image = 4 * (3 * values + 12 * classes * pixels)
+    return max(1, chunk_bytes // per_image)
+
+
 def _fit_lbfgs(
     head: nn.Sequential,
     x: torch.Tensor,
@@ -344,13 +352,10 @@ def _fit_lbfgs(
     if valid == 0:
         return [], False
     resident = device_copy(x, device)
-    # Images per chunk: the float32 features (read, standardised), and the labelled pixels'
-    # mixing matrix, logits and gradients, stay within chunk_bytes, whatever the size of the
-    # training set.
     chunk_bytes, keep_bytes = _lbfgs_budgets(device)
-    pixels = max(t.numel() for t in targets)
-    per_image = 4 * (3 * x[0].numel() + 12 * linear.out_features * pixels)
-    chunk = max(1, chunk_bytes // per_image)
+    chunk = lbfgs_chunk_images(
+        x[0].numel(), max(t.numel() for t in targets), linear.out_features, chunk_bytes
+    )
     spans = [(i, min(i + chunk, len(targets))) for i in range(0, len(targets), chunk)]
     classes = linear.out_features
     # A chunk's taps, and on a CPU the standardised float32 rows of the tokens they read, are
