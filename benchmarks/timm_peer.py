@@ -13,8 +13,9 @@ machine state, the script measures:
    removed), called as the extraction calls it: on a batch normalised from uint8 H x W x 3
    pixels, under ``torch.inference_mode`` and the precision's autocast, reading the outputs of
    a part-crop pass (no stage maps), timed per batch after warm-up;
-3. the plain timm forward in this process (``model(x)`` on a contiguous batch), so that a gap
-   between 1 and 2 can be told apart into what the wrapper costs and what the machine did;
+3. the plain timm forward in this process (``model(x)`` on a contiguous batch), alternated
+   batch by batch with 2, so that a gap between 1 and 2 can be told apart into what the
+   wrapper costs (2 against 3) and how the machine's load moved (1 against 3);
 4. partbench end to end: ``partbench run -t part-retrieval`` on a CUB-200-2011 tree in the
    official layout (benchmarks/study_scale.py builds it; synthetic pixels), the model's random
    weights passed as ``--weights``: the pass's decode, crop, forward and cache write per second,
@@ -63,17 +64,6 @@ def timm_rate(source: Path, model: str, batch: int, precision: str, warm: int, i
         return float(result["infer_samples_per_sec"])
 
 
-def _time_steps(step, warm: int, iters: int, batch: int) -> float:
-    for _ in range(warm):
-        step()
-    seconds = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - t0)
-    return batch * iters / sum(seconds)
-
-
 def forward_rates(model_name: str, batch: int, precision: str, warm: int, iters: int) -> dict[str, float]:
     """partbench's forward as the extraction calls it, and timm's plain forward, in this process."""
     import timm
@@ -105,10 +95,19 @@ def forward_rates(model_name: str, batch: int, precision: str, warm: int, iters:
         with torch.inference_mode(), context():
             model(plain)
 
-    return {
-        "partbench_forward": _time_steps(partbench_step, warm, iters, batch),
-        "timm_forward_in_process": _time_steps(timm_step, warm, iters, batch),
-    }
+    # Alternated batch by batch, so that both see the same machine: on a shared machine the
+    # load moves more between two runs of a minute than the wrapper costs.
+    seconds: dict[str, list[float]] = {"partbench_forward": [], "timm_forward_in_process": []}
+    steps = {"partbench_forward": partbench_step, "timm_forward_in_process": timm_step}
+    for _ in range(warm):
+        partbench_step()
+        timm_step()
+    for _ in range(iters):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            seconds[key].append(time.perf_counter() - t0)
+    return {key: batch * iters / sum(v) for key, v in seconds.items()}
 
 
 def end_to_end(model_name: str, batch: int, precision: str, images: int, scratch: Path) -> dict[str, float]:
