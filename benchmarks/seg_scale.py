@@ -2,6 +2,7 @@
 study's resolution costs.
 
     python benchmarks/seg_scale.py scale --sizes 250 500 1000
+    python benchmarks/seg_scale.py fit --sizes 250 500 1000
     python benchmarks/seg_scale.py resolution --train 8 --val 4
 
 ``scale``: an ADE20K-Part tree in the study's layout (benchmarks/study_scale.py builds it: 512
@@ -11,6 +12,9 @@ iterations (so that the work per iteration, not where the solver stops, is what 
 prints, per size, the head's fit-and-score time (the run's scoring seconds), that time per
 training image, the extraction time, and the peak host memory of the process and its workers
 (anonymous memory; the memory-mapped feature cache is page cache and printed apart).
+
+``fit``: the head's fit alone, in this process, on random features of the same shapes:
+seconds per L-BFGS iteration against images, and the process's peak resident memory.
 
 ``resolution``: one small tree, run at the default setting and at ``-o protocol=study`` (512 x
 512 windows at stride 341) and, for a patch-8 encoder, at ``-o window=256`` (which gives the
@@ -105,6 +109,53 @@ def scale(args: argparse.Namespace, scratch: Path) -> list[dict]:
     return rows
 
 
+def fit(args: argparse.Namespace, scratch: Path) -> list[dict]:
+    """The head's fit alone, in this process, on features and label maps of an ADE20K-Part run's
+    shapes (the mini encoder's 8 x 8 grid of 4 x 128 channels, loss maps of 32 x 32, 209
+    classes; random, so the solver's path differs little between sizes): seconds per L-BFGS
+    iteration against images, and the peak resident memory the fit added."""
+    import resource
+
+    import torch
+
+    from partbench.tasks.segmentation import train_seg_head
+
+    rows = []
+    for n in args.sizes:
+        rng = np.random.default_rng(0)
+        x = torch.from_numpy(rng.standard_normal((n, 64, 512), dtype=np.float32)).half()
+        masks = [rng.integers(0, 209, (32, 32)).astype(np.uint8) for _ in range(n)]
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        result = train_seg_head(x, masks, (8, 8), 209, iterations=args.iterations, seed=0)
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        row = {
+            "train_images": n,
+            "fit_seconds": seconds,
+            "iterations_run": result.iterations_run,
+            "seconds_per_iteration": seconds / max(1, result.iterations_run),
+            "peak_rss_gib": peak / 2**20,
+            "rss_growth_mib": (peak - before) / 2**10,
+            "load": os.getloadavg()[0],
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(
+        "\n| train images | fit s | iterations | s per iteration | ms per iteration and image"
+        " | peak RSS GiB |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['train_images']} | {r['fit_seconds']:.1f} | {r['iterations_run']} | "
+            f"{r['seconds_per_iteration']:.2f} | "
+            f"{1000 * r['seconds_per_iteration'] / r['train_images']:.2f} | "
+            f"{r['peak_rss_gib']:.2f} |"
+        )
+    return rows
+
+
 def resolution(args: argparse.Namespace, scratch: Path) -> list[dict]:
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         tree = build_ade_part(scratch / "ade-res", args.train, args.val, pool)
@@ -140,11 +191,13 @@ def main() -> None:
     s = sub.add_parser("scale")
     s.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000])
     s.add_argument("--val", type=int, default=50)
+    f = sub.add_parser("fit")
+    f.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000])
     r = sub.add_parser("resolution")
     r.add_argument("--train", type=int, default=8)
     r.add_argument("--val", type=int, default=4)
     r.add_argument("--windows", type=int, nargs="*", default=[256])
-    for p in (s, r):
+    for p in (s, f, r):
         p.add_argument("--encoder", default="mini-random")
         p.add_argument("--iterations", type=int, default=20, help="L-BFGS iterations (fixed work)")
         p.add_argument("--batch-size", type=int, default=32)
@@ -153,7 +206,7 @@ def main() -> None:
     args = parser.parse_args()
     scratch = args.work_dir or Path(tempfile.mkdtemp(prefix="partbench-seg-scale-"))
     t0 = time.perf_counter()
-    rows = scale(args, scratch) if args.mode == "scale" else resolution(args, scratch)
+    rows = {"scale": scale, "fit": fit, "resolution": resolution}[args.mode](args, scratch)
     print(f"\n{time.perf_counter() - t0:.0f} s in all; load average {os.getloadavg()}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
