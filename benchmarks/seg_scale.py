@@ -118,10 +118,22 @@ def fit(args: argparse.Namespace, scratch: Path) -> list[dict]:
 
     import torch
 
+    from partbench.tasks import segmentation
     from partbench.tasks.segmentation import train_seg_head
 
+    # Full-batch evaluations are what grows with images; L-BFGS' line search spends a varying
+    # number of them per iteration, so they are counted (one loss call per chunk).
+    calls = {"n": 0}
+    loss = segmentation.cross_entropy_sum
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return loss(*a, **k)
+
+    segmentation.cross_entropy_sum = counted
     rows = []
     for n in args.sizes:
+        calls["n"] = 0
         rng = np.random.default_rng(0)
         x = torch.from_numpy(rng.standard_normal((n, 64, 512), dtype=np.float32)).half()
         masks = [rng.integers(0, 209, (32, 32)).astype(np.uint8) for _ in range(n)]
@@ -130,7 +142,11 @@ def fit(args: argparse.Namespace, scratch: Path) -> list[dict]:
         result = train_seg_head(x, masks, (8, 8), 209, iterations=args.iterations, seed=0)
         seconds = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        chunk = segmentation.lbfgs_chunk_images(64 * 512, 32 * 32, 209, segmentation.LBFGS_CHUNK_BYTES)
+        evaluations = calls["n"] / -(-n // chunk)
         row = {
+            "evaluations": evaluations,
+            "ms_per_evaluation_and_image": 1000 * seconds / max(1.0, evaluations) / n,
             "train_images": n,
             "fit_seconds": seconds,
             "iterations_run": result.iterations_run,
@@ -148,7 +164,9 @@ def fit(args: argparse.Namespace, scratch: Path) -> list[dict]:
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['train_images']} | {r['fit_seconds']:.1f} | {r['iterations_run']} | "
+            f"| {r['train_images']} | {r['fit_seconds']:.1f} | {r['iterations_run']} "
+            f"({r['evaluations']:.0f} evaluations, "
+            f"{r['ms_per_evaluation_and_image']:.2f} ms each an image) | "
             f"{r['seconds_per_iteration']:.2f} | "
             f"{1000 * r['seconds_per_iteration'] / r['train_images']:.2f} | "
             f"{r['peak_rss_gib']:.2f} |"
