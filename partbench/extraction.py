@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from partbench import windows
 from partbench.cache import SCALE, ArrayWriter, Entry, Written
 from partbench.datasets.base import Dataset, Sample
 from partbench.datasets.views import part_crops, resize_for_encoder
@@ -112,6 +113,9 @@ def sample_inputs(
             for crop, part in part_crops(sample, dataset.crop_bounds)
         ]
     label = -1 if sample.label is None else sample.label
+    geometry = windows.parse(transform)
+    if geometry is not None:  # a segmentation resolution: one item per window
+        return [(im, label) for im in windows.apply(sample.image, geometry)]
     return [(resize_for_encoder(sample.image, size, transform), label)]
 
 
@@ -157,6 +161,9 @@ class _Items(torch.utils.data.Dataset):
             mask = np.asarray(mask)
             if mask.size and (mask.min() < 0 or mask.max() > 255):
                 raise DataError(f"{self.dataset.name}: {sample.key}: label values must lie in 0..255")
+            geometry = windows.parse(self.p.transform)
+            if geometry is not None and geometry.kind == "crop":  # the window's own labels
+                mask = windows.crop_mask(mask.astype(np.uint8), geometry)
             if resolution != FULL:
                 mask = _loss_size(mask, self.grid, resolution)
             masks[source] = mask.astype(np.uint8, copy=False)
@@ -502,6 +509,12 @@ def run_pass(
     would have written."""
     world = world or World()
     who = who or f"encoder '{encoder.name}'"
+    geometry = windows.parse(p.transform)
+    if geometry is not None and geometry.encoder_size != encoder.input_size:
+        if p.inputs == "crops":
+            raise PartbenchError(f"transform '{p.transform}' is for whole images, not part crops")
+        # A compiled forward belongs to the encoder at its own size.
+        encoder, compiled = encoder.at_input_size(geometry.encoder_size), None
     n = len(dataset.samples(p.split))
     if limit is not None:
         n = min(n, limit)

@@ -73,6 +73,9 @@ class TaskOption:
     minimum: float | None = None  # inclusive
     maximum: float | None = None  # inclusive
     positive: bool = False  # strictly above 0
+    # False for an option added to a task after runs of it were stored: at its default it is
+    # left out of the configuration hash, so those runs keep answering the default setting.
+    hashed_at_default: bool = True
 
     @property
     def type(self) -> type:
@@ -138,6 +141,17 @@ class TaskSpec:
 
     def defaults(self) -> dict[str, Any]:
         return {k: o.default for k, o in self.options.items()}
+
+    def hashed_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` as the configuration hash reads them: without the options that are not
+        hashed at their default while they hold it."""
+        return {
+            k: v
+            for k, v in options.items()
+            if not (
+                k in self.options and not self.options[k].hashed_at_default and v == self.options[k].default
+            )
+        }
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:

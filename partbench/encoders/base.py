@@ -118,6 +118,13 @@ class Encoder:
         if bad:
             raise ValueError(f"{self.name} has stages 0..{len(self.stages) - 1}; asked for {bad}")
 
+    def at_input_size(self, size: int) -> Encoder:
+        """A copy of this encoder that runs at ``size`` x ``size`` pixels (its position
+        embeddings resampled), for segmentation at another resolution. This one has no way to."""
+        if size == self.input_size:
+            return self
+        raise ValueError(f"{self.name} cannot run at {size} px: it has no way to change its input size")
+
     def to(self, device: torch.device | str) -> Encoder:
         self.module.to(device)
         return self

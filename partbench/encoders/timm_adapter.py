@@ -18,6 +18,7 @@ stage maps (before any final norm) and the final features in one pass:
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from collections.abc import Sequence
@@ -144,6 +145,33 @@ class TimmEncoder(Encoder):
     def embed_dim(self) -> int:
         """The width of the final map (and of ``pooled``)."""
         return int(getattr(self.model, "num_features", self.stages[-1].channels))
+
+    def at_input_size(self, size: int) -> TimmEncoder:
+        """A copy at ``size`` px through timm's own ``set_input_size``, which resamples absolute
+        position embeddings bicubically (a ViT-B/16 at 512 reads a 32 x 32 grid); a model
+        built with ``dynamic_img_size`` resamples them on every forward and needs only the
+        recorded size changed. The copy leaves this encoder's weights untouched."""
+        if size == self.input_size:
+            return self
+        clone = copy.copy(self)
+        clone.module = copy.deepcopy(self.module)
+        model = clone.model
+        if not getattr(model, "dynamic_img_size", False):
+            resize = getattr(model, "set_input_size", None)
+            if resize is None:
+                raise PartbenchError(
+                    f"{self.name}: timm's {type(model).__name__} has no set_input_size; "
+                    f"it cannot run at {size} px"
+                )
+            try:
+                resize(img_size=(size, size))
+            except Exception as exc:  # whatever timm raises for an input size the model cannot take
+                raise PartbenchError(
+                    f"{self.name}: timm could not set the input size to {size} px "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+        clone.input_size = size
+        return clone
 
     def _fail(self, what: str) -> PartbenchError:
         return PartbenchError(

@@ -96,7 +96,9 @@ def declared_config(plan: Plan, encoder: str, encoder_spec: EncoderSpec, task: T
             "version": task.version,
             "plugin": task.plugin,
             "plugin_version": plan.plugin_version(task),
-            "options": options,
+            # Options added to a task later stay out of the hash at their defaults, so runs
+            # stored before them keep answering.
+            "options": task.hashed_options(options),
             # The leaderboard ranks the protocol's defaults; variants stay in `runs`.
             "default_options": options == task.defaults(),
         },

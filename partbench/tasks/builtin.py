@@ -106,6 +106,36 @@ def _seg_options() -> dict[str, TaskOption]:
         ),
         "lr": TaskOption(4e-4, "AdamW learning rate (solver=adamw)", positive=True),
         "batch_size": TaskOption(16, "images per AdamW iteration (solver=adamw)", minimum=1),
+        # The resolution options: at their defaults they leave the configuration hash as it was.
+        "protocol": TaskOption(
+            "default",
+            "default (whole image resized to the encoder's input size) or study (the study's"
+            " mmseg setting: short side 512, training on the centre 512 x 512 window, test by"
+            " sliding 512 x 512 windows at stride 341 with overlapping logits averaged); input_size,"
+            " window and stride override its figures",
+            ("default", "study"),
+            hashed_at_default=False,
+        ),
+        "input_size": TaskOption(
+            0,
+            "pixels: the square input side (window=0) or the short side images are resized to"
+            " (window>0); 0: the encoder's own input size, or the window",
+            minimum=0,
+            hashed_at_default=False,
+        ),
+        "window": TaskOption(
+            0,
+            "sliding-window side in pixels (the encoder runs at it, position embeddings"
+            " resampled); 0: no windows (protocol=study: 512)",
+            minimum=0,
+            hashed_at_default=False,
+        ),
+        "stride": TaskOption(
+            0,
+            "sliding-window stride in pixels; 0: two thirds of the window",
+            minimum=0,
+            hashed_at_default=False,
+        ),
     }
 
 

@@ -35,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from partbench import windows
 from partbench.datasets.base import IGNORE, Dataset
 from partbench.encoders.base import Encoder
+from partbench.errors import PartbenchError
 from partbench.features import FULL, Features, View
 from partbench.metrics.chance import chance_miou
 from partbench.metrics.resampling import bootstrap_ci
@@ -323,6 +325,14 @@ def _lbfgs_budgets(device: torch.device) -> tuple[int, int]:
     return max(LBFGS_CHUNK_BYTES, free // 8), max(LBFGS_RESIDENT_BYTES, free // 4)
 
 
+def lbfgs_chunk_images(values: int, pixels: int, classes: int, chunk_bytes: int) -> int:
+    """Images per chunk of a full-batch evaluation: an image's float32 features (``values`` of
+    them: read, standardised, their gradient) and its labelled pixels' mixing weights, logits
+    and gradients stay within ``chunk_bytes`` together, whatever the size of the training set."""
+    per_image = 4 * (3 * values + 12 * classes * pixels)
+    return max(1, chunk_bytes // per_image)
+
+
 def _fit_lbfgs(
     head: nn.Sequential,
     x: torch.Tensor,
@@ -344,13 +354,10 @@ def _fit_lbfgs(
     if valid == 0:
         return [], False
     resident = device_copy(x, device)
-    # Images per chunk: the float32 features (read, standardised), and the labelled pixels'
-    # mixing matrix, logits and gradients, stay within chunk_bytes, whatever the size of the
-    # training set.
     chunk_bytes, keep_bytes = _lbfgs_budgets(device)
-    pixels = max(t.numel() for t in targets)
-    per_image = 4 * (3 * x[0].numel() + 12 * linear.out_features * pixels)
-    chunk = max(1, chunk_bytes // per_image)
+    chunk = lbfgs_chunk_images(
+        x[0].numel(), max(t.numel() for t in targets), linear.out_features, chunk_bytes
+    )
     spans = [(i, min(i + chunk, len(targets))) for i in range(0, len(targets), chunk)]
     classes = linear.out_features
     # A chunk's taps, and on a CPU the standardised float32 rows of the tokens they read, are
@@ -443,6 +450,73 @@ def _same_size_runs(masks: list[np.ndarray], classes: int) -> list[tuple[int, in
     return spans
 
 
+STUDY_WINDOW = 512  # the study's mmseg configs: crop 512 x 512 (LIP: 320), test stride 341
+
+
+def resolution_transforms(options: Mapping[str, Any]) -> tuple[str, str]:
+    """The train and test transforms the resolution options ask for (see partbench/windows.py):
+    ("test", "test") at the defaults, so default runs read the passes they always read."""
+    size, window, stride = (int(options.get(k, 0)) for k in ("input_size", "window", "stride"))
+    if options.get("protocol", "default") == "study":
+        window = window or STUDY_WINDOW
+    if window == 0:
+        if stride:
+            raise PartbenchError("task option stride needs a window (window > 0 or protocol=study)")
+        return ("test", "test") if size == 0 else (f"test-{size}", f"test-{size}")
+    size = size or window
+    if size < window:
+        raise PartbenchError(f"task option input_size ({size}) is below the window ({window})")
+    # Two thirds of the window, as the study's 341 of 512.
+    stride = stride or max(1, math.floor(window * 2 / 3))
+    return f"crop-{size}-{window}", f"slide-{size}-{window}-{stride}"
+
+
+def _window_spans(sample_index: np.ndarray | None, samples: int) -> list[tuple[int, int]]:
+    """Each test image's run of consecutive windows (a pass writes them in sample order)."""
+    if sample_index is None:
+        raise PartbenchError("sliding-window features carry no sample index")
+    bounds = np.searchsorted(sample_index, np.arange(samples + 1))
+    spans = [(int(bounds[k]), int(bounds[k + 1])) for k in range(samples)]
+    if len(sample_index) != bounds[-1] or any(i == j for i, j in spans):
+        raise PartbenchError("sliding-window features do not give every test image its windows")
+    return spans
+
+
+def slide_logits(
+    head: nn.Module,
+    feats: torch.Tensor,
+    grid: tuple[int, int],
+    g: windows.Geometry,
+    shape: tuple[int, int],
+) -> torch.Tensor:
+    """One image's (C, H, W) logits at its label map's ``shape`` from its windows' features
+    (n, tokens, D), as mmseg's ``slide_inference`` forms them: each window's logits upsampled
+    (bilinear) to the window, added into a canvas of the resized image, divided by how many
+    windows covered each pixel, the canvas resized (bilinear) to the label map."""
+    height, width = windows.scaled_size(shape[0], shape[1], g.size)
+    corners = windows.windows(height, width, g.window, g.stride)
+    if len(corners) != len(feats):
+        raise PartbenchError(
+            f"a {shape[0]} x {shape[1]} label map has {len(corners)} windows at {g.name}, "
+            f"but its features have {len(feats)}"
+        )
+    canvas = count = None
+    for k, (y, x) in enumerate(corners):
+        # One window's upsampled logits at a time: with the canvas, what scoring holds at once
+        # (at 512 px, 209 classes: 219 MB a window, 292 MB the canvas of a 512 x 683 image).
+        logit = _logits(head, feats[k : k + 1], grid, (g.window, g.window))[0]
+        if canvas is None:
+            canvas = torch.zeros(logit.shape[0], height, width, device=logit.device)
+            count = torch.zeros(1, height, width, device=logit.device)
+        canvas[:, y : y + g.window, x : x + g.window] += logit
+        count[:, y : y + g.window, x : x + g.window] += 1
+    assert canvas is not None and count is not None  # every image has a window
+    canvas /= count
+    if (height, width) == tuple(shape):
+        return canvas
+    return F.interpolate(canvas[None], size=tuple(shape), mode="bilinear", align_corners=False)[0]
+
+
 class Segmentation(Task):
     def __init__(self, source: str, options: Mapping[str, Any] | None = None):
         super().__init__(options)
@@ -451,9 +525,10 @@ class Segmentation(Task):
     def views(self, dataset: Dataset, encoder: Encoder) -> dict[str, View]:
         stages = study_stages(encoder)
         out = frozenset({"stages"})
+        train, test = resolution_transforms(self.options)
         return {
-            "train": View(self.source, "train", "test", out, stages, masks=LOSS_RESOLUTION),
-            "test": View(self.source, "test", "test", out, stages, masks=FULL),
+            "train": View(self.source, "train", train, out, stages, masks=LOSS_RESOLUTION),
+            "test": View(self.source, "test", test, out, stages, masks=FULL),
         }
 
     def evaluate(
@@ -475,6 +550,8 @@ class Segmentation(Task):
         union = np.zeros_like(inter)
         scores, fits = [], []
         solver = options.get("solver", "lbfgs")
+        sliding = windows.parse(resolution_transforms(options)[1])
+        sliding = sliding if sliding is not None and sliding.kind == "slide" else None
         for r in range(repeats):
             fit = train_seg_head(
                 x_tr,
@@ -490,6 +567,17 @@ class Segmentation(Task):
             )
             fits.append(fit)
             head = fit.head
+            if sliding is not None:
+                with torch.no_grad():
+                    for k, (i, j) in enumerate(_window_spans(test.sample_index, len(masks_te))):
+                        target = torch.as_tensor(np.asarray(masks_te[k], dtype=np.int64), device=device)
+                        logits = slide_logits(
+                            head, x_te[i:j].to(device).float(), test.grid, sliding, target.shape
+                        )
+                        i_c, u_c = _counts(logits.argmax(0), target, classes)
+                        inter[r, k], union[r, k] = i_c.cpu().numpy(), u_c.cpu().numpy()
+                scores.append(miou_from_counts(inter[r].sum(0), union[r].sum(0)))
+                continue
             with torch.no_grad():
                 for i, j in _same_size_runs(masks_te, classes):
                     shape = np.shape(masks_te[i])

@@ -1,0 +1,216 @@
+"""timm's own benchmark as the peer of partbench's extraction, on one model, batch and precision.
+
+    python benchmarks/timm_peer.py --timm-source ~/src/pytorch-image-models
+    python benchmarks/timm_peer.py --timm-source DIR --model vit_base_patch16_224 --batch-size 8
+
+timm's ``benchmark.py`` (inference mode) is in timm's source repository, not in its wheel: it
+is run from the checkout given, never copied into partbench. One after the other, in this
+machine state, the script measures:
+
+1. timm: ``benchmark.py --bench inference`` on the model with random weights (timm's
+   benchmark builds models without pretrained weights) -> ``infer_samples_per_sec``;
+2. partbench forward: the same model as partbench wraps it (``TimmEncoder``, classifier
+   removed), called as the extraction calls it: on a batch normalised from uint8 H x W x 3
+   pixels, under ``torch.inference_mode`` and the precision's autocast, reading the outputs of
+   a part-crop pass (no stage maps), timed per batch after warm-up;
+3. the plain timm forward in this process (``model(x)`` on a contiguous batch), alternated
+   batch by batch with 2, so that a gap between 1 and 2 can be told apart into what the
+   wrapper costs (2 against 3) and how the machine's load moved (1 against 3);
+4. partbench end to end: ``partbench run -t part-retrieval`` on a CUB-200-2011 tree in the
+   official layout (benchmarks/study_scale.py builds it; synthetic pixels), the model's random
+   weights passed as ``--weights``: the pass's decode, crop, forward and cache write per second,
+   with the forward share as the pass timed it.
+
+It prints each rate and the ratios to timm's, with the machine's load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+PRECISIONS = {"fp32": ("float32", None), "bf16": ("float32", "bfloat16")}  # timm's --precision, --amp-dtype
+
+
+def timm_rate(source: Path, model: str, batch: int, precision: str, warm: int, iters: int) -> float:
+    """infer_samples_per_sec of timm's benchmark.py, run from the checkout as its own process."""
+    script = source / "benchmark.py"
+    if not script.is_file():
+        raise SystemExit(f"{script}: no benchmark.py there; --timm-source is a timm source checkout")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        prec, amp = PRECISIONS[precision]
+        cmd = [
+            sys.executable, str(script), "--bench", "inference", "--model", model, "-b", str(batch),
+            "--device", "cpu", "--num-warm-iter", str(warm), "--num-bench-iter", str(iters),
+            "--precision", prec, "--results-file", str(out), "--results-format", "json",
+        ]  # fmt: skip
+        if amp:
+            cmd += ["--amp", "--amp-dtype", amp]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        if done.returncode != 0 or not out.is_file():
+            raise SystemExit(f"timm's benchmark.py failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        result = json.loads(out.read_text())
+        result = result[0] if isinstance(result, list) else result
+        return float(result["infer_samples_per_sec"])
+
+
+def forward_rates(model_name: str, batch: int, precision: str, warm: int, iters: int) -> dict[str, float]:
+    """partbench's forward as the extraction calls it, and timm's plain forward, in this process."""
+    import timm
+    import torch
+
+    from partbench.encoders.timm_adapter import TimmEncoder
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, num_classes=0).eval()
+    encoder = TimmEncoder(model, name=f"timm:{model_name}", family="unknown", weights_id="random-init:seed=0")
+    size = encoder.input_size
+    pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
+    mean = torch.tensor(encoder.mean).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.std).view(1, 3, 1, 1)
+    # As extraction.forward_batch prepares a batch: uint8 H x W x 3 permuted, scaled, normalised.
+    x = (pixels.permute(0, 3, 1, 2).float().div_(255) - mean) / std
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+
+    def context():
+        return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def partbench_step():
+        with torch.inference_mode(), context():
+            encoder.forward(x, stages=())
+
+    plain = torch.randn(batch, 3, size, size)
+
+    def timm_step():
+        with torch.inference_mode(), context():
+            model(plain)
+
+    # Alternated batch by batch, so that both see the same machine: on a shared machine the
+    # load moves more between two runs of a minute than the wrapper costs.
+    seconds: dict[str, list[float]] = {"partbench_forward": [], "timm_forward_in_process": []}
+    steps = {"partbench_forward": partbench_step, "timm_forward_in_process": timm_step}
+    for _ in range(warm):
+        partbench_step()
+        timm_step()
+    for _ in range(iters):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            seconds[key].append(time.perf_counter() - t0)
+    return {key: batch * iters / sum(v) for key, v in seconds.items()}
+
+
+def end_to_end(model_name: str, batch: int, precision: str, images: int, scratch: Path) -> dict[str, float]:
+    """One part-retrieval run through the CLI; its pass's rates as the run stored them."""
+    import timm
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from study_scale import build_cub
+
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        cub = build_cub(scratch / "CUB_200_2011", images, pool)
+    weights = scratch / f"{model_name}.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model(model_name, pretrained=False, num_classes=0).state_dict(), weights)
+    env = {**os.environ, "PARTBENCH_HOME": str(scratch / "home")}
+    db = f"sqlite:///{scratch / 'runs.db'}"
+    cmd = [
+        sys.executable, "-m", "partbench", "run", "-e", f"timm:{model_name}", "--weights", str(weights),
+        "-t", "part-retrieval", "--dataset", "cub200", "--data-root", str(cub), "--batch-size", str(batch),
+        "--precision", precision, "--db", db, "--force",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"partbench run failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    listed = subprocess.run(
+        [sys.executable, "-m", "partbench", "runs", "--format", "json", "--db", db],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    passes = (json.loads(listed.stdout)[-1]["timing"] or {}).get("passes") or {}
+    if len(passes) != 1:
+        raise SystemExit(f"expected one encoder pass, the run stored {len(passes)}")
+    (p,) = passes.values()
+    return {
+        "partbench_pass_forward": p["images_per_second"],
+        "partbench_end_to_end": p["images"] / p["wall_seconds"],
+        "pass_images": p["images"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--timm-source", type=Path, required=True, help="a timm source checkout")
+    parser.add_argument("--model", action="append", help="timm model [default: ViT-S/16 and ViT-B/16]")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+    parser.add_argument("--warm", type=int, default=2, help="warm-up batches")
+    parser.add_argument("--iters", type=int, default=5, help="timed batches")
+    parser.add_argument("--images", type=int, default=40, help="CUB images for the end-to-end run")
+    parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    args = parser.parse_args()
+    if args.iters < 5:  # timm's benchmark.py logs every iters // 5 batches and fails below 5
+        parser.error("--iters must be at least 5")
+    import torch
+
+    models = args.model or ["vit_small_patch16_224", "vit_base_patch16_224"]
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    )
+    print(f"{machine}; {torch.get_num_threads()} threads; batch {args.batch_size}; {args.precision}")
+    rows = []
+    for model in models:
+        load_before = os.getloadavg()[0]
+        row: dict = {"model": model, "load_before": load_before}
+        row["timm"] = timm_rate(
+            args.timm_source, model, args.batch_size, args.precision, args.warm, args.iters
+        )
+        row.update(forward_rates(model, args.batch_size, args.precision, args.warm, args.iters))
+        if not args.skip_end_to_end:
+            with tempfile.TemporaryDirectory(prefix="partbench-timm-peer-") as tmp:
+                row.update(end_to_end(model, args.batch_size, args.precision, args.images, Path(tmp)))
+        row["load_after"] = os.getloadavg()[0]
+        for key in (
+            "partbench_forward",
+            "timm_forward_in_process",
+            "partbench_pass_forward",
+            "partbench_end_to_end",
+        ):
+            if row.get(key) is not None:
+                row[f"{key}_ratio"] = row[key] / row["timm"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print()
+    print("| model | load 1-min | timm img/s | partbench forward (x timm) | timm forward here (x timm) "
+          "| pass forward (x timm) | end to end (x timm) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+
+    def cell(r: dict, key: str) -> str:
+        v = r.get(key)
+        return "–" if v is None else f"{v:.2f} ({r[key + '_ratio']:.2f}x)"
+
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['load_before']:.1f}-{r['load_after']:.1f} | {r['timm']:.2f} | "
+            f"{cell(r, 'partbench_forward')} | {cell(r, 'timm_forward_in_process')} | "
+            f"{cell(r, 'partbench_pass_forward')} | {cell(r, 'partbench_end_to_end')} |"
+        )
+    ratio = statistics.fmean(r["partbench_forward_ratio"] for r in rows)
+    print(f"\npartbench forward / timm benchmark.py, mean over models: {ratio:.2f}x (target >= 0.95x)")
+    if args.out:
+        args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
