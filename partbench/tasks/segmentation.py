@@ -574,7 +574,7 @@ class Segmentation(Task):
                         logits = slide_logits(
                             head, x_te[i:j].to(device).float(), test.grid, sliding, target.shape
                         )
-                        i_c, u_c = _counts(logits.argmax(0), target, classes)
+                        i_c, u_c = mask_counts(logits.argmax(0), target, classes)
                         inter[r, k], union[r, k] = i_c.cpu().numpy(), u_c.cpu().numpy()
                 scores.append(miou_from_counts(inter[r].sum(0), union[r].sum(0)))
                 continue
