@@ -117,7 +117,8 @@ def test_synparts_forecast_matches_what_the_run_writes(tmp_path, isolated_home):
 def test_official_cub_tree_forecast_matches_what_the_run_writes(tmp_path, isolated_home):
     root = trees.cub_tree(tmp_path / "cub")
     # The part tasks' test crops are cut from the retrieval's pass over every image.
-    args = ["-e", "random-vit", "-t", "part", "-t", "object-retrieval"]
+    crops = ["-t", "part-retrieval", "-t", "part-linear", "-t", "part-attentive"]
+    args = ["-e", "random-vit", *crops, "-t", "object-retrieval"]
     forecast = check_forecast_then_run(
         isolated_home, tmp_path / "r.db", [*args, "-d", "cub200", "--data-root", str(root), *QUICK]
     )

@@ -82,7 +82,9 @@ def _runs(tmp_path, label: str, tasks: list[str], **kw) -> dict[str, str]:
 
 
 def test_runs_hash_and_cache_keys_exactly_as_before_the_one_run_configuration(tmp_path):
-    assert _runs(tmp_path, "default", ["all"]) == HASHES_DEFAULT
+    # The tasks that existed when the hashes were taken (`all` holds more now).
+    study_tasks = sorted({key.split("/")[1] for key in HASHES_DEFAULT})
+    assert _runs(tmp_path, "default", study_tasks) == HASHES_DEFAULT
     variant = {"seed": 3, "repeats": 2, "options": ("epochs=3", "iterations=5", "part-retrieval.feature=cls")}
     assert _runs(tmp_path, "variant", ["part-retrieval", "object-linear"], **variant) == HASHES_VARIANT
     # The feature cache answers from the same entries: every whole-image pass's key as before
