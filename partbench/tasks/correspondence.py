@@ -78,16 +78,10 @@ def interpolation_matrix(cells: int, factor: int, dtype: torch.dtype, device: to
     return m.to(dtype)
 
 
-def upsampled_cosines(desc: torch.Tensor, target_maps: torch.Tensor, factor: int) -> torch.Tensor:
-    """Cosine similarity of each descriptor with the target map bilinearly upsampled
-    ``factor`` times between its cell centres: desc (P, C, K), target_maps (P, C, h, w) ->
-    (P, K, H, W), H = (h - 1) * factor + 1."""
-    d_norm = torch.linalg.vector_norm(desc, dim=1).clamp_min(1e-12)  # (P, K)
-    return upsampled_scores(desc, target_maps, factor) / d_norm[:, :, None, None]
-
-
 def upsampled_scores(desc: torch.Tensor, target_maps: torch.Tensor, factor: int) -> torch.Tensor:
-    """``upsampled_cosines`` times each descriptor's norm: the same argmax, a pass fewer.
+    """Each descriptor's cosine similarity with the target map bilinearly upsampled ``factor``
+    times between its cell centres, times the descriptor's norm (the same argmax, a pass
+    fewer): desc (P, C, K), target_maps (P, C, h, w) -> (P, K, H, W), H = (h - 1) * factor + 1.
 
     The upsampled map is never built. Its dot products with a descriptor are the coarse dot
     products upsampled (interpolation is linear); its squared norm at a point is the quadratic
@@ -107,8 +101,8 @@ def upsampled_scores(desc: torch.Tensor, target_maps: torch.Tensor, factor: int)
     a0, a1 = (1 - fx).to(dtype), fx.to(dtype)
     rows = torch.arange(h, device=dev)[:, None]
 
-    def entries(i: torch.Tensor, j: torch.Tensor, k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
-        return gram.index_select(1, (((i * w + j) * h + k) * w + l).reshape(-1)).reshape(p, h, -1)
+    def entries(i: torch.Tensor, j: torch.Tensor, k: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return gram.index_select(1, (((i * w + j) * h + k) * w + m).reshape(-1)).reshape(p, h, -1)
 
     def along_x(k: torch.Tensor) -> torch.Tensor:
         """(P, h, W): the products of row i and row k of the map upsampled along x."""
