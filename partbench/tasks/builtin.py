@@ -213,6 +213,11 @@ def _incontext(source: str):
     return create
 
 
+# part-discovery's version. 2: the chance level is that of random partitions matched as the
+# clusters are (tasks.discovery.chance_partition_miou), not the best constant label map.
+DISCOVERY_VERSION = "2"
+
+
 def _discovery(options):
     from partbench.tasks.discovery import PartDiscovery
 
@@ -352,5 +357,6 @@ def _register_dense_tasks(register: Callable[[TaskSpec], None]) -> None:
                     0, "k of k-means (0: the number of part classes present in the image)", minimum=0
                 ),
             },
+            version=DISCOVERY_VERSION,
         )
     )
