@@ -55,6 +55,7 @@ def pck_batched(d: dict[str, np.ndarray], chunk: int = 1024) -> float:
             torch.from_numpy(d["source"][i : i + chunk]),
             torch.from_numpy(d["target"][i : i + chunk]),
             torch.as_tensor(d["points"][i : i + chunk] / SIZE, dtype=torch.float32),
+            upsample=UPSAMPLE,
         )
         preds.append(pred.double().numpy() * SIZE)
     dist = np.sqrt(((np.concatenate(preds) - d["truth"]) ** 2).sum(-1))

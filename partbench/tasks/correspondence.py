@@ -30,7 +30,6 @@ from partbench.errors import PartbenchError
 from partbench.features import Features, View
 from partbench.metrics.resampling import bootstrap_ci
 from partbench.tasks.base import Task, TaskResult, percent
-from partbench.tasks.builtin import UPSAMPLE
 
 ALPHAS = (0.05, 0.10, 0.15)
 HEADLINE = "PCK@0.10"
@@ -130,7 +129,7 @@ def predict_points(
     source_points: torch.Tensor,
     *,
     predict: str = "argmax",
-    upsample: int = UPSAMPLE,
+    upsample: int,
     window: int = 5,
     temperature: float = 0.04,
 ) -> torch.Tensor:
