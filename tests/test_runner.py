@@ -449,5 +449,5 @@ def test_a_single_stage_run_draws_no_curve_and_a_bad_stage_list_is_refused(tmp_p
     store = _store(tmp_path)
     run(reg, store, ["tiny"], ["part-discovery"], _opts(options=("stage=1",)))
     assert build(store.runs(), registry=reg)[0].curves == []
-    with pytest.raises(PartbenchError, match="part-discovery.stage=0,x"):
+    with pytest.raises(PartbenchError, match=r"part-discovery\.stage=0,x"):
         run(reg, store, ["tiny"], ["part-discovery"], _opts(options=("stage=0,x",)))
