@@ -830,9 +830,7 @@ def features_from(
     arrays = {o: torch.from_numpy(unscaled(entry, p.array_name(o))) for o in view.outputs}
     if "stages" in view.outputs and tuple(view.stages) != tuple(p.stages):
         starts = np.cumsum([0, *(stage_channels[i] for i in p.stages)])
-        cols = [
-            np.arange(starts[p.stages.index(i)], starts[p.stages.index(i) + 1]) for i in view.stages
-        ]
+        cols = [np.arange(starts[p.stages.index(i)], starts[p.stages.index(i) + 1]) for i in view.stages]
         arrays["stages"] = arrays["stages"][..., torch.from_numpy(np.concatenate(cols))]
     masks = {}
     if view.masks is not None and view.source in MASK_SOURCES:
