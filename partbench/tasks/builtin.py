@@ -137,7 +137,12 @@ def _seg(source: str):
 
 
 def _stage_option() -> TaskOption:
-    return TaskOption(-1, "stage whose dense map is read (-1: the final map)", minimum=-1)
+    return TaskOption(
+        -1,
+        "stage whose dense map is read (-1: the final map); all, or a list such as 2,4,6: one run per"
+        " stage, drawn as a layer curve",
+        minimum=-1,
+    )
 
 
 # Points per cell side of the upsampled target map (partbench.tasks.correspondence): a 16-pixel
