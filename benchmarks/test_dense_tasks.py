@@ -5,7 +5,8 @@ each against a per-item Python loop measured in the same run, and the search's p
     pytest benchmarks/test_dense_tasks.py                       # scaled down, each run once (CI)
 
 Full size: 1,000 pairs of SynParts-sized maps (8 x 8 cells of 128 channels, as the mini
-encoders give for SynParts' 96-pixel images, 4 keypoints a pair); a bank of 50,000 x 768
+encoders give for SynParts' 96-pixel images, 4 keypoints a pair, the target map upsampled as
+the task's default upsamples it); a bank of 50,000 x 768
 searched by 2,000 queries (k = 30), scaled down from the issue's 200,000 x 768 and 50,000
 queries, whose per-query loop alone would take hours on 2 cores; the peak memory at the
 issue's bank of 200,000 x 768, over the first query chunks.
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from conftest import full_size, record_ratio
 
+from partbench.tasks.builtin import UPSAMPLE
 from partbench.tasks.correspondence import predict_points
 from partbench.tasks.incontext import knn_vote
 
@@ -53,19 +55,35 @@ def pck_batched(d: dict[str, np.ndarray], chunk: int = 1024) -> float:
             torch.from_numpy(d["source"][i : i + chunk]),
             torch.from_numpy(d["target"][i : i + chunk]),
             torch.as_tensor(d["points"][i : i + chunk] / SIZE, dtype=torch.float32),
+            upsample=UPSAMPLE,
         )
         preds.append(pred.double().numpy() * SIZE)
     dist = np.sqrt(((np.concatenate(preds) - d["truth"]) ** 2).sum(-1))
     return float((dist <= 0.10 * d["ref"][:, None]).mean())
 
 
+def _interpolation(cells: int, factor: int) -> np.ndarray:
+    """(points, cells): linear interpolation at cell coordinates t / factor, written out."""
+    m = np.zeros(((cells - 1) * factor + 1, cells))
+    for t in range(len(m)):
+        left = min(t // factor, cells - 2)
+        frac = t / factor - left
+        m[t, left], m[t, left + 1] = 1 - frac, frac
+    return m
+
+
 def pck_loop(d: dict[str, np.ndarray]) -> float:
-    """The baseline: one keypoint at a time, its descriptor by bilinear weights and its cosine
-    similarities to the target's cells in numpy."""
+    """The baseline: per pair, the target map upsampled between its cell centres; per keypoint,
+    its descriptor by bilinear weights and its cosine similarities to every upsampled point,
+    in numpy."""
     h, w = GRID
+    f = UPSAMPLE
+    ay, ax = _interpolation(h, f).astype(np.float32), _interpolation(w, f).astype(np.float32)
     hits = 0
     for p in range(len(d["source"])):
-        src, trg = d["source"][p], d["target"][p].reshape(CHANNELS, -1)
+        src = d["source"][p]
+        trg = (ay @ d["target"][p] @ ax.T).reshape(CHANNELS, -1)  # (C, H * W)
+        trg_norm = np.linalg.norm(trg, axis=0)
         for (x, y), (tx, ty) in zip(d["points"][p], d["truth"][p], strict=True):
             u = min(max(x / SIZE * w - 0.5, 0.0), w - 1.0)
             v = min(max(y / SIZE * h - 0.5, 0.0), h - 1.0)
@@ -74,9 +92,11 @@ def pck_loop(d: dict[str, np.ndarray]) -> float:
             a, b = u - x0, v - y0
             desc = (1 - a) * (1 - b) * src[:, y0, x0] + a * (1 - b) * src[:, y0, x1]
             desc = desc + (1 - a) * b * src[:, y1, x0] + a * b * src[:, y1, x1]
-            cosine = desc @ trg / (np.linalg.norm(desc) * np.linalg.norm(trg, axis=0))
+            cosine = desc @ trg / (np.linalg.norm(desc) * trg_norm)
             best = int(np.argmax(cosine))
-            px, py = (best % w + 0.5) / w * SIZE, (best // w + 0.5) / h * SIZE
+            big_w = (w - 1) * f + 1
+            px = (0.5 + best % big_w / f) / w * SIZE
+            py = (0.5 + best // big_w / f) / h * SIZE
             hits += math.hypot(px - tx, py - ty) <= 0.10 * d["ref"][p]
     return hits / d["points"][:, :, 0].size
 
@@ -95,7 +115,9 @@ def test_correspondence_batched_against_a_per_keypoint_loop(benchmark, pairs):
     slow = pck_loop(pairs)
     baseline = time.perf_counter() - t0
     fast = benchmark.pedantic(pck_batched, args=(pairs,), rounds=3, iterations=1)
-    assert fast == pytest.approx(slow, abs=1e-12)
+    # float32 rounding, summed in other orders, may tip a near-tie between neighbouring
+    # upsampled points; one keypoint in a thousand is the margin.
+    assert fast == pytest.approx(slow, abs=1e-3)
     record_ratio(benchmark, baseline)
     if "speedup_vs_baseline" in benchmark.extra_info:
         ratio = benchmark.extra_info["speedup_vs_baseline"]

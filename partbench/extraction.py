@@ -67,7 +67,8 @@ class Pass:
 
 
 def merge_views(views: Sequence[View], dataset: Dataset) -> dict[tuple[str, str, str], Pass]:
-    """Views of one split and transform share one pass; stages within it must agree."""
+    """Views of one split and transform share one pass, which reads the union of the stages
+    they ask for (a layer curve's runs read one stage each from it: features_from)."""
     groups: dict[tuple[str, str, str], list[View]] = {}
     for v in views:
         bad = set(v.outputs) - VIEW_OUTPUTS
@@ -80,9 +81,7 @@ def merge_views(views: Sequence[View], dataset: Dataset) -> dict[tuple[str, str,
     for key, vs in groups.items():
         stage_sets = {v.stages for v in vs if "stages" in v.outputs}
         if len(stage_sets) > 1:
-            # Different stage sets in one pass would need two "stages" arrays; no built-in
-            # task asks for that, so it is refused rather than silently merged.
-            raise PartbenchError(f"views of {key} ask for different stages: {sorted(stage_sets)}")
+            stage_sets = {tuple(sorted(set().union(*stage_sets)))}
         masks: dict[str, int | None] = {}
         for v in vs:
             if v.masks is not None and v.source in MASK_SOURCES:
@@ -829,11 +828,23 @@ def read_masks(entry: Entry, name: str) -> list[np.ndarray]:
     return out
 
 
-def features_from(entry: Entry, p: Pass, view: View, timing: Mapping[str, Any]) -> Features:
-    """A view's features, memory-mapped from the pass's cache entry."""
+def features_from(
+    entry: Entry,
+    p: Pass,
+    view: View,
+    timing: Mapping[str, Any],
+    stage_channels: Sequence[int] = (),
+) -> Features:
+    """A view's features, memory-mapped from the pass's cache entry. Where the pass read more
+    stages than the view asks for (merge_views), the view's stages are cut out of the
+    channels of the pass's stage maps; ``stage_channels``: each declared stage's width."""
     info = entry.info()
     grid = tuple(info.get("stages_grid" if "stages" in view.outputs else "grid", (0, 0)))
     arrays = {o: torch.from_numpy(unscaled(entry, p.array_name(o))) for o in view.outputs}
+    if "stages" in view.outputs and tuple(view.stages) != tuple(p.stages):
+        starts = np.cumsum([0, *(stage_channels[i] for i in p.stages)])
+        cols = [np.arange(starts[p.stages.index(i)], starts[p.stages.index(i) + 1]) for i in view.stages]
+        arrays["stages"] = arrays["stages"][..., torch.from_numpy(np.concatenate(cols))]
     masks = {}
     if view.masks is not None and view.source in MASK_SOURCES:
         resolution = dict(p.masks)[view.source]

@@ -1,10 +1,12 @@
 """Suites: named, versioned sets of (task, dataset) pairs that a leaderboard ranks over.
 
 A suite is registered through the ``register_suites`` hook, like encoders, tasks and datasets.
-partbench registers two itself (this module is its built-in suites plugin):
+partbench registers three itself (this module is its built-in suites plugin):
 
 synparts  every built-in task on the built-in SynParts data
 study     the study's tasks on the study's data (Zhu et al., TMLR 2023)
+parts     the field's no-training part measures on real data: keypoint correspondence,
+          in-context part segmentation, part discovery
 
 ``partbench leaderboard --suite NAME`` ranks over exactly the suite's pairs and marks encoders
 lacking some of them; ``partbench run --suite NAME`` runs the pairs whose data is present and
@@ -29,8 +31,12 @@ BUILTIN_TASKS = (
     "object-retrieval",
     "object-linear",
     "object-seg",
+    "part-correspondence",
+    "part-seg-nn",
+    "object-seg-nn",
+    "part-discovery",
 )
-BUILTIN_SUITES = ("synparts", "study")
+BUILTIN_SUITES = ("synparts", "study", "parts")
 
 
 def _built_in(name: str, version: str, description: str) -> SuiteSpec:
@@ -58,9 +64,10 @@ def _built_in(name: str, version: str, description: str) -> SuiteSpec:
     return SuiteSpec(name, version, tuple((task, ds) for *_, task, ds in sorted(members)), description)
 
 
+# 2: the field's dense tasks joined the study's.
 SYNPARTS = _built_in(
     "synparts",
-    "1",
+    "2",
     "every built-in task on the built-in SynParts data: runs offline, on a CPU",
 )
 
@@ -75,10 +82,22 @@ STUDY = _built_in(
 )
 
 
+# What the dense-feature papers report for part-awareness, none of it trained: PCK on SPair-71k
+# and CUB pairs (DIFT, Probe3D, DINOv2), Hummingbird's in-context segmentation and part
+# discovery by clustering (Amir et al.; SCOPS) on every dataset with part masks.
+PARTS = _built_in(
+    "parts",
+    "1",
+    "the field's no-training part measures on real data: part-correspondence on SPair-71k and "
+    "CUB-200-2011, part-seg-nn and part-discovery on ADE20K-Part, Pascal-Part, LIP and PartImageNet",
+)
+
+
 @hookimpl
 def register_suites(register: Callable[[SuiteSpec], None]) -> None:
     register(SYNPARTS)
     register(STUDY)
+    register(PARTS)
 
 
 def suites(registry: Any) -> dict[str, SuiteSpec]:
@@ -171,6 +190,7 @@ def describe(registry: Any) -> list[dict[str, Any]]:
 
 
 __all__: Sequence[str] = (
+    "PARTS",
     "STUDY",
     "SYNPARTS",
     "missing_data",

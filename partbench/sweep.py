@@ -579,14 +579,30 @@ def _plan_jobs(
         for name, spec in plan.encoders:
             todo, keys = [], {}
             for task in plan.tasks:
-                declared = declared_config(plan, name, spec, task)
-                key = config_key(declared)
+                # A layer curve is one configuration per stage; stage=all's stages are known
+                # only once the encoder loads, so such a curve is never found stored here.
+                sweep = plan.stage_sweeps.get(task.name, ())
+                declared_all = (
+                    [declared_config(plan, name, spec, task, o) for o in plan.stage_options(task, 0)]
+                    if task.name in plan.stage_sweeps
+                    else [declared_config(plan, name, spec, task)]
+                )
+                key = config_key({"stages": "all"} if sweep is None else {"runs": declared_all})
+                if len(declared_all) == 1:
+                    key = config_key(declared_all[0])  # as a plain run's key has always been
                 mine = [r for r in done + running if r.encoder == name and r.task == task.name]
+                held = {
+                    status: bool(declared_all)
+                    and all(
+                        any(r.status == status and covers(r.config, d) for r in mine) for d in declared_all
+                    )
+                    for status in ("done", "running")
+                }
                 why = None
                 if not request.force:
-                    if any(r.status == "done" and covers(r.config, declared) for r in mine):
+                    if held["done"]:
                         why = "stored"
-                    elif any(r.status == "running" and covers(r.config, declared) for r in mine):
+                    elif held["running"]:
                         why = "running now"
                     elif key in pending:
                         why = pending[key]

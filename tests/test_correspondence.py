@@ -22,7 +22,9 @@ from partbench.tasks.correspondence import Correspondence, chance_hits
 from tests.dataset_trees import gradient_image, write_image
 
 CPU = torch.device("cpu")
-OPTIONS = {"stage": -1, "reference": "bbox", "predict": "argmax", "window": 5, "temperature": 0.04}
+OPTIONS = {
+    "stage": -1, "reference": "bbox", "predict": "argmax", "upsample": 8, "window": 5, "temperature": 0.04,
+}  # fmt: skip
 
 
 def _bilinear(fmap: np.ndarray, fx: float, fy: float) -> np.ndarray:
@@ -42,21 +44,27 @@ def _bilinear(fmap: np.ndarray, fx: float, fy: float) -> np.ndarray:
     )
 
 
-def _brute_pck(maps: np.ndarray, pairs: list[KeypointPair], alpha: float, reference: str = "bbox") -> float:
+def _brute_pck(
+    maps: np.ndarray, pairs: list[KeypointPair], alpha: float, reference: str = "bbox", upsample: int = 8
+) -> float:
+    """Every point ``upsample`` to a cell between the target's cell centres, its feature
+    interpolated by hand, tried one by one."""
     hits = total = 0
     for p in pairs:
         src, trg = maps[p.source], maps[p.target]
         h, w, _ = trg.shape
         for (sx, sy), (tx, ty) in zip(p.source_xy, p.target_xy, strict=True):
             d = _bilinear(src, sx / p.source_size[0], sy / p.source_size[1])
-            best, where = -2.0, (0, 0)
-            for r in range(h):
-                for c in range(w):
-                    cos = float(d @ trg[r, c] / (np.linalg.norm(d) * np.linalg.norm(trg[r, c])))
+            best, where = -2.0, (0.0, 0.0)
+            for r in range((h - 1) * upsample + 1):
+                for c in range((w - 1) * upsample + 1):
+                    cy, cx = 0.5 + r / upsample, 0.5 + c / upsample  # in cells
+                    f = _bilinear(trg, cx / w, cy / h)
+                    cos = float(d @ f / (np.linalg.norm(d) * np.linalg.norm(f)))
                     if cos > best:
-                        best, where = cos, (r, c)
-            px = (where[1] + 0.5) / w * p.target_size[0]
-            py = (where[0] + 0.5) / h * p.target_size[1]
+                        best, where = cos, (cy, cx)
+            px = where[1] / w * p.target_size[0]
+            py = where[0] / h * p.target_size[1]
             x0, y0, x1, y1 = p.target_box
             ref = max(x1 - x0, y1 - y0) if reference == "bbox" else max(p.target_size)
             hits += math.hypot(px - tx, py - ty) <= alpha * ref
@@ -115,16 +123,16 @@ def _features(maps: np.ndarray, prefix: int = 1) -> Features:
     )
 
 
-@pytest.mark.parametrize("reference", ["bbox", "image"])
-def test_pck_equals_a_brute_force_loop_and_items_rescore_it(reference):
+@pytest.mark.parametrize("reference,upsample", [("bbox", 8), ("image", 8), ("bbox", 1), ("bbox", 3)])
+def test_pck_equals_a_brute_force_loop_and_items_rescore_it(reference, upsample):
     maps, pairs = _toy()
     maps = maps.astype(np.float16).astype(np.float64)  # what the cache holds
-    res = Correspondence({**OPTIONS, "reference": reference}).evaluate(
+    res = Correspondence({**OPTIONS, "reference": reference, "upsample": upsample}).evaluate(
         {"test": _features(maps)}, _Pairs(pairs), device=CPU, seed=0
     )
     for a in (0.05, 0.10, 0.15):
         assert res.metrics[f"PCK@{a:.2f}"].value == pytest.approx(
-            _brute_pck(maps, pairs, a, reference), abs=1e-6
+            _brute_pck(maps, pairs, a, reference, upsample), abs=1e-6
         )
     assert res.items["correct"][0] == 1.0  # the planted keypoint
     assert score_from_items("PCK@0.10", res.items) == pytest.approx(res.metrics["PCK@0.10"].value, abs=1e-9)
@@ -145,7 +153,8 @@ def test_a_limited_run_scores_only_the_pairs_of_the_encoded_images():
 def test_soft_argmax_in_a_one_cell_window_is_the_argmax():
     maps, pairs = _toy(seed=3)
     ds = _Pairs(pairs)
-    hard = Correspondence(OPTIONS).evaluate({"test": _features(maps)}, ds, device=CPU, seed=0)
+    cells = {**OPTIONS, "upsample": 1}  # the best cell's centre
+    hard = Correspondence(cells).evaluate({"test": _features(maps)}, ds, device=CPU, seed=0)
     soft = Correspondence({**OPTIONS, "predict": "soft-argmax", "window": 1}).evaluate(
         {"test": _features(maps)}, ds, device=CPU, seed=0
     )

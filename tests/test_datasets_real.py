@@ -751,7 +751,7 @@ def test_the_built_in_suites_are_the_pairs_the_datasets_declare() -> None:
     from partbench.datasets.builtin import declared
 
     # every declared membership is a pair of its suite, and nothing else is
-    for suite in (suites.SYNPARTS, suites.STUDY):
+    for suite in (suites.SYNPARTS, suites.STUDY, suites.PARTS):
         members = {(t, d.name) for d in declared().values() for t in d.suites.get(suite.name, ())}
         assert set(suite.pairs) == members
         tasks = [suites.BUILTIN_TASKS.index(t) for t, _ in suite.pairs]
@@ -764,3 +764,9 @@ def test_the_built_in_suites_are_the_pairs_the_datasets_declare() -> None:
         ("object-linear", "cub200"), ("object-linear", "cifar10"), ("object-seg", "ade20k-object"),
         ("object-seg", "pascal-object"),
     )  # fmt: skip
+    # the field's part measures, each on every real dataset that has what it reads
+    parts = {"part-correspondence": {"spair71k", "cub200"}}
+    masks = {"ade20k-part", "pascal-part", "lip", "partimagenet"}
+    parts |= {"part-seg-nn": masks, "part-discovery": masks}
+    assert {t: {d for task, d in suites.PARTS.pairs if task == t} for t in parts} == parts
+    assert {t for t, _ in suites.PARTS.pairs} == set(parts)

@@ -1,5 +1,6 @@
 """part-discovery: NMI and ARI against scikit-learn, the Hungarian matching against every
-permutation, and the task's mIoU against a pixel loop on planted features."""
+permutation, the task's mIoU against a pixel loop on planted features, and its chance level
+against every random partition of a small case."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from partbench.datasets.base import IGNORE, Dataset
 from partbench.features import Features
 from partbench.metrics import score_from_items
+from partbench.metrics.chance import chance_miou
 from partbench.store.values import encode_items
-from partbench.tasks.discovery import PartDiscovery, ari, kmeans, match_clusters, nmi
+from partbench.tasks.discovery import (
+    PartDiscovery,
+    ari,
+    chance_partition_miou,
+    kmeans,
+    match_clusters,
+    nmi,
+)
 
 CPU = torch.device("cpu")
 
@@ -142,3 +152,49 @@ def test_a_fixed_k_splits_parts_and_lowers_the_score():
     one = PartDiscovery({"stage": -1, "clusters": 1}).evaluate(f, _Parts(), device=CPU, seed=0)
     assert one.metrics["mIoU"].value < free.metrics["mIoU"].value
     assert one.metrics["ARI"].value == pytest.approx(0.0)  # one cluster against several parts
+
+
+def _pixel_miou(cells: list[np.ndarray], assigns: list[np.ndarray]) -> float:
+    """mIoU over images, pixel by pixel: a patch of counts (c0, c1, ...) holds c0 pixels of
+    class 0 and so on; clusters matched to classes by scipy's assignment."""
+    classes = cells[0].shape[1]
+    inter, union = np.zeros(classes), np.zeros(classes)
+    for counts, assign in zip(cells, assigns, strict=True):
+        overlap = np.zeros((assign.max() + 1, classes))
+        for patch, cluster in enumerate(assign):
+            overlap[cluster] += counts[patch]
+        rows, cols = linear_sum_assignment(overlap, maximize=True)
+        matched = dict(zip(rows.tolist(), cols.tolist(), strict=True))
+        for patch, cluster in enumerate(assign):
+            for truth in range(classes):
+                for _ in range(int(counts[patch, truth])):
+                    pred = matched.get(int(cluster), -1)
+                    inter[truth] += pred == truth
+                    union[truth] += 1
+                    if pred >= 0 and pred != truth:
+                        union[pred] += 1
+    present = union > 0
+    return 100 * float(np.mean(inter[present] / union[present]))
+
+
+def test_the_chance_level_is_the_mean_over_every_random_partition():
+    # Two images, object patches with pixel counts per part class; k = 2 and 3 clusters.
+    cells = [
+        np.array([[4.0, 0, 0], [3, 1, 0], [0, 5, 0]]),
+        np.array([[2.0, 0, 2], [0, 0, 6], [1, 4, 0], [0, 3, 1]]),
+    ]
+    ks = [2, 3]
+    scores = [
+        _pixel_miou(cells, [np.array(a), np.array(b)])
+        for a in itertools.product(range(2), repeat=3)
+        for b in itertools.product(range(3), repeat=4)
+    ]
+    exact, spread = float(np.mean(scores)), float(np.std(scores))
+    draws = 4000
+    level = chance_partition_miou(cells, ks, seed=0, draws=draws)
+    assert level == pytest.approx(exact, abs=4 * spread / np.sqrt(draws))
+    assert chance_partition_miou(cells, ks, seed=0, draws=50) == chance_partition_miou(
+        cells, ks, seed=0, draws=50
+    )  # seeded: a run's level is fixed
+    # Above the best constant label map, which the Hungarian step lets random clusters beat.
+    assert level > chance_miou(sum(c.sum(0) for c in cells))

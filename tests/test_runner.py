@@ -411,3 +411,43 @@ def test_a_cut_keeps_each_samples_items_and_label_maps_in_the_subsets_order(tmp_
     assert child.info()["cut_from_split"] == "all" and child.info()["grid"] == [1, 1]
     with pytest.raises(PartbenchError, match="empty"):
         cut(parent, Entry(tmp_path / "none"), ["cls"], [], [2], {}, "empty")
+
+
+def test_stage_all_stores_one_run_per_stage_and_the_leaderboard_draws_their_curve(tmp_path):
+    from partbench.ranking.boards import build
+    from partbench.render.html import render as html
+    from partbench.render.terminal import leaderboard_text
+
+    reg = _registry_with(("tiny", "ok"))
+    store = _store(tmp_path)
+    outcomes = run(reg, store, ["tiny"], ["part-discovery"], _opts(options=("stage=all",)))
+    assert [o.status for o in outcomes] == ["done", "done"]
+    runs = store.runs(status="done")
+    assert sorted(r.config["task"]["options"]["stage"] for r in runs) == [0, 1]
+    assert len({json.dumps(r.config, sort_keys=True) for r in runs}) == 2  # two configurations
+    # Asked again as a list, every stage is found stored.
+    again = run(reg, store, ["tiny"], ["part-discovery"], _opts(options=("part-discovery.stage=1,0",)))
+    assert [o.status for o in again] == ["skipped", "skipped"]
+
+    boards = build(store.runs(), registry=reg)
+    (curve,) = boards[0].curves
+    assert curve.task == "part-discovery" and curve.depths == [0.5, 1.0]
+    by_stage = {p.stage: p.value for p in curve.lines["tiny"]}
+    assert by_stage == {r.config["task"]["options"]["stage"]: r.headline.value for r in runs}
+    text = leaderboard_text(boards, width=100)
+    assert "layer curve · part-discovery on synparts" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("tiny") and "0.5" not in line)
+    assert row.split()[1:] == [f"{by_stage[0]:.1f}", f"{by_stage[1]:.1f}"]
+    page = html(boards)
+    assert page.count('class="line" data-encoder="tiny"') == 1 and page.count('data-stage="') == 2
+
+
+def test_a_single_stage_run_draws_no_curve_and_a_bad_stage_list_is_refused(tmp_path):
+    from partbench.ranking.boards import build
+
+    reg = _registry_with(("tiny", "ok"))
+    store = _store(tmp_path)
+    run(reg, store, ["tiny"], ["part-discovery"], _opts(options=("stage=1",)))
+    assert build(store.runs(), registry=reg)[0].curves == []
+    with pytest.raises(PartbenchError, match=r"part-discovery\.stage=0,x"):
+        run(reg, store, ["tiny"], ["part-discovery"], _opts(options=("stage=0,x",)))

@@ -272,7 +272,8 @@ DATASETS = (
             top="CUB_200_2011",
         ),
         suites={
-            "study": ("part-retrieval", "part-linear", "part-attentive", "object-retrieval", "object-linear")
+            "study": ("part-retrieval", "part-linear", "part-attentive", "object-retrieval", "object-linear"),
+            "parts": ("part-correspondence",),
         },
     ),
 )

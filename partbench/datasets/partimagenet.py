@@ -129,5 +129,6 @@ DATASETS = (
         description="PartImageNet: 40 parts of 11 super-categories",
         layouts=(PARTIMAGENET,),
         order=30,
+        suites={"parts": ("part-seg-nn", "part-discovery")},
     ),
 )

@@ -228,7 +228,11 @@ def _declare(name: str, description: str, order: int) -> Declaration:
         description=description,
         layouts=segset.layouts,
         order=order,
-        suites={"study": (f"{segset.level}-seg",)},  # the study segments every one of them
+        # The study segments every one of them; the field's part measures read the part masks.
+        suites={
+            "study": (f"{segset.level}-seg",),
+            **({"parts": ("part-seg-nn", "part-discovery")} if segset.level == "part" else {}),
+        },
     )
 
 

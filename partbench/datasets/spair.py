@@ -238,5 +238,6 @@ DATASETS = (
         description="SPair-71k: keypoint pairs of 18 categories with difficulty flags",
         layouts=(LAYOUT,),
         order=15,
+        suites={"parts": ("part-correspondence",)},
     ),
 )

@@ -574,6 +574,10 @@ DATASETS = (
                 "object-retrieval",
                 "object-linear",
                 "object-seg",
+                "part-correspondence",
+                "part-seg-nn",
+                "object-seg-nn",
+                "part-discovery",
             )
         },
     ),

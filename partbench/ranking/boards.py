@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from partbench.errors import PartbenchError
+from partbench.ranking.curves import layer_curves
 from partbench.ranking.draws import Cell, Draws
 from partbench.ranking.model import LEVELS, N_RESAMPLES, SEED, Board, Column, Comparison, Row, Score, Standing
 from partbench.ranking.runs import ItemCache, ItemsSource, chance_of, choose, provenance, task_info
@@ -278,6 +279,7 @@ def build(
     specs = _specs(chosen, task_info(registry, chosen), suite)
     get_items = ItemCache(items)
     get_items.prefetch([run.id for run in chosen.values()])
+    curves = layer_curves(runs)
     boards = []
     for spec in specs:
         rows, cells = _rows(spec, chosen, get_items)
@@ -294,6 +296,13 @@ def build(
             version=spec.version,
             description=spec.description,
             n_resamples=n_resamples,
+            curves=[
+                c
+                for c in curves
+                if (c.task, c.dataset) in suite.pairs or (spec.kind == "dataset" and c.dataset == spec.name)
+            ]
+            if suite
+            else [c for c in curves if c.dataset == spec.name],
         )
         _rank(board, _BoardBuilder(board, Draws(spec.columns, cells, n_resamples=n_resamples, seed=seed)))
         boards.append(board)

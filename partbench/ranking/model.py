@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from partbench.ranking.curves import Curve
+
 LEVELS = ("object", "part")
 N_RESAMPLES = 1000
 SEED = 0
@@ -181,6 +183,7 @@ class Board:
     comparisons: list[Comparison] = field(default_factory=list)  # neighbours at `level`
     n_resamples: int = N_RESAMPLES
     left_out: list[str] = field(default_factory=list)  # encoders with no score at `level`
+    curves: list[Curve] = field(default_factory=list)  # layer curves of the board's tasks
 
     @property
     def dataset(self) -> str:

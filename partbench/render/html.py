@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from partbench.render import formatting
+from partbench.render.curves import curves_html
 from partbench.render.notes import notes
 from partbench.render.svg import render as svg
 from partbench.text import xml_text
@@ -221,6 +222,7 @@ def _board(board: Board, index: int) -> str:
         )
     out.append("</tbody></table></div>")
     out.append('<div class="notes">' + "".join(f"<p>{xml_text(n)}</p>" for n in notes(board)) + "</div>")
+    out.append(curves_html(board.curves))
     out.append("</section>")
     return "\n".join(out)
 

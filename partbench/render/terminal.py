@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from partbench.render import formatting
+from partbench.render.curves import curve_table
 from partbench.render.notes import notes
 
 if TYPE_CHECKING:
@@ -253,6 +254,7 @@ def leaderboard(boards: Sequence[Board], *, width: int | None = None, wide: bool
             legend.append("MIM: masked image modeling; both: contrastive and MIM.")
         parts.append(Text("\n".join(plain(line) for line in legend), style="dim"))
         parts.append(Text(""))
+        parts += [curve_table(c) for c in board.curves]
     return Group(*parts)
 
 

@@ -77,13 +77,20 @@ class RunConfig:
         )
 
 
-def declared_config(plan: Plan, encoder: str, encoder_spec: EncoderSpec, task: TaskSpec) -> dict[str, Any]:
+def declared_config(
+    plan: Plan,
+    encoder: str,
+    encoder_spec: EncoderSpec,
+    task: TaskSpec,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """One (encoder, task) run's configuration as far as the plan knows it, before the dataset
     or the encoder loads: every key of it is a key of the stored configuration with the same
     value (``covers``). Not known yet: the dataset's fingerprint, the encoder's own
-    description (weights, stages), the views."""
+    description (weights, stages), the views. ``options``: the task's options for one stage
+    of a layer curve (Plan.stage_options), the plan's options for the task otherwise."""
     opts = plan.opts
-    options = plan.options[task.name]
+    options = dict(plan.options[task.name] if options is None else options)
     return {
         "encoder": {
             "name": encoder,

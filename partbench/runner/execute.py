@@ -83,8 +83,14 @@ class EncoderRun:
 
     # --- record helpers ---------------------------------------------------------------
 
-    def _config(self, task: TaskSpec, described: dict[str, Any] | None, views: dict[str, Any]) -> RunConfig:
-        declared = declared_config(self.plan, self.name, self.spec, task)
+    def _config(
+        self,
+        task: TaskSpec,
+        described: dict[str, Any] | None,
+        views: dict[str, Any],
+        options: dict[str, Any] | None = None,
+    ) -> RunConfig:
+        declared = declared_config(self.plan, self.name, self.spec, task, options)
         return run_config(self.plan, declared, self.dataset, described, views)
 
     def _claim_one(self, task: TaskSpec, config: RunConfig, encoder: Any | None, force: bool) -> int | None:
@@ -146,13 +152,15 @@ class EncoderRun:
     def _claim(self, encoder: Any, described: dict[str, Any]) -> list[Job]:
         candidates = []
         for spec in self.plan.tasks:
-            try:
-                task = spec.create(self.plan.options[spec.name])
-                views = task.views(self.dataset, encoder)
-            except Exception as exc:
-                self._fail_unstarted(spec, exc, encoder)
-                continue
-            candidates.append((spec, task, views, self._config(spec, described, views)))
+            # One run per stage where the task draws a layer curve (-o stage=all or a list).
+            for options in self.plan.stage_options(spec, len(encoder.stages)):
+                try:
+                    task = spec.create(options)
+                    views = task.views(self.dataset, encoder)
+                except Exception as exc:
+                    self._fail_unstarted(spec, exc, encoder)
+                    continue
+                candidates.append((spec, task, views, self._config(spec, described, views, options)))
         # Rank 0 claims; every rank then encodes for exactly the jobs it claimed.
         run_ids = self.world.share(
             [self._claim_one(spec, c, encoder, self.plan.opts.force) for spec, _, _, c in candidates]
@@ -191,7 +199,8 @@ class EncoderRun:
             feats = {}
             for role, v in job.views.items():
                 entry, p, pass_timing = supply.served[v.merge_key(self.dataset)]
-                feats[role] = features_from(entry, p, v, pass_timing)
+                widths = [s[1] for s in job.config.encoder.get("stages", [])]
+                feats[role] = features_from(entry, p, v, pass_timing, widths)
             started = time.perf_counter()
             opts, device = plan.opts, plan.machine.device
             data = self.dataset

@@ -130,6 +130,17 @@ class Plan:
     opts: RunOptions  # resolved: no "auto" left where the machine decides it
     machine: Machine
     plugin_versions: Mapping[str, str] = field(default_factory=dict)  # distribution -> version
+    # task -> the stages a layer curve reads (``-o stage=all``: None, every declared stage)
+    stage_sweeps: Mapping[str, tuple[int, ...] | None] = field(default_factory=dict)
+
+    def stage_options(self, task: TaskSpec, stages: int) -> list[dict[str, Any]]:
+        """The task's options once per stage its layer curve reads (``stages``: how many the
+        loaded encoder declares), or its options alone when it draws none: each is one run."""
+        options = self.options[task.name]
+        if task.name not in self.stage_sweeps:
+            return [options]
+        chosen = self.stage_sweeps[task.name]
+        return [{**options, "stage": s} for s in (range(stages) if chosen is None else chosen)]
 
     def plugin_version(self, spec: Any) -> str:
         """The version of the distribution that registered ``spec``, as the registry found it;
@@ -259,7 +270,8 @@ def make_plan(
     ds_spec = registry.dataset(opts.dataset)
     enc = tuple((name, registry.encoder(name)) for name in encoders)
     task_specs = tuple(select_tasks(registry, tasks, ds_spec))
-    options = task_options(task_specs, opts.options, list(registry.tasks.values()))
+    raw, sweeps = stage_sweeps(task_specs, opts.options)
+    options = task_options(task_specs, raw, list(registry.tasks.values()))
     check_options(opts)
     dataset_options = key_values(opts.dataset_options, "--dataset-option")
     root = opts.data_root
@@ -281,7 +293,40 @@ def make_plan(
         opts=resolve_options(opts, machine),
         machine=machine,
         plugin_versions=dict(registry.versions),
+        stage_sweeps=sweeps,
     )
+
+
+def stage_sweeps(
+    tasks: Sequence[TaskSpec], raw: Sequence[str]
+) -> tuple[list[str], dict[str, tuple[int, ...] | None]]:
+    """The layer curves asked for: ``stage=all`` (every declared stage) or ``stage=2,4,6``,
+    plain or as ``TASK.stage=...``, for each selected task with a stage option; the other
+    options are handed on as given. Each stage becomes a run of its own (Plan.stage_options)."""
+    rest: list[str] = []
+    sweeps: dict[str, tuple[int, ...] | None] = {}
+    for item in raw:
+        key, _, value = item.partition("=")
+        task_name, _, opt = key.rpartition(".")
+        if opt != "stage" or (value.strip() != "all" and "," not in value):
+            rest.append(item)
+            continue
+        hits = [t for t in tasks if "stage" in t.options and task_name in ("", t.name)]
+        for t in hits:
+            if value.strip() == "all":
+                sweeps[t.name] = None
+                continue
+            try:
+                parsed = (t.options["stage"].parse(v) for v in value.split(",") if v.strip())
+                stages = tuple(dict.fromkeys(parsed))
+            except OptionError as exc:
+                raise PartbenchError(f"--option {t.name}.stage={value}: {exc}") from None
+            if not stages:
+                raise PartbenchError(f"--option {t.name}.stage={value}: no stage given")
+            sweeps[t.name] = stages
+        if not hits:
+            rest.append(item)  # task_options says why no task takes it
+    return rest, sweeps
 
 
 def resolve_device(name: str, local_rank: int | None = None):

@@ -167,7 +167,20 @@ def _seg(source: str):
 
 
 def _stage_option() -> TaskOption:
-    return TaskOption(-1, "stage whose dense map is read (-1: the final map)", minimum=-1)
+    return TaskOption(
+        -1,
+        "stage whose dense map is read (-1: the final map); all, or a list such as 2,4,6: one run per"
+        " stage, drawn as a layer curve",
+        minimum=-1,
+    )
+
+
+# Points per cell side of the upsampled target map (partbench.tasks.correspondence): a 16-pixel
+# ViT cell read every 2 pixels, SynParts' 12-pixel cells every 1.5.
+UPSAMPLE = 8
+# part-correspondence's version. 2: the argmax runs over the target map upsampled between its
+# cell centres, where it ran over the centres alone.
+CORRESPONDENCE_VERSION = "2"
 
 
 def _correspondence_options() -> dict[str, TaskOption]:
@@ -181,9 +194,12 @@ def _correspondence_options() -> dict[str, TaskOption]:
         ),
         "predict": TaskOption(
             "argmax",
-            "the best-matching cell's centre, or the softmax-weighted mean of the cell centres in a"
-            " window around it",
+            "the best-matching point of the target map upsampled between its cell centres, or the"
+            " softmax-weighted mean of the cell centres in a window around the best cell",
             ("argmax", "soft-argmax"),
+        ),
+        "upsample": TaskOption(
+            UPSAMPLE, "points per cell side of the upsampled target map (1: the cell centres)", minimum=1
         ),
         "window": TaskOption(5, "soft-argmax window side, in cells (odd)", minimum=1),
         "temperature": TaskOption(0.04, "soft-argmax temperature on cosine similarity", positive=True),
@@ -230,6 +246,11 @@ def _incontext(source: str):
         return InContextSegmentation(source, options)
 
     return create
+
+
+# part-discovery's version. 2: the chance level is that of random partitions matched as the
+# clusters are (tasks.discovery.chance_partition_miou), not the best constant label map.
+DISCOVERY_VERSION = "2"
 
 
 def _discovery(options):
@@ -340,6 +361,7 @@ def _register_dense_tasks(register: Callable[[TaskSpec], None]) -> None:
             "keypoints of one image found in another of its class by cosine nearest neighbour over"
             " its dense map; PCK@0.05/0.10/0.15, no training",
             _correspondence_options(),
+            version=CORRESPONDENCE_VERSION,
         )
     )
     for level, source in (("part", "part-masks"), ("object", "object-masks")):
@@ -370,5 +392,6 @@ def _register_dense_tasks(register: Callable[[TaskSpec], None]) -> None:
                     0, "k of k-means (0: the number of part classes present in the image)", minimum=0
                 ),
             },
+            version=DISCOVERY_VERSION,
         )
     )

@@ -9,7 +9,7 @@ counts it. NMI and ARI compare the clusters with each patch's majority class."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,15 +20,15 @@ from partbench.datasets.base import IGNORE, Dataset
 from partbench.encoders.base import Encoder
 from partbench.errors import PartbenchError
 from partbench.features import FULL, Features, View
-from partbench.metrics.chance import chance_miou
 from partbench.metrics.resampling import bootstrap_ci
 from partbench.metrics.scores import miou_from_counts
 from partbench.tasks.base import Task, TaskResult, percent
 from partbench.tasks.correspondence import dense_maps, dense_view
 from partbench.tasks.incontext import patch_labels
-from partbench.tasks.segmentation import mask_counts
 
 KMEANS_ITERATIONS = 100
+CHANCE_DRAWS = 20  # random partitions per image for the chance level: its MC error stays well under a point
+CHANCE_STREAM = 7919  # the chance draws' own random stream, apart from k-means' [seed, image]
 
 
 def kmeans(
@@ -107,6 +107,44 @@ def ari(labels: np.ndarray, clusters: np.ndarray) -> float:
     return float(2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
 
 
+def assignment_counts(cell_counts: np.ndarray, assign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class intersection and union of one image when each object patch takes its
+    cluster's matched class and every other pixel none. cell_counts: (patches, classes) of
+    each object patch's labelled pixels per class; assign: each patch's cluster. The
+    clusters are matched to classes by the Hungarian assignment maximising shared pixels."""
+    overlap = np.zeros((int(assign.max()) + 1, cell_counts.shape[1]))
+    np.add.at(overlap, assign, cell_counts)
+    inter = np.zeros(cell_counts.shape[1])
+    predicted = np.zeros_like(inter)
+    for cluster, cls in match_clusters(overlap).items():
+        inter[cls] = overlap[cluster, cls]
+        predicted[cls] = overlap[cluster].sum()
+    return inter, predicted + cell_counts.sum(0) - inter
+
+
+def chance_partition_miou(
+    cell_counts: Sequence[np.ndarray], ks: Sequence[int], *, seed: int, draws: int = CHANCE_DRAWS
+) -> float:
+    """The expected mIoU (percent) of random clusters: each image's object patches put in k
+    clusters uniformly at random (k as the task chose it for the image; a cluster may stay
+    empty), matched and counted as the task matches and counts k-means' clusters, the
+    dataset-level mIoU averaged over ``draws`` draws. The best constant label map
+    (chance_miou) scores lower: the Hungarian step gives each cluster its best class, and
+    random clusters profit from it too. A seeded Monte Carlo, so a run's level is fixed."""
+    rng = np.random.default_rng([seed, CHANCE_STREAM])
+    classes = next((c.shape[1] for c in cell_counts), 0)
+    scores = []
+    for _ in range(draws):
+        inter, union = np.zeros(classes), np.zeros(classes)
+        for counts, k in zip(cell_counts, ks, strict=True):
+            if len(counts) and k > 0:
+                i_c, u_c = assignment_counts(counts, rng.integers(k, size=len(counts)))
+                inter += i_c
+                union += u_c
+        scores.append(miou_from_counts(inter, union))
+    return 100 * float(np.mean(scores))
+
+
 class PartDiscovery(Task):
     source = "part-masks"
 
@@ -132,33 +170,22 @@ class PartDiscovery(Task):
         inter = np.zeros((len(masks), classes))
         union = np.zeros_like(inter)
         nmis, aris = np.full(len(masks), np.nan), np.full(len(masks), np.nan)
+        cell_counts, ks = [], []
         for i, mask in enumerate(masks):
-            mask = np.asarray(mask)
-            counts = patch_labels(mask, (h, w), classes)
+            counts = patch_labels(np.asarray(mask), (h, w), classes)
             obj = np.flatnonzero(counts.sum(1) > 0)
-            target = torch.as_tensor(mask.astype(np.int64))
-            pred = np.full(mask.shape, classes, dtype=np.int64)  # "no class" unless matched
+            cell_counts.append(counts[obj])
             if len(obj):
                 x = np.asarray(maps[i], dtype=np.float64)[obj]
                 x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
                 major = counts[obj].argmax(1)
                 k = opts["clusters"] or len(np.unique(major))
+                ks.append(min(k, len(obj)))  # as kmeans caps it
                 assign = kmeans(x, k, np.random.default_rng([seed, i]))
-                cell_cluster = np.full(h * w, -1)
-                cell_cluster[obj] = assign
-                rows = (np.arange(mask.shape[0]) * h // mask.shape[0])[:, None]
-                cols = (np.arange(mask.shape[1]) * w // mask.shape[1])[None, :]
-                pixel_cluster = cell_cluster[rows * w + cols]
-                labelled = (mask != IGNORE) & (pixel_cluster >= 0)
-                overlap = np.zeros((assign.max() + 1, classes))
-                np.add.at(overlap, (pixel_cluster[labelled], mask[labelled].astype(np.int64)), 1)
-                lookup = np.full(assign.max() + 2, classes)
-                for cluster, cls in match_clusters(overlap).items():
-                    lookup[cluster] = cls
-                pred = lookup[pixel_cluster]  # -1 (no cluster) reads the last entry: no class
+                inter[i], union[i] = assignment_counts(counts[obj], assign)
                 nmis[i], aris[i] = nmi(major, assign), ari(major, assign)
-            i_c, u_c = mask_counts(torch.as_tensor(pred), target, classes)
-            inter[i], union[i] = i_c.numpy(), u_c.numpy()
+            else:
+                ks.append(0)
         scored = ~np.isnan(nmis)
         if not scored.any():
             raise PartbenchError(f"{dataset.name}: no test image has a labelled patch")
@@ -183,6 +210,7 @@ class PartDiscovery(Task):
         total_i, total_u = inter.sum(0), union.sum(0)
         iou = np.divide(total_i, total_u, out=np.full(classes, np.nan), where=total_u > 0)
         details: dict[str, Any] = {
+            "chance": f"random partitions of each object's patches, {CHANCE_DRAWS} draws",
             "per_class_iou": {names[c]: 100 * float(iou[c]) for c in range(classes) if not np.isnan(iou[c])},
             "clusters": opts["clusters"] or "part classes present",
             "images_without_object": int((~scored).sum()),
@@ -194,5 +222,5 @@ class PartDiscovery(Task):
             items_per_class={names[c]: int(pixels[c]) for c in range(classes) if pixels[c]},
             details=details,
             items={"intersection": inter, "union": union, "nmi": nmis, "ari": aris},
-            chance={"mIoU": chance_miou(pixels)},
+            chance={"mIoU": chance_partition_miou(cell_counts, ks, seed=seed)},
         )
