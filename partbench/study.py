@@ -31,7 +31,7 @@ from partbench.render.formatting import difference_text
 from partbench.render.publish import write_all
 from partbench.runner import Outcome, RunOptions, RunRequest, run
 from partbench.store import Store
-from partbench.suites import BUILTIN_TASKS
+from partbench.suites import BUILTIN_TASKS, STUDY_TASKS
 
 SUPERVISED = "mini-supervised"
 CONTRASTIVE = ("mini-mocov3", "mini-dino")
@@ -114,7 +114,10 @@ def tasks_at_chance(board: Board) -> dict[str, list[str]]:
 
 
 def level_difference(runs: Sequence[Any], store: Store, a: str, b: str, level: str) -> Difference:
-    at_level = [c for c in compare(runs, a, b, dataset=DATASET, items=store) if c.level == level]
+    """a minus b at ``level``, paired, over the study's own tasks: the claims are the study's,
+    and the dense tasks run beside them would change what a level's score means."""
+    studied = [r for r in runs if r.task in STUDY_TASKS]
+    at_level = [c for c in compare(studied, a, b, dataset=DATASET, items=store) if c.level == level]
     # A level with several tasks has its own comparison; with one task, that task's is it.
     chosen = [c for c in at_level if c.metric == "score"] or (at_level if len(at_level) == 1 else [])
     if not chosen:

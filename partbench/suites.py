@@ -23,7 +23,8 @@ from partbench.errors import PartbenchError, UnknownNameError
 from partbench.hookspecs import hookimpl
 from partbench.specs import SuiteSpec
 
-BUILTIN_TASKS = (
+# The study's seven tasks: its claims are decided on these alone (partbench.study).
+STUDY_TASKS = (
     "part-retrieval",
     "part-linear",
     "part-attentive",
@@ -31,11 +32,10 @@ BUILTIN_TASKS = (
     "object-retrieval",
     "object-linear",
     "object-seg",
-    "part-correspondence",
-    "part-seg-nn",
-    "object-seg-nn",
-    "part-discovery",
 )
+# The field's training-free dense measures, run beside them.
+DENSE_TASKS = ("part-correspondence", "part-seg-nn", "object-seg-nn", "part-discovery")
+BUILTIN_TASKS = STUDY_TASKS + DENSE_TASKS
 BUILTIN_SUITES = ("synparts", "study", "parts")
 
 
