@@ -562,6 +562,160 @@ def run_pass(
     return PassResult(errors=errors, timing=timing)
 
 
+class _BatchEncoder:
+    """The forward of one batch and what becomes of its outputs: the uint8 items go to the
+    device, are normalised and encoded under autocast; each output is checked, counted for
+    non-finite values, converted to its kept dtype and queued for the writer thread."""
+
+    def __init__(
+        self,
+        encoder: Any,
+        p: Pass,
+        entry: Entry,
+        *,
+        device: torch.device,
+        batch_size: int,
+        precision: str,
+        compiled: Callable | None,
+        who: str,
+    ):
+        self.encoder, self.p, self.device, self.batch_size = encoder, p, device, batch_size
+        self.compiled, self.who = compiled, who
+        self.mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1)
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.forward = compiled or encoder.forward
+        self.stages = p.stages if "stages" in p.outputs else ()
+        self.keep = {o: (torch.float16 if o in MAPS else torch.float32) for o in p.outputs}
+        names = [p.array_name(o) for o in sorted(p.outputs)]
+        self.writer = _Writer(
+            entry.folder, names + [p.array_name(o) + SCALE for o in sorted(p.outputs) if o in MAPS]
+        )
+        self.timer = PassTimer(device)
+        self.errors: dict[str, str] = {}
+        self.nonfinite = {o: torch.zeros((), dtype=torch.long, device=device) for o in p.outputs}
+        self.staging: _Staging | None = None
+        self.offload: _Offload | None = None
+        self.grid: tuple[int, int] = (0, 0)
+        self.stages_grid: list[int] = []
+
+    def on_device(self) -> None:
+        """Pinned staging buffers and the copy stream, for a CUDA device."""
+        size = self.encoder.input_size
+        self.staging = _Staging((self.batch_size, size, size, 3))
+        self.offload = _Offload(self.device)
+
+    def __call__(self, pieces: list[torch.Tensor], real: int) -> None:
+        x = self._inputs(pieces, real)
+        out = self.timer.forward(lambda: self._forward(x), real)
+        if real < len(x):
+            out = _trim(out, real)
+        self._store(out, real)
+
+    def _inputs(self, pieces: list[torch.Tensor], real: int) -> torch.Tensor:
+        """The batch on the device, normalised, (N, 3, S, S) float32."""
+        if self.staging is not None:
+            x_u8, slot = self.staging.fill(pieces, real)
+            x_dev = x_u8.to(self.device, non_blocking=True)
+            self.staging.copied(slot)
+        else:
+            x_dev = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        if self.compiled is not None and real < self.batch_size:
+            # A compiled graph is specialised to the batch size: pad, then drop the padding.
+            # Exact, because every encoder treats the items of a batch independently.
+            x_dev = torch.cat([x_dev, x_dev[-1:].expand(self.batch_size - real, *x_dev.shape[1:])])
+        x = x_dev.permute(0, 3, 1, 2).float().div_(255)
+        return (x - self.mean) / self.std
+
+    def _forward(self, x: torch.Tensor) -> Any:
+        dtype = self.dtype
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
+            return self.forward(x, stages=self.stages)
+
+    def _store(self, out: Any, real: int) -> None:
+        """Check the forward's outputs and queue those that did not fail for the writer."""
+        p, errors = self.p, self.errors
+        arrays, errs, g = encoder_outputs(out, self.encoder, p, real, self.who)
+        self.grid = g or self.grid
+        if "@stages_grid" in arrays:
+            self.stages_grid[:] = arrays.pop("@stages_grid").tolist()
+        for name, msg in errs.items():
+            errors.setdefault(name, msg)
+        batch_out = {}
+        for name, t in arrays.items():
+            if name in errors:
+                continue
+            self.nonfinite[name] += (~torch.isfinite(t)).flatten(1).any(1).sum()
+            if self.keep[name] == torch.float16:
+                t, batch_out[p.array_name(name) + SCALE] = fit_float16(t)
+            batch_out[p.array_name(name)] = t.to(self.keep[name])
+        if self.offload is not None:
+            self.writer.put(*self.offload(batch_out))
+        else:
+            self.writer.put(batch_out)
+
+
+class _Labels:
+    """The labels and sample indices of a block's items, kept in memory, and its label maps,
+    streamed to their files as they arrive (only their shapes stay in memory)."""
+
+    def __init__(self, entry: Entry, p: Pass):
+        self.entry, self.p = entry, p
+        self.labels: list[np.ndarray] = []
+        self.sample_index: list[np.ndarray] = []
+        self.mask_files = {source: ArrayWriter(entry.folder, p.mask_name(source, r)) for source, r in p.masks}
+        self.mask_shapes: dict[str, list[tuple[int, int]]] = {source: [] for source, _ in p.masks}
+
+    def add(self, load: _Load) -> None:
+        self.labels.append(load.labels)
+        self.sample_index.append(load.sample_index)
+        for source, maps in load.masks.items():
+            for m in maps:
+                self.mask_files[source].append(m.numpy().reshape(-1))
+                self.mask_shapes[source].append(tuple(m.shape))
+
+    def discard(self) -> None:
+        for w in self.mask_files.values():
+            w.discard()
+
+    def files(self, all_labels: np.ndarray) -> dict[str, tuple]:
+        """The files of the labels, the sample indices and each label map with its shapes."""
+        entry, p = self.entry, self.p
+        files = _array_files(entry, "labels", all_labels)
+        files |= _array_files(
+            entry,
+            "sample_index",
+            np.concatenate(self.sample_index) if self.sample_index else np.zeros(0, np.int64),
+        )
+        for source, resolution in p.masks:
+            name = p.mask_name(source, resolution)
+            if self.mask_files[source].rows == 0:
+                self.mask_files[source].append(np.zeros(0, dtype=np.uint8))
+            files[name] = self.mask_files[source].close()
+            shapes = np.asarray(self.mask_shapes[source], dtype=np.int64).reshape(-1, 2)
+            files |= _array_files(entry, name + ":shapes", shapes)
+        return files
+
+
+def _cut(pending: list[torch.Tensor], size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The first ``size`` items of the pieces ``pending`` (views, not copies), and the rest."""
+    take, rest, need = [], [], size
+    for piece in pending:
+        if need >= len(piece):
+            take.append(piece)
+            need -= len(piece)
+        elif need > 0:
+            take.append(piece[:need])
+            rest.append(piece[need:])
+            need = 0
+        else:
+            rest.append(piece)
+    return take, rest
+
+
 def _encode_block(
     encoder: Any,
     dataset: Dataset,
@@ -582,146 +736,96 @@ def _encode_block(
     items = _Items(dataset, p, encoder.input_size, indices, expected_grid(encoder, p))
     per_sample = 4 if p.inputs == "crops" else 1  # a rough guess: loads stay near one batch
     loader = _loader(items, max(1, batch_size // per_sample), workers if len(indices) > 1 else 0, pin=cuda)
-    mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    forward = compiled or encoder.forward
-    stages = p.stages if "stages" in p.outputs else ()
-
-    keep = {o: (torch.float16 if o in MAPS else torch.float32) for o in p.outputs}
-    names = [p.array_name(o) for o in sorted(p.outputs)]
-    writer = _Writer(entry.folder, names + [p.array_name(o) + SCALE for o in sorted(p.outputs) if o in MAPS])
-    timer = PassTimer(device)
-    errors: dict[str, str] = {}
-    nonfinite = {o: torch.zeros((), dtype=torch.long, device=device) for o in p.outputs}
-    labels: list[np.ndarray] = []
-    sample_index: list[np.ndarray] = []
-    # Label maps stream to their files as they arrive; only their shapes stay in memory.
-    mask_files = {source: ArrayWriter(entry.folder, p.mask_name(source, r)) for source, r in p.masks}
-    mask_shapes: dict[str, list[tuple[int, int]]] = {source: [] for source, _ in p.masks}
-    staging = _Staging((batch_size, encoder.input_size, encoder.input_size, 3)) if cuda else None
-    offload = _Offload(device) if cuda else None
-    grid: tuple[int, int] = (0, 0)
-    stages_grid: list[int] = []
+    batches = _BatchEncoder(
+        encoder,
+        p,
+        entry,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        compiled=compiled,
+        who=who,
+    )
+    labels = _Labels(entry, p)
+    if cuda:
+        batches.on_device()
     task_id = (
         progress.add_task(f"{encoder.name} · {p.split} {p.inputs}", total=len(indices)) if progress else None
     )
-
-    def forward_batch(pieces: list[torch.Tensor], real: int) -> None:
-        nonlocal grid
-        if staging is not None:
-            x_u8, slot = staging.fill(pieces, real)
-            x_dev = x_u8.to(device, non_blocking=True)
-            staging.copied(slot)
-        else:
-            x_dev = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        if compiled is not None and real < batch_size:
-            # A compiled graph is specialised to the batch size: pad, then drop the padding.
-            # Exact, because every encoder treats the items of a batch independently.
-            x_dev = torch.cat([x_dev, x_dev[-1:].expand(batch_size - real, *x_dev.shape[1:])])
-        x = x_dev.permute(0, 3, 1, 2).float().div_(255)
-        x = (x - mean) / std
-
-        def call():
-            with (
-                torch.inference_mode(),
-                torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
-            ):
-                return forward(x, stages=stages)
-
-        out = timer.forward(call, real)
-        if real < len(x):
-            out = _trim(out, real)
-        arrays, errs, g = encoder_outputs(out, encoder, p, real, who)
-        grid = g or grid
-        if "@stages_grid" in arrays:
-            stages_grid[:] = arrays.pop("@stages_grid").tolist()
-        for name, msg in errs.items():
-            errors.setdefault(name, msg)
-        batch_out = {}
-        for name, t in arrays.items():
-            if name in errors:
-                continue
-            nonfinite[name] += (~torch.isfinite(t)).flatten(1).any(1).sum()
-            if keep[name] == torch.float16:
-                t, batch_out[p.array_name(name) + SCALE] = fit_float16(t)
-            batch_out[p.array_name(name)] = t.to(keep[name])
-        if offload is not None:
-            writer.put(*offload(batch_out))
-        else:
-            writer.put(batch_out)
-
-    # Batches are cut from the loads as they come: every forward but the last has exactly
-    # batch_size items, whatever the number of crops per sample.
-    pending: list[torch.Tensor] = []
-    buffered = 0
-    loader_wait = 0.0  # the main thread waiting for decoded samples
     try:
-        timer.start()
-        loads = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            load = next(loads, None)
-            loader_wait += time.perf_counter() - t0
-            if load is None:
-                break
-            if isinstance(load, _Failure):
-                raise DataError(load.message)
-            labels.append(load.labels)
-            sample_index.append(load.sample_index)
-            for source, maps in load.masks.items():
-                for m in maps:
-                    mask_files[source].append(m.numpy().reshape(-1))
-                    mask_shapes[source].append(tuple(m.shape))
-            if len(load.images):
-                pending.append(load.images)
-                buffered += len(load.images)
-            while buffered >= batch_size:
-                take, rest, need = [], [], batch_size
-                for piece in pending:
-                    if need >= len(piece):
-                        take.append(piece)
-                        need -= len(piece)
-                    elif need > 0:
-                        take.append(piece[:need])
-                        rest.append(piece[need:])
-                        need = 0
-                    else:
-                        rest.append(piece)
-                forward_batch(take, batch_size)
-                pending, buffered = rest, buffered - batch_size
-            if progress:
-                progress.advance(task_id, load.samples)
-            if p.outputs and set(errors) >= set(p.outputs):
-                break  # every output failed: no use reading on
-        if buffered:
-            forward_batch(pending, buffered)
-        written = writer.finish()
-        timing = timer.summary() | writer.figures() | {"loader_wait_seconds": loader_wait}
-        if staging is not None:
-            timing["device_wait_seconds"] = staging.wait_seconds
+        written, timing = _stream(loader, batches, labels, p, batch_size, progress, task_id)
     except BaseException:
-        writer.discard()
-        for w in mask_files.values():
-            w.discard()
+        batches.writer.discard()
+        labels.discard()
         raise
     finally:
         if progress:
             progress.remove_task(task_id)
+    return _block_result(batches, labels, items, p, written, timing)
 
-    all_labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+def _stream(
+    loader: Any,
+    batches: _BatchEncoder,
+    labels: _Labels,
+    p: Pass,
+    batch_size: int,
+    progress: Any | None,
+    task_id: Any,
+) -> tuple[dict[str, tuple], dict[str, Any]]:
+    """Run every load of the block through the encoder: the writer's files and the timing.
+
+    Batches are cut from the loads as they come: every forward but the last has exactly
+    batch_size items, whatever the number of crops per sample."""
+    pending: list[torch.Tensor] = []
+    buffered = 0
+    loader_wait = 0.0  # the main thread waiting for decoded samples
+    errors = batches.errors
+    batches.timer.start()
+    loads = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        load = next(loads, None)
+        loader_wait += time.perf_counter() - t0
+        if load is None:
+            break
+        if isinstance(load, _Failure):
+            raise DataError(load.message)
+        labels.add(load)
+        if len(load.images):
+            pending.append(load.images)
+            buffered += len(load.images)
+        while buffered >= batch_size:
+            take, rest = _cut(pending, batch_size)
+            batches(take, batch_size)
+            pending, buffered = rest, buffered - batch_size
+        if progress:
+            progress.advance(task_id, load.samples)
+        if p.outputs and set(errors) >= set(p.outputs):
+            break  # every output failed: no use reading on
+    if buffered:
+        batches(pending, buffered)
+    written = batches.writer.finish()
+    timing = batches.timer.summary() | batches.writer.figures() | {"loader_wait_seconds": loader_wait}
+    if batches.staging is not None:
+        timing["device_wait_seconds"] = batches.staging.wait_seconds
+    return written, timing
+
+
+def _block_result(
+    batches: _BatchEncoder,
+    labels: _Labels,
+    items: _Items,
+    p: Pass,
+    written: dict[str, tuple],
+    timing: dict[str, Any],
+) -> dict[str, Any]:
+    """What a block gives run_pass: its files (paths, dtypes, shapes, digests), errors,
+    non-finite counts, item count, grids and timing."""
+    all_labels = np.concatenate(labels.labels) if labels.labels else np.zeros(0, dtype=np.int64)
     files = dict(written)
-    files |= _array_files(entry, "labels", all_labels)
-    files |= _array_files(
-        entry, "sample_index", np.concatenate(sample_index) if sample_index else np.zeros(0, np.int64)
-    )
-    for source, resolution in p.masks:
-        name = p.mask_name(source, resolution)
-        if mask_files[source].rows == 0:
-            mask_files[source].append(np.zeros(0, dtype=np.uint8))
-        files[name] = mask_files[source].close()
-        shapes = np.asarray(mask_shapes[source], dtype=np.int64).reshape(-1, 2)
-        files |= _array_files(entry, name + ":shapes", shapes)
+    files |= labels.files(all_labels)
+    stages_grid = batches.stages_grid
     if stages_grid and tuple(stages_grid) != items.grid and p.masks:
         # The maps a loss reads were sampled against the grid the stages declared; say so
         # when the encoder's real grid differs (a padded CNN border, say).
@@ -731,10 +835,10 @@ def _encode_block(
             k: (str(path), np.dtype(dt).str, tuple(shape), blocks)
             for k, (path, dt, shape, blocks) in files.items()
         },
-        "errors": errors,
-        "nonfinite": {k: int(v) for k, v in nonfinite.items()},
+        "errors": batches.errors,
+        "nonfinite": {k: int(v) for k, v in batches.nonfinite.items()},
         "items": len(all_labels),
-        "grid": grid,
+        "grid": batches.grid,
         "stages_grid": stages_grid,
         "timing": timing,
     }

@@ -233,37 +233,55 @@ class Correspondence(Task):
         opts = self.options
         test = features["test"]
         maps = dense_maps(test, "tokens" if opts["stage"] < 0 else "stages")
-        h, w = test.grid
-        samples = test.sample_index if test.sample_index is not None else np.arange(len(maps))
-        item_of = {int(s): k for k, s in enumerate(samples)}
-        split = dataset.split_for("test")
-        pairs = [
-            p
-            for p in dataset.keypoint_pairs(split, int(samples.max()) + 1 if len(samples) else 0)
-            if p.source in item_of and p.target in item_of and len(p.source_xy)
-        ]
-        if not pairs:
-            raise PartbenchError(
-                f"{dataset.name}: no keypoint pair of the {split} split among the encoded images"
-            )
+        item_of, pairs = _encoded_pairs(test, len(maps), dataset)
+        pred = self._predictions(maps, test.grid, item_of, pairs, device)
+        gt = np.concatenate([p.target_xy for p in pairs])
+        pair_of = np.concatenate([np.full(len(p.target_xy), i) for i, p in enumerate(pairs)])
+        ref = reference_sizes(pairs, opts["reference"])[pair_of]
+        ratio = np.sqrt(((pred - gt) ** 2).sum(-1)) / ref
+        flags = sorted({f for p in pairs for f in p.flags})
+        items = _point_items(pairs, pair_of, ratio, flags)
+        results = _pck(pair_of, ratio, len(pairs), seed)
+        boxes = np.array([pairs[i].target_box for i in pair_of], dtype=np.float64).reshape(-1, 4)
+        chance = chance_hits(boxes, gt, np.outer(ref, ALPHAS))
+        names = dataset.classes_for(self.source)
+        details = _details(pairs, pair_of, items, flags, chance, names)
+        return TaskResult(
+            metrics=results,
+            n_items=len(pairs),
+            items_per_class=_pairs_per_class(pairs, names),
+            details=details,
+            items=items,
+            chance={HEADLINE: 100 * float(chance[:, ALPHAS.index(0.10)].mean())},
+        )
+
+    def _predictions(
+        self,
+        maps: torch.Tensor,
+        grid: tuple[int, int],
+        item_of: dict[int, int],
+        pairs: list[KeypointPair],
+        device: torch.device,
+    ) -> np.ndarray:
+        """Every pair's predicted target points in the target's pixels, pairs in order, found
+        in chunks of pairs whose float32 working memory stays near CHUNK_BYTES."""
+        opts = self.options
+        h, w = grid
         kmax = max(len(p.source_xy) for p in pairs)
         factor = opts["upsample"] if opts["predict"] == "argmax" else 1
         up_h, up_w = (h - 1) * factor + 1, (w - 1) * factor + 1
         # float32 per pair: both maps, the target's Gram matrix, the similarities.
         per_pair = 4 * (2 * maps.shape[1] * maps.shape[2] + (h * w) ** 2 + kmax * up_h * up_w)
         chunk = max(1, CHUNK_BYTES // per_pair)
+
+        def load(items: list[int]) -> torch.Tensor:
+            x = torch.as_tensor(np.asarray(maps[np.asarray(items)]))
+            return x.to(device).float().reshape(len(items), h, w, -1).permute(0, 3, 1, 2)
+
         parts = []
         for start in range(0, len(pairs), chunk):
             part = pairs[start : start + chunk]
-            k = max(len(p.source_xy) for p in part)
-            src = np.zeros((len(part), k, 2))
-            for i, p in enumerate(part):
-                src[i, : len(p.source_xy)] = p.source_xy / np.asarray(p.source_size, dtype=np.float64)
-
-            def load(items: list[int]) -> torch.Tensor:
-                x = torch.as_tensor(np.asarray(maps[np.asarray(items)]))
-                return x.to(device).float().reshape(len(items), h, w, -1).permute(0, 3, 1, 2)
-
+            src = _source_points(part)
             out = (
                 predict_points(
                     load([item_of[p.source] for p in part]),
@@ -280,59 +298,100 @@ class Correspondence(Task):
             )
             for i, p in enumerate(part):
                 parts.append(out[i, : len(p.source_xy)] * np.asarray(p.target_size, dtype=np.float64))
-        pred = np.concatenate(parts)
-        gt = np.concatenate([p.target_xy for p in pairs])
-        pair_of = np.concatenate([np.full(len(p.target_xy), i) for i, p in enumerate(pairs)])
-        ref = reference_sizes(pairs, opts["reference"])[pair_of]
-        ratio = np.sqrt(((pred - gt) ** 2).sum(-1)) / ref
-        items: dict[str, np.ndarray] = {
-            "correct": (ratio <= 0.10).astype(np.float64),
-            "pair": pair_of.astype(np.int64),
-            "ratio": ratio,
-        }
-        flags = sorted({f for p in pairs for f in p.flags})
-        for f in flags:
-            items[f"flag.{f}"] = np.array([pairs[i].flags.get(f, -1) for i in pair_of], dtype=np.int64)
-        n = len(pairs)
-        hits_per_pair = {a: np.bincount(pair_of, ratio <= a, minlength=n) for a in ALPHAS}
-        totals = np.bincount(pair_of, minlength=n).astype(np.float64)
+        return np.concatenate(parts)
 
-        def stat_for(a: float):
-            return lambda counts: float((counts @ hits_per_pair[a]) / (counts @ totals))
 
-        results = {
-            f"PCK@{a:.2f}": percent(stat_for(a)(np.ones(n)), bootstrap_ci(n, stat_for(a), seed=seed))
-            for a in ALPHAS
-        }
-        boxes = np.array([pairs[i].target_box for i in pair_of], dtype=np.float64).reshape(-1, 4)
-        chance = chance_hits(boxes, gt, np.outer(ref, ALPHAS))
-        names = dataset.classes_for(self.source)
-        details: dict[str, Any] = {
-            "keypoints": len(gt),
-            "pairs": n,
-            "interval": "pairs resampled",
-            "chance": {f"PCK@{a:.2f}": 100 * float(chance[:, j].mean()) for j, a in enumerate(ALPHAS)},
-            "per_class_pck": {
-                names[c] if 0 <= c < len(names) else str(c): 100 * float(items["correct"][lab == c].mean())
-                for lab in [np.array([pairs[i].label for i in pair_of])]
-                for c in sorted(set(lab.tolist()))
-            },
-        }
-        for f in flags:
-            values = items[f"flag.{f}"]
-            details[f"{HEADLINE} by {f}"] = {
-                str(v): 100 * float(items["correct"][values == v].mean())
-                for v in sorted(set(values.tolist()))
-            }
-        per_class: dict[str, int] = {}
-        for p in pairs:
-            name = names[p.label] if 0 <= p.label < len(names) else str(p.label)
-            per_class[name] = per_class.get(name, 0) + 1
-        return TaskResult(
-            metrics=results,
-            n_items=n,
-            items_per_class=per_class,
-            details=details,
-            items=items,
-            chance={HEADLINE: 100 * float(chance[:, ALPHAS.index(0.10)].mean())},
+def _encoded_pairs(
+    test: Features, n_maps: int, dataset: Dataset
+) -> tuple[dict[int, int], list[KeypointPair]]:
+    """The feature item of each encoded sample, and the test split's keypoint pairs whose two
+    images were both encoded and whose source has keypoints."""
+    samples = test.sample_index if test.sample_index is not None else np.arange(n_maps)
+    item_of = {int(s): k for k, s in enumerate(samples)}
+    split = dataset.split_for("test")
+    pairs = [
+        p
+        for p in dataset.keypoint_pairs(split, int(samples.max()) + 1 if len(samples) else 0)
+        if p.source in item_of and p.target in item_of and len(p.source_xy)
+    ]
+    if not pairs:
+        raise PartbenchError(
+            f"{dataset.name}: no keypoint pair of the {split} split among the encoded images"
         )
+    return item_of, pairs
+
+
+def _source_points(part: Sequence[KeypointPair]) -> np.ndarray:
+    """(pairs, most keypoints, 2): each source keypoint as a fraction of its image's size,
+    zero-padded."""
+    k = max(len(p.source_xy) for p in part)
+    src = np.zeros((len(part), k, 2))
+    for i, p in enumerate(part):
+        src[i, : len(p.source_xy)] = p.source_xy / np.asarray(p.source_size, dtype=np.float64)
+    return src
+
+
+def _point_items(
+    pairs: Sequence[KeypointPair], pair_of: np.ndarray, ratio: np.ndarray, flags: list[str]
+) -> dict[str, np.ndarray]:
+    """The per-keypoint items stored with a run: correct at PCK@0.10, the pair, the distance
+    ratio, and each of the pairs' flags (-1 where a pair lacks it)."""
+    items: dict[str, np.ndarray] = {
+        "correct": (ratio <= 0.10).astype(np.float64),
+        "pair": pair_of.astype(np.int64),
+        "ratio": ratio,
+    }
+    for f in flags:
+        items[f"flag.{f}"] = np.array([pairs[i].flags.get(f, -1) for i in pair_of], dtype=np.int64)
+    return items
+
+
+def _pck(pair_of: np.ndarray, ratio: np.ndarray, n: int, seed: int) -> dict[str, Any]:
+    """PCK at each α with its interval, resampling the n pairs."""
+    hits_per_pair = {a: np.bincount(pair_of, ratio <= a, minlength=n) for a in ALPHAS}
+    totals = np.bincount(pair_of, minlength=n).astype(np.float64)
+
+    def stat_for(a: float):
+        return lambda counts: float((counts @ hits_per_pair[a]) / (counts @ totals))
+
+    return {
+        f"PCK@{a:.2f}": percent(stat_for(a)(np.ones(n)), bootstrap_ci(n, stat_for(a), seed=seed))
+        for a in ALPHAS
+    }
+
+
+def _details(
+    pairs: Sequence[KeypointPair],
+    pair_of: np.ndarray,
+    items: dict[str, np.ndarray],
+    flags: list[str],
+    chance: np.ndarray,
+    names: Sequence[str],
+) -> dict[str, Any]:
+    """The counts, chance levels, PCK per class and PCK by each flag's value."""
+    details: dict[str, Any] = {
+        "keypoints": len(pair_of),
+        "pairs": len(pairs),
+        "interval": "pairs resampled",
+        "chance": {f"PCK@{a:.2f}": 100 * float(chance[:, j].mean()) for j, a in enumerate(ALPHAS)},
+        "per_class_pck": {
+            names[c] if 0 <= c < len(names) else str(c): 100 * float(items["correct"][lab == c].mean())
+            for lab in [np.array([pairs[i].label for i in pair_of])]
+            for c in sorted(set(lab.tolist()))
+        },
+    }
+    for f in flags:
+        values = items[f"flag.{f}"]
+        details[f"{HEADLINE} by {f}"] = {
+            str(v): 100 * float(items["correct"][values == v].mean()) for v in sorted(set(values.tolist()))
+        }
+    return details
+
+
+def _pairs_per_class(pairs: Sequence[KeypointPair], names: Sequence[str]) -> dict[str, int]:
+    """The number of pairs of each class, in the order the classes first appear."""
+    per_class: dict[str, int] = {}
+    for p in pairs:
+        name = names[p.label] if 0 <= p.label < len(names) else str(p.label)
+        per_class[name] = per_class.get(name, 0) + 1
+    return per_class
