@@ -91,7 +91,8 @@ def test_committed_miniature_is_of_the_shipped_files_and_says_what_the_docs_say(
         assert (d["clear"] == 1) == (name in ABOVE_FLOOR), (name, d)
     # No trained mini is at chance on a task of the study; on the dense tasks the page names
     # the ones that are (docs/miniature.md).
-    studied = {name: [t for t in tasks if t in STUDY_TASKS] for name, tasks in record["tasks_at_chance"].items()}
+    at_chance = record["tasks_at_chance"]
+    studied = {name: [t for t in tasks if t in STUDY_TASKS] for name, tasks in at_chance.items()}
     assert studied == {name: [] for name in SERVES}
     miniature_page = (COMMITTED.parent / "docs" / "miniature.md").read_text()
     for name, tasks in record["tasks_at_chance"].items():
