@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_trees import gradient_image, write_image
 
 from partbench.datasets.base import Dataset
 from partbench.datasets.pairs import ImageKeypoints, KeypointPair, same_class_pairs
@@ -19,7 +20,6 @@ from partbench.features import Features
 from partbench.metrics import score_from_items
 from partbench.store.values import encode_items
 from partbench.tasks.correspondence import Correspondence, chance_hits
-from tests.dataset_trees import gradient_image, write_image
 
 CPU = torch.device("cpu")
 OPTIONS = {
@@ -291,8 +291,9 @@ def test_spair_without_its_folders_says_what_is_missing(tmp_path):
 
 
 def test_cub_pairs_same_class_images_over_all_fifteen_parts(tmp_path):
+    from dataset_trees import CUB_SIZE, cub_line_of, cub_tree
+
     from partbench.datasets.cub import CUB200
-    from tests.dataset_trees import CUB_SIZE, cub_line_of, cub_tree
 
     root = cub_tree(tmp_path / "cub")
     lines = (root / "parts" / "part_locs.txt").read_text().splitlines(keepends=True)
