@@ -10,8 +10,9 @@ It builds, in a scratch folder:
 - an ADE20K-Part-sized tree (20,210 training and 2,000 validation image and label-map pairs),
 
 then runs, each as its own `partbench` process:
-1. cold: `partbench run --encoder mae --weights CKPT --task part --dataset cub200` (every part
-   task: retrieval over all crops, linear and attentive probes),
+1. cold: `partbench run --encoder mae --weights CKPT --dataset cub200` with the study's part
+   tasks (retrieval over all crops, linear and attentive probes: the tasks the earlier figures
+   timed; `--task part` now also holds keypoint correspondence),
 2. warm: a second part task on the same encoder and data (it must run no encoder pass),
 3. `partbench run --encoder mae --task part-seg --dataset ade20k-part`,
 
@@ -267,7 +268,8 @@ def main() -> None:
         common += ["--workers", str(args.workers)]
     steps = []
     cub_args = [*common, "--dataset", "cub200", "--data-root", str(cub)]
-    proc = partbench(["run", *cub_args, "--task", "part"], env)
+    study_part = ["--task", "part-retrieval", "--task", "part-linear", "--task", "part-attentive"]
+    proc = partbench(["run", *cub_args, *study_part], env)
     runs = stored_runs(db, env)
     steps.append(summarise("CUB part tasks, cold", proc, runs))
     print(json.dumps(steps[-1]), flush=True)
@@ -287,7 +289,7 @@ def main() -> None:
     if args.cold_again_with_cache:
         cache = args.cold_again_with_cache / "partbench-study-scale-cache"
         again = {**env, "PARTBENCH_CACHE": str(cache)}
-        proc = partbench(["run", *cub_args, "--task", "part", "--force"], again)
+        proc = partbench(["run", *cub_args, *study_part, "--force"], again)
         steps.append(summarise(f"CUB part tasks, cold, cache in {args.cold_again_with_cache}", proc,
                                stored_runs(db, env)[seen:]))  # fmt: skip
         print(json.dumps(steps[-1]), flush=True)
