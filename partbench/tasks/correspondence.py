@@ -37,8 +37,10 @@ CHUNK_BYTES = 64 * 2**20  # float32 working memory of a chunk of pairs
 CHANCE_GRID = 64  # the chance level's midpoint rule: 64 x 64 points of the target box
 
 
-def dense_maps(features: Features, output: str) -> torch.Tensor:
-    """(N, T, C) patch descriptors of a view on its grid, prefix tokens dropped."""
+def dense_maps(features: Features, stage: int) -> torch.Tensor:
+    """(N, T, C) patch descriptors of a ``dense_view`` on its grid, prefix tokens dropped: the
+    final map (``stage`` < 0: the token output) or the stage the view asked for."""
+    output = "tokens" if stage < 0 else "stages"
     x = features[output]
     cells = features.grid[0] * features.grid[1]
     if x.ndim != 3 or x.shape[1] < cells:
@@ -232,7 +234,7 @@ class Correspondence(Task):
     ) -> TaskResult:
         opts = self.options
         test = features["test"]
-        maps = dense_maps(test, "tokens" if opts["stage"] < 0 else "stages")
+        maps = dense_maps(test, opts["stage"])
         item_of, pairs = _encoded_pairs(test, len(maps), dataset)
         pred = self._predictions(maps, test.grid, item_of, pairs, device)
         gt = np.concatenate([p.target_xy for p in pairs])

@@ -162,7 +162,7 @@ class PartDiscovery(Task):
     ) -> TaskResult:
         opts = self.options
         test = features["test"]
-        maps = dense_maps(test, "tokens" if opts["stage"] < 0 else "stages")
+        maps = dense_maps(test, opts["stage"])
         names = dataset.classes_for(self.source)
         classes = len(names)
         masks = test.masks[self.source]

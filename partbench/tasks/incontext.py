@@ -88,9 +88,9 @@ class InContextSegmentation(Task):
         return {role: dense_view(self.source, role, stage, encoder, masks=FULL) for role in ("train", "test")}
 
     def _bank(
-        self, train: Features, classes: int, output: str, seed: int, device: torch.device
+        self, train: Features, classes: int, seed: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        maps = dense_maps(train, output)
+        maps = dense_maps(train, self.options["stage"])
         cells = maps.shape[1]
         labels = [patch_labels(m, train.grid, classes) for m in train.masks[self.source]]
         where = [np.flatnonzero(lab.sum(1) > 0) for lab in labels]
@@ -119,12 +119,11 @@ class InContextSegmentation(Task):
         repeats: int = 1,
     ) -> TaskResult:
         opts = self.options
-        output = "tokens" if opts["stage"] < 0 else "stages"
         train, test = features["train"], features["test"]
         names: Sequence[str] = dataset.classes_for(self.source)
         classes = len(names)
-        bank, bank_labels, labelled = self._bank(train, classes, output, seed, device)
-        maps = dense_maps(test, output)
+        bank, bank_labels, labelled = self._bank(train, classes, seed, device)
+        maps = dense_maps(test, opts["stage"])
         h, w = test.grid
         masks = test.masks[self.source]
         inter = np.zeros((len(masks), classes))
