@@ -444,10 +444,10 @@ def _record(**fields) -> dict:
 
 
 def test_runs_print_names_and_errors_from_the_database_as_text() -> None:
-    from partbench.listing import render_runs
+    from partbench.render.terminal import runs_table
 
     out = io.StringIO()
-    Console(file=out, width=400, color_system=None).print(render_runs([_record()]))
+    Console(file=out, width=400, color_system=None).print(runs_table([_record()], width=400, wide=True))
     text = out.getvalue()
     assert "Albatross_0001[/i].jpg: truncated [bold]" in text
     assert "enc[/b]" in text and "cpu[/]" in text
