@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+import partbench.tasks.incontext as incontext
 from partbench.datasets.base import IGNORE, Dataset
 from partbench.features import Features
 from partbench.metrics import intersection_union, miou_from_counts, score_from_items
-from partbench.tasks.incontext import InContextSegmentation, knn_vote, patch_labels
+from partbench.tasks.incontext import InContextSegmentation, knn_vote, patch_labels, reached_cells
 
 CPU = torch.device("cpu")
 
@@ -134,3 +135,80 @@ def test_in_context_segmentation_scores_as_part_seg_counts():
         i_ref, u_ref = intersection_union(pred, target.astype(np.int64), 3)
         np.testing.assert_allclose(one.items["intersection"][i], i_ref, atol=1e-6)
         np.testing.assert_allclose(one.items["union"][i], u_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("size", "grid"), [((64, 64), (8, 8)), ((37, 50), (3, 7)), ((512, 683), (32, 32)), ((5, 9), (5, 9))]
+)
+def test_reached_cells_hold_every_cell_a_labelled_pixel_reads(size, grid):
+    """Each cell's own upsampled indicator, by torch's kernel: a cell that gives a labelled
+    pixel any weight must be searched; one that reaches no labelled pixel need not be."""
+    rng = np.random.default_rng(1)
+    mask = np.full(size, IGNORE, dtype=np.uint8)
+    mask[rng.random(size) < 0.01] = 1
+    mask[size[0] // 3 : size[0] // 2, : size[1] // 4] = 0
+    h, w = grid
+    onehot = torch.eye(h * w).reshape(1, h * w, h, w)
+    weight = torch.nn.functional.interpolate(onehot, size=size, mode="bilinear", align_corners=False)[0]
+    reads = (weight[:, torch.as_tensor(mask != IGNORE)] > 0).any(1).numpy()
+    got = reached_cells(mask, grid)
+    assert got[reads].all()
+    # A superset by at most the cells beside a read one (the spare cell at a boundary).
+    near = torch.nn.functional.max_pool2d(
+        torch.as_tensor(reads, dtype=torch.float32).reshape(1, 1, h, w), 3, stride=1, padding=1
+    )
+    assert not (got & ~near.flatten().bool().numpy()).any()
+    assert not reached_cells(np.full(size, IGNORE, dtype=np.uint8), grid).any()
+
+
+def _search_inputs(n_bank=300, n_queries=70, dim=6, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bank = torch.nn.functional.normalize(torch.randn(n_bank, dim, generator=g), dim=1)
+    labels = torch.rand(n_bank, classes, generator=g)
+    return torch.randn(n_queries, dim, generator=g), bank, labels
+
+
+def test_a_vote_limited_to_some_rows_equals_those_rows_of_the_full_vote():
+    queries, bank, labels = _search_inputs()
+    full = knn_vote(queries, bank, labels, k=7, temperature=0.1)
+    rows = torch.zeros(len(queries), dtype=torch.bool)
+    rows[[0, 3, 4, 40, 69]] = True
+    part = knn_vote(queries, bank, labels, k=7, temperature=0.1, rows=rows, chunk_bytes=1)
+    assert torch.equal(part[rows], full[rows])
+    assert (part[~rows] == 0).all()
+
+
+def test_neighbours_are_searched_once_for_the_same_bank_and_queries(monkeypatch):
+    queries, bank, labels = _search_inputs()
+    other_labels = torch.rand_like(labels)
+    incontext.REMEMBERED.clear()
+    calls = []
+    topk = torch.topk
+    monkeypatch.setattr(torch, "topk", lambda *a, **kw: calls.append(len(a[0])) or topk(*a, **kw))
+    key = b"bank"
+    half = torch.arange(len(queries)) < 35
+    first = knn_vote(queries, bank, labels, k=5, temperature=0.1, rows=half, bank_key=key)
+    searched = sum(calls)
+    assert searched >= 35
+    # Another task's labels on the same bank: the rows found are not searched again, the
+    # rest are, and every vote equals one made without remembering.
+    second = knn_vote(queries, bank, other_labels, k=5, temperature=0.1, bank_key=key)
+    assert sum(calls) - searched <= len(queries) - 35 + incontext.MIN_ROWS
+    assert torch.equal(second, knn_vote(queries, bank, other_labels, k=5, temperature=0.1))
+    assert torch.equal(first[half], knn_vote(queries, bank, labels, k=5, temperature=0.1)[half])
+    # A different bank is searched afresh, and what the old one found is let go.
+    calls.clear()
+    knn_vote(queries, bank[:200], labels[:200], k=5, temperature=0.1, bank_key=b"another")
+    assert sum(calls) >= len(queries)
+    assert incontext.REMEMBERED.bank == b"another" and len(incontext.REMEMBERED.found) == 1
+    incontext.REMEMBERED.clear()
+
+
+def test_a_short_last_chunk_is_widened_to_the_minimum_rows():
+    rows = torch.arange(0, 100, 3)  # 34 rows
+    chunks = incontext._row_chunks(rows, 30, 100)
+    assert [len(c) for c in chunks] == [30, incontext.MIN_ROWS]
+    assert torch.equal(torch.cat(chunks).unique(), rows)
+    few = incontext._row_chunks(torch.tensor([5, 9]), 30, 100)
+    assert len(few[0]) == incontext.MIN_ROWS and {5, 9} <= set(few[0].tolist())
+    assert incontext._row_chunks(torch.tensor([1]), 30, 3)[0].tolist() == [0, 1, 2]

@@ -14,6 +14,8 @@ held at once stay within CHUNK_BYTES whatever the bank's size."""
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +35,16 @@ from partbench.tasks.correspondence import dense_maps, dense_view
 from partbench.tasks.segmentation import mask_counts
 
 CHUNK_BYTES = 64 * 2**20  # query-by-bank similarities held at once
+# Similarities a chunk may always hold, however small the bank: a chunk of a few dozen rows
+# spends more on the call than on the product (32 rows a chunk, a 20,000-patch bank: 1.4x slower).
+SMALL_CHUNK_BYTES = 16 * 2**20
+# Fewer rows than this in one product can take another kernel, whose sums are rounded
+# differently (rows 1-5 of a CPU matmul did): a short last chunk is widened back to this.
+MIN_ROWS = 32
+# Neighbours remembered for the next task that searches the same bank with the same queries
+# (part-seg-nn and object-seg-nn read the same maps; on SynParts their banks hold the same
+# patches): at most this much, and only for the bank searched last.
+REMEMBERED_BYTES = 256 * 2**20
 
 
 def patch_labels(mask: np.ndarray, grid: tuple[int, int], classes: int) -> np.ndarray:
@@ -50,6 +62,91 @@ def patch_labels(mask: np.ndarray, grid: tuple[int, int], classes: int) -> np.nd
     return flat[: h * w * classes].reshape(h * w, classes).astype(np.float64)
 
 
+def _read_cells(size: int, cells: int) -> np.ndarray:
+    """(size, cells) bool: the cells a bilinear upsampling (align_corners=False) from ``cells``
+    to ``size`` points reads at each point, with a cell to spare where the point's source
+    coordinate lies within rounding of a cell boundary (the kernel computes it in float32)."""
+    src = np.maximum((np.arange(size) + 0.5) * (cells / size) - 0.5, 0.0)
+    lo = np.clip(np.floor(src - 1e-4), 0, cells - 1).astype(np.int64)
+    hi = np.clip(np.floor(src + 1e-4) + 1, 0, cells - 1).astype(np.int64)
+    span = np.arange(cells)[None, :]
+    return (span >= lo[:, None]) & (span <= hi[:, None])
+
+
+def reached_cells(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(h * w,) bool: the cells whose vote reaches a labelled pixel of ``mask`` once upsampled
+    to it. Only these are searched: the other cells' votes are read by no pixel that is
+    scored, so leaving them at zero changes no prediction that counts."""
+    mask = np.asarray(mask)
+    labelled = (mask != IGNORE).astype(np.int64)
+    rows = _read_cells(mask.shape[0], grid[0]).astype(np.int64)
+    cols = _read_cells(mask.shape[1], grid[1]).astype(np.int64)
+    return (rows.T @ labelled @ cols > 0).ravel()
+
+
+def _digest(t: torch.Tensor) -> bytes:
+    data = t.detach().cpu().contiguous()
+    return (
+        hashlib.blake2b(data.view(torch.uint8).numpy(), digest_size=16).digest()
+        + repr((tuple(data.shape), data.dtype)).encode()
+    )
+
+
+class _Remembered:
+    """Each query's k nearest bank rows, by the content of the queries and the bank: rows
+    found once are not searched again by a later task with the same maps and bank."""
+
+    def __init__(self) -> None:
+        self.bank: bytes | None = None
+        self.found: OrderedDict[tuple[bytes, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (
+            OrderedDict()
+        )
+
+    def lookup(
+        self, bank: bytes, queries: bytes, n: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sims, idx, done) on the host for ``n`` queries; rows not ``done`` are to be found."""
+        if bank != self.bank:
+            self.bank, self.found = bank, OrderedDict()
+        key = (queries, k)
+        if key not in self.found:
+            self.found[key] = (
+                torch.empty(n, k),
+                torch.empty(n, k, dtype=torch.long),
+                torch.zeros(n, dtype=torch.bool),
+            )
+            while len(self.found) > 1 and self._bytes() > REMEMBERED_BYTES:
+                self.found.popitem(last=False)
+        else:
+            self.found.move_to_end(key)
+        return self.found[key]
+
+    def _bytes(self) -> int:
+        return sum(s.numel() * 4 + i.numel() * 8 + d.numel() for s, i, d in self.found.values())
+
+    def clear(self) -> None:
+        self.bank, self.found = None, OrderedDict()
+
+
+REMEMBERED = _Remembered()
+
+
+def _row_chunks(rows: torch.Tensor, per: int, total: int) -> list[torch.Tensor]:
+    """``rows`` (sorted query indices) in chunks of ``per``; a short last chunk takes rows from
+    before it, or from outside ``rows``, up to MIN_ROWS."""
+    chunks = [rows[i : i + per] for i in range(0, len(rows), per)]
+    floor = min(MIN_ROWS, total)
+    if chunks and len(chunks[-1]) < floor:
+        if len(rows) >= floor:
+            chunks[-1] = rows[-floor:]
+        else:
+            spare = torch.ones(total, dtype=torch.bool)
+            spare[rows] = False
+            extra = torch.nonzero(spare).flatten()[: floor - len(rows)]
+            chunks[-1] = torch.cat([rows, extra]).sort().values
+    return chunks
+
+
 def knn_vote(
     queries: torch.Tensor,
     bank: torch.Tensor,
@@ -58,23 +155,40 @@ def knn_vote(
     k: int,
     temperature: float,
     chunk_bytes: int = CHUNK_BYTES,
+    rows: torch.Tensor | None = None,
+    bank_key: bytes | None = None,
 ) -> torch.Tensor:
     """(Q, classes): each query's softmax(cosine / temperature)-weighted mean of the label
     distributions of its k most similar bank rows. ``bank`` must be L2-normalised rows on
     the device the search runs on; queries are normalised here. Exact search, queries in
     chunks so that a chunk's similarities stay within ``chunk_bytes`` and a quarter of the
-    bank's size."""
+    bank's size (or SMALL_CHUNK_BYTES). ``rows`` (bool, Q) limits the vote to those queries,
+    the others left at zero. With ``bank_key`` (the bank's digest) the neighbours found are
+    remembered for the next call with the same bank and queries (REMEMBERED)."""
     k = min(k, len(bank))
-    # A chunk's similarities stay within a quarter of the bank's own size too, so that the
-    # search never holds more than about 1.25 times the bank, however small the bank.
-    budget = min(chunk_bytes, bank.numel() * bank.element_size() // 4)
-    per = max(1, budget // (4 * max(1, len(bank))))
-    out = torch.empty(len(queries), bank_labels.shape[1], device=bank.device)
-    for i in range(0, len(queries), per):
-        q = F.normalize(queries[i : i + per].to(bank.device).float(), dim=1)
-        sims, idx = torch.topk(q @ bank.T, k, dim=1)
-        weights = torch.softmax(sims / temperature, dim=1)
-        out[i : i + per] = torch.einsum("qk,qkc->qc", weights, bank_labels[idx])
+    # A chunk's similarities stay within a quarter of the bank's own size too (but never below
+    # SMALL_CHUNK_BYTES), so that the search holds little more than the bank.
+    budget = min(chunk_bytes, max(bank.numel() * bank.element_size() // 4, SMALL_CHUNK_BYTES))
+    per = max(MIN_ROWS, budget // (4 * max(1, len(bank))))
+    wanted = torch.ones(len(queries), dtype=torch.bool) if rows is None else rows.cpu()
+    if bank_key is not None:
+        sims, idx, done = REMEMBERED.lookup(bank_key, _digest(queries), len(queries), k)
+    else:
+        sims, idx = torch.empty(len(queries), k), torch.empty(len(queries), k, dtype=torch.long)
+        done = torch.zeros(len(queries), dtype=torch.bool)
+    todo = torch.nonzero(wanted & ~done).flatten()
+    for part in _row_chunks(todo, per, len(queries)):
+        q = F.normalize(queries[part].to(bank.device).float(), dim=1)
+        s, i = torch.topk(q @ bank.T, k, dim=1)
+        sims[part], idx[part], done[part] = s.cpu(), i.cpu(), True
+    out = torch.zeros(len(queries), bank_labels.shape[1], device=bank.device)
+    voting = torch.nonzero(wanted).flatten()
+    for i in range(0, len(voting), per):
+        part = voting[i : i + per]
+        weights = torch.softmax(sims[part].to(bank.device) / temperature, dim=1)
+        out[part.to(bank.device)] = torch.einsum(
+            "qk,qkc->qc", weights, bank_labels[idx[part].to(bank.device)]
+        )
     return out
 
 
@@ -129,25 +243,37 @@ class InContextSegmentation(Task):
         inter = np.zeros((len(masks), classes))
         union = np.zeros_like(inter)
         per_image = max(1, 4096 // (h * w))
+        bank_key = _digest(bank)
         for i in range(0, len(masks), per_image):
             block = torch.as_tensor(np.asarray(maps[i : i + per_image]))
+            targets = [np.asarray(masks[i + j]) for j in range(len(block))]
             votes = knn_vote(
                 block.reshape(-1, block.shape[-1]),
                 bank,
                 bank_labels,
                 k=opts["k"],
                 temperature=opts["temperature"],
+                rows=torch.as_tensor(np.concatenate([reached_cells(t, (h, w)) for t in targets])),
+                bank_key=bank_key,
             ).reshape(len(block), h, w, classes)
-            for j in range(len(block)):
-                target = torch.as_tensor(np.asarray(masks[i + j], dtype=np.int64), device=device)
+            # Upsampled and labelled together, images with maps of one size at a time.
+            start = 0
+            while start < len(block):
+                end = start + 1
+                while end < len(block) and targets[end].shape == targets[start].shape:
+                    end += 1
                 up = F.interpolate(
-                    votes[j].permute(2, 0, 1)[None],
-                    size=tuple(target.shape),
+                    votes[start:end].permute(0, 3, 1, 2),
+                    size=targets[start].shape,
                     mode="bilinear",
                     align_corners=False,
                 )
-                i_c, u_c = mask_counts(up[0].argmax(0), target, classes)
-                inter[i + j], union[i + j] = i_c.cpu().numpy(), u_c.cpu().numpy()
+                pred = up.argmax(1)
+                for j in range(start, end):
+                    target = torch.as_tensor(targets[j].astype(np.int64), device=device)
+                    i_c, u_c = mask_counts(pred[j - start], target, classes)
+                    inter[i + j], union[i + j] = i_c.cpu().numpy(), u_c.cpu().numpy()
+                start = end
 
         def stat(counts: np.ndarray) -> float:
             return miou_from_counts(counts @ inter, counts @ union)
