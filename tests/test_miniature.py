@@ -98,3 +98,25 @@ def test_committed_miniature_is_of_the_shipped_files_and_says_what_the_docs_say(
     for name, tasks in record["tasks_at_chance"].items():
         for task in tasks:
             assert f"{name}'s {task}" in miniature_page, (name, task)
+
+
+def test_a_shipped_mini_loads_the_same_network_without_its_random_initialisation():
+    """Loading skips timm's initialisation (every parameter comes from the file): the network
+    is the one a fully initialised model loads to, and the floor still draws from its seed."""
+    import torch
+
+    from partbench.encoders.checkpoints import load_strict, read_checkpoint
+    from partbench.encoders.mini import shipped_weights
+    from partbench.encoders.vit import build_mini_vit
+    from partbench.specs import EncoderRequest
+
+    specs = registry().encoders
+    loaded = specs["mini-mae"].load(EncoderRequest(name="mini-mae")).model.state_dict()
+    reference = MINI["mini-mae"].build(0)
+    load_strict(reference, read_checkpoint(shipped_weights("mae")), "mini-mae")
+    assert loaded.keys() == reference.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())
+    floor = specs[FLOOR].load(EncoderRequest(name=FLOOR, seed=3)).model.state_dict()
+    seeded = build_mini_vit(3).state_dict()
+    assert all(torch.equal(floor[k], v) for k, v in seeded.items())
+    assert not torch.equal(floor["pos_embed"], build_mini_vit(4).state_dict()["pos_embed"])

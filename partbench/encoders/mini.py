@@ -33,11 +33,14 @@ class Mini:
         images (crops, masked patches)."""
         return "object" if self.family == "supervised" else "part"
 
-    def build(self, seed: int):
-        """The untrained network of this mini's architecture."""
+    def build(self, seed: int, *, init: bool = True):
+        """The untrained network of this mini's architecture (``init=False``: parameters left
+        unset, for a caller that loads them all)."""
         from partbench.encoders.vit import build_mini_cnn, build_mini_vit
 
-        return (build_mini_cnn if self.arch == "cnn" else build_mini_vit)(seed)
+        if self.arch == "cnn":
+            return build_mini_cnn(seed)
+        return build_mini_vit(seed, init=init)
 
 
 MINI: dict[str, Mini] = {
@@ -113,7 +116,7 @@ def load_mini(request: EncoderRequest, mini: Mini):
         state = state["model"]
     head_state = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
     backbone_state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
-    model = mini.build(request.seed)
+    model = mini.build(request.seed, init=False)  # load_strict sets every parameter
     load_strict(model, backbone_state, path)
     projection = None
     if head_state:
