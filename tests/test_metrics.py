@@ -408,3 +408,17 @@ def test_chance_top1_and_miou():
     assert chance_miou(pixels) == pytest.approx(100 * best)
     assert chance_miou(pixels.sum(0)) == pytest.approx(100 * best)
     assert chance_miou(np.array([3, 1, 0])) == pytest.approx(100 * 0.75 / 2)
+
+
+def test_each_metric_counts_the_items_its_score_is_computed_over():
+    from partbench.metrics import ItemScorer
+
+    ap = np.array([0.5, np.nan, 1.0, 0.2])
+    assert ItemScorer("mAP", {"ap": ap, "label": np.array([0, 0, 1, 1])}).counted()[0] == 3
+    assert ItemScorer("AP", {"ap": ap}).counted()[0] == 3
+    # Keypoints of pairs 0, 2 and 5: three pairs, whatever the numbering skips.
+    pck = {"correct": np.array([1.0, 0.0, 1.0, 1.0]), "pair": np.array([0, 0, 2, 5])}
+    assert ItemScorer("PCK@0.10", pck).counted() == (3, "distinct values of 'pair'")
+    assert ItemScorer("top1", {"correct": np.ones(7)}).counted() == (7, "rows of 'correct'")
+    counts = {"intersection": np.ones((4, 2)), "union": np.ones((4, 2))}
+    assert ItemScorer("mIoU", counts).counted() == (4, "rows of 'intersection'")

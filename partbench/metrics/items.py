@@ -113,6 +113,17 @@ class ItemScorer:
             den = np.add.reduceat(w, self.starts, axis=1)
             return 100 * _mean_present(num / np.where(den > 0, den, 1), den > 0)
 
+    def counted(self) -> tuple[int, str]:
+        """How many items a score is computed over, and what they are: the rows a draw
+        resamples, less the queries an AP metric sets aside (no positive: a NaN ``ap``)."""
+        if self.metric in ("mAP", "AP"):
+            return len(self.valid), "queries with a finite 'ap'"
+        if self.metric == "PCK@0.10":
+            # One row per keypoint; the items resampled and counted are the pairs.
+            return int(np.count_nonzero(self.totals)), "distinct values of 'pair'"
+        field = ITEM_FIELDS[self.metric][0]
+        return self.n, f"rows of '{field}'"
+
     def digest(self) -> str:
         """What the scores of any draw depend on, hashed: the memo's key (see ``_draws``)."""
         if self._digest is None:

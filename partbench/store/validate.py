@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from partbench.errors import PartbenchError
-from partbench.metrics import ITEM_FIELDS, score_from_items
+from partbench.metrics import ITEM_FIELDS, ItemScorer, score_from_items
 from partbench.specs import LEVELS, METRIC_RANGE, metric_range
 
 # Seconds a time may lie ahead of this machine's clock: another host's clock may run ahead.
@@ -113,15 +113,13 @@ def _metric_rows(metrics: Sequence[Any] | Mapping[str, Any]) -> list[tuple[str, 
 
 
 def _items_count(headline: str | None, items: Mapping[str, np.ndarray]) -> tuple[int, str]:
-    """How many items the arrays say the headline was computed over, and why."""
-    ap = items.get("ap")
-    if headline in ("mAP", "AP") and ap is not None:
-        values = np.asarray(ap, dtype=np.float64).reshape(-1)
-        return int(np.isfinite(values).sum()), "queries with a finite 'ap'"
-    pair = items.get("pair")
-    if headline is not None and headline.startswith("PCK") and pair is not None:
-        # One row per keypoint; the items resampled and counted are the pairs.
-        return len(np.unique(np.asarray(pair).reshape(-1))), "distinct values of 'pair'"
+    """How many items the arrays say the headline was computed over, and why: as the metric's
+    scorer counts them where the arrays are the metric's, else their rows."""
+    if headline in ITEM_FIELDS and all(k in items for k in ITEM_FIELDS[headline]):
+        try:
+            return ItemScorer(headline, items).counted()
+        except ValueError:
+            pass  # arrays the scorer refuses: _check_items says why, naming them
     name, array = next(iter(items.items()))
     return int(np.shape(array)[0]), f"rows of '{name}'"
 
