@@ -324,3 +324,38 @@ def test_pairing_with_remembered_draws(benchmark, baseline_seconds):
 
     assert benchmark(remembered) == fresh
     record_ratio(benchmark, base)
+
+
+def _map_scorer_and_draws():
+    from partbench.metrics.items import ItemScorer
+    from partbench.metrics.resampling import count_batches
+
+    rng = np.random.default_rng(0)
+    scorer = ItemScorer("mAP", {"ap": rng.uniform(size=5625), "label": rng.integers(0, 20, 5625)})
+    counts = next(count_batches(np.random.default_rng(1), 5625, 1000, entries=10**8))
+    return scorer, counts
+
+
+def _map_by_fancy_indexing(scorer, c) -> np.ndarray:
+    """The draws' mAP as the columns were gathered before: c[:, valid], then a product."""
+    from partbench.metrics.items import _mean_present
+
+    w = c[:, scorer.valid]
+    num = np.add.reduceat(w * scorer.values, scorer.starts, axis=1)
+    den = np.add.reduceat(w, scorer.starts, axis=1)
+    return 100 * _mean_present(num / np.where(den > 0, den, 1), den > 0)
+
+
+@pytest.mark.benchmark(group="mAP of 1,000 bootstrap draws, 5,625 queries")
+def test_map_draws_baseline_fancy_indexing(benchmark):
+    scorer, counts = _map_scorer_and_draws()
+    benchmark(_map_by_fancy_indexing, scorer, counts)
+
+
+@pytest.mark.benchmark(group="mAP of 1,000 bootstrap draws, 5,625 queries")
+def test_map_draws_gathered_with_take(benchmark, baseline_seconds):
+    scorer, counts = _map_scorer_and_draws()
+    base = baseline_seconds(lambda: _map_by_fancy_indexing(scorer, counts), 3)
+    got = benchmark(scorer.scores, counts)
+    np.testing.assert_array_equal(got, _map_by_fancy_indexing(scorer, counts))
+    record_ratio(benchmark, base)
