@@ -212,3 +212,16 @@ def test_a_short_last_chunk_is_widened_to_the_minimum_rows():
     few = incontext._row_chunks(torch.tensor([5, 9]), 30, 100)
     assert len(few[0]) == incontext.MIN_ROWS and {5, 9} <= set(few[0].tolist())
     assert incontext._row_chunks(torch.tensor([1]), 30, 3)[0].tolist() == [0, 1, 2]
+
+
+def test_labelling_a_few_images_at_a_time_gives_the_same_counts(monkeypatch):
+    """The upsampled class scores are held a bounded number of images at a time (a coarse grid
+    puts a thousand images in one search block): the counts do not depend on that bound."""
+    opts = {"stage": -1, "k": 5, "temperature": 0.02, "bank": 40}
+    features = {"train": _features(*_scene(20, 0)), "test": _features(*_scene(6, 1))}
+    whole = InContextSegmentation("part-masks", opts).evaluate(features, _Masks(), device=CPU, seed=0)
+    monkeypatch.setattr(incontext, "UPSAMPLE_BYTES", 1)  # one image at a time
+    incontext.REMEMBERED.clear()
+    one = InContextSegmentation("part-masks", opts).evaluate(features, _Masks(), device=CPU, seed=0)
+    np.testing.assert_array_equal(one.items["intersection"], whole.items["intersection"])
+    np.testing.assert_array_equal(one.items["union"], whole.items["union"])

@@ -45,6 +45,7 @@ MIN_ROWS = 32
 # (part-seg-nn and object-seg-nn read the same maps; on SynParts their banks hold the same
 # patches): at most this much, and only for the bank searched last.
 REMEMBERED_BYTES = 256 * 2**20
+UPSAMPLE_BYTES = 64 * 2**20  # upsampled class scores held at once while labelling
 
 
 def patch_labels(mask: np.ndarray, grid: tuple[int, int], classes: int) -> np.ndarray:
@@ -256,11 +257,14 @@ class InContextSegmentation(Task):
                 rows=torch.as_tensor(np.concatenate([reached_cells(t, (h, w)) for t in targets])),
                 bank_key=bank_key,
             ).reshape(len(block), h, w, classes)
-            # Upsampled and labelled together, images with maps of one size at a time.
+            # Upsampled and labelled together: images with maps of one size, as many as
+            # UPSAMPLE_BYTES of class scores hold (a coarse grid puts a thousand images in a block).
             start = 0
             while start < len(block):
+                shape = targets[start].shape
+                most = max(1, UPSAMPLE_BYTES // (4 * classes * shape[0] * shape[1]))
                 end = start + 1
-                while end < len(block) and targets[end].shape == targets[start].shape:
+                while end < min(len(block), start + most) and targets[end].shape == shape:
                     end += 1
                 up = F.interpolate(
                     votes[start:end].permute(0, 3, 1, 2),
