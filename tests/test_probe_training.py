@@ -358,38 +358,6 @@ def test_a_batch_of_token_maps_larger_than_a_chunk_trains_the_same_attentive_pro
     assert np.array_equal(whole.correct, chunked.correct)
 
 
-def test_features_read_at_every_batch_train_the_same_probe_as_a_resident_copy(monkeypatch):
-    """The float32 copy a CPU probe keeps of its training features, and of their held-out rows
-    gathered once, changes no value; the two together stay within RESIDENT_BYTES."""
-    from partbench.tasks import probes
-    from partbench.tasks.probes import attentive_head
-
-    gen = torch.Generator().manual_seed(1)
-    y = torch.arange(150) % 3
-    x = (torch.randn(150, 9, 24, generator=gen) + F.one_hot(y, 24)[:, None, :] * 2).half()
-
-    def fit():
-        return train_probe(
-            lambda: attentive_head(24, 3, 4), x[50:], y[50:], x[:50], y[:50],
-            epochs=5, base_lr=0.1, batch_size=32, seed=0,
-        )  # fmt: skip
-
-    resident = fit()
-    monkeypatch.setattr(probes, "RESIDENT_BYTES", 0)
-    from_cache = fit()
-    assert resident.validation_items == from_cache.validation_items == 21
-    assert resident.train_loss == from_cache.train_loss
-    assert resident.validation_top1 == from_cache.validation_top1
-    assert np.array_equal(resident.correct, from_cache.correct)
-
-    held = torch.arange(20)
-    row_bytes = 4 * 9 * 24
-    for budget, kept in ((row_bytes * 120, True), (row_bytes * 120 - 1, False)):
-        monkeypatch.setattr(probes, "RESIDENT_BYTES", budget)  # 100 training rows, 20 held out
-        model = probes._HeadOnFeatures(attentive_head(24, 3, 4), x[50:], x[:50], held, CPU)
-        assert (model.resident_train is not None) is kept and (model.resident_held is not None) is kept
-
-
 def test_plateau_rule_counts_the_learning_rate_spent_not_the_steps():
     assert not plateaued([2.0]) and not plateaued([])
     assert plateaued([1.0] * 20)

@@ -182,29 +182,14 @@ def _holdout(
 
 class _HeadOnFeatures:
     """A head and the features it reads, gathered by index a batch at a time: from a device copy
-    where one fits, else from the (possibly memory-mapped, half-precision) arrays themselves.
-    The held-out items (``held_idx``, of the training arrays) are predicted after every epoch."""
+    where one fits, else from the (possibly memory-mapped, half-precision) arrays themselves."""
 
-    def __init__(
-        self,
-        head: nn.Module,
-        x_train: torch.Tensor,
-        x_test: torch.Tensor,
-        held_idx: torch.Tensor,
-        device: torch.device,
-    ):
+    def __init__(self, head: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor, device: torch.device):
         self.head, self.device = head, device
-        self.x_train, self.x_test, self.held_idx = x_train, x_test, held_idx
+        self.x_train, self.x_test = x_train, x_test
         # Drawn from every epoch's batches: gathering half-precision rows by index and widening
         # them was a quarter of an attentive probe's time on a CPU (mini-mae, SynParts parts).
-        # The held-out rows are gathered from it once, within the same bound: gathering them
-        # for every epoch's prediction took 1 to 10 ms of an epoch's 150 (mini-mocov3's
-        # attentive probe, 703 items), the more when the allocator mapped the 23 MB afresh.
-        held_bytes = 4 * len(held_idx) * (x_train[0].numel() if len(x_train) else 0)
-        self.resident_train = device_copy(x_train, device, host_bytes=RESIDENT_BYTES - held_bytes)
-        self.resident_held = None
-        if self.resident_train is not None:
-            self.resident_held = self.resident_train.index_select(0, held_idx.to(device))
+        self.resident_train = device_copy(x_train, device, host_bytes=RESIDENT_BYTES)
         self.resident_test = device_copy(x_test, device)
         # Items whose float32 features fit TOKEN_CHUNK_BYTES: a training batch of token maps
         # larger than that is pooled a chunk at a time, and prediction goes a chunk at a time.
@@ -237,21 +222,18 @@ class _HeadOnFeatures:
         return self.head[1:](torch.cat(pooled))
 
     @torch.no_grad()
-    def predict(self, n: int, rows: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
-        """The predicted class of ``n`` items, ``rows(i, j)`` giving the features of items i to j."""
+    def predict(self, x: torch.Tensor, resident: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
         self.head.eval()
         step = min(1024, self.per_chunk)
-        return torch.cat([self.head(rows(i, min(i + step, n))).argmax(1) for i in range(0, n, step)])
+        return torch.cat(
+            [self.head(self.rows(x, resident, idx[i : i + step])).argmax(1) for i in range(0, len(idx), step)]
+        )
 
-    def predict_held(self) -> torch.Tensor:
-        held, idx = self.resident_held, self.held_idx
-        if held is not None:
-            return self.predict(len(held), lambda i, j: held[i:j].float())
-        return self.predict(len(idx), lambda i, j: self.rows(self.x_train, None, idx[i:j]))
+    def predict_train(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.predict(self.x_train, self.resident_train, idx)
 
     def predict_test(self) -> torch.Tensor:
-        x = self.x_test if self.resident_test is None else self.resident_test
-        return self.predict(len(x), lambda i, j: x[i:j].to(self.device, non_blocking=True).float())
+        return self.predict(self.x_test, self.resident_test, torch.arange(len(self.x_test)))
 
 
 def _sgd_epoch(
@@ -357,9 +339,8 @@ def train_probe(
     split = seed if split_seed is None else split_seed
     fit_np, held_np, kept = _holdout(np.asarray(y_train), report, validation, split)
     fit_idx, held_idx = torch.as_tensor(fit_np, dtype=torch.long), torch.as_tensor(held_np, dtype=torch.long)
-    model = _HeadOnFeatures(head, x_train, x_test, held_idx, device)
+    model = _HeadOnFeatures(head, x_train, x_test, device)
     y_train_d, y_test_d = y_train.to(device), y_test.to(device)
-    y_held = y_train_d[held_idx.to(device)]
     has_bn = any(isinstance(m, nn.BatchNorm1d) for m in head.modules())
     choice = _EpochChoice(epoch=epochs, correct=np.zeros(len(y_test), bool))
     losses: list[float] = []
@@ -370,7 +351,7 @@ def train_probe(
         spent.append(sched.get_last_lr()[0])
         sched.step()
         if report == "validation" and len(held_idx):
-            held_top1 = (model.predict_held() == y_held).float().mean()
+            held_top1 = (model.predict_train(held_idx) == y_train_d[held_idx.to(device)]).float().mean()
             choice.held_out(epoch, float(held_top1), head)
         elif report == "best-on-test":
             choice.on_test(epoch, (model.predict_test() == y_test_d).cpu().numpy())
