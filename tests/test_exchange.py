@@ -15,6 +15,7 @@ import numpy as np
 import pg_server
 import pytest
 from click.testing import CliRunner
+from export_lines import edit, put
 
 from partbench.errors import PartbenchError
 from partbench.exchange import FORMAT, RUN_FIELDS, VERSION, export_runs, import_runs
@@ -205,62 +206,50 @@ def _pickled_npz() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _edit(lines: list[str], number: int, change) -> list[str]:
-    out = list(lines)
-    value = json.loads(out[number - 1])
-    change(value)
-    out[number - 1] = json.dumps(value)
-    return out
-
-
-def _set(path: str, value):
-    def change(line):
-        *parents, last = path.split(".")
-        for key in parents:
-            line = line[key]
-        if value is KeyError:
-            del line[last]
-        else:
-            line[last] = value
-
-    return change
-
-
 BAD_FILES = [
     (lambda lines: [*lines[:2], "{not json", *lines[3:]], r"line 3: not JSON"),
     (
-        lambda lines: _edit(lines, 2, _set("run.config_hash", KeyError)),
+        lambda lines: edit(lines, 2, put("run.config_hash", KeyError)),
         r"line 2: key 'run.config_hash' is missing",
     ),
     (
-        lambda lines: _edit(lines, 3, _set("run.seed", "three")),
+        lambda lines: edit(lines, 3, put("run.seed", "three")),
         r"line 3: key 'run.seed': expected a whole number",
     ),
-    (lambda lines: _edit(lines, 2, _set("run.started_at", "yesterday")), r"line 2: key 'run.started_at'"),
-    (lambda lines: _edit(lines, 2, _set("run.status", "running")), r"line 2: key 'run.status' is 'running'"),
-    (lambda lines: _edit(lines, 2, _set("run.colour", "red")), r"line 2: unknown key 'run.colour'"),
+    (
+        lambda lines: edit(lines, 2, put("run.started_at", "yesterday")),
+        r"line 2: key 'run.started_at'",
+    ),
+    (
+        lambda lines: edit(lines, 2, put("run.status", "running")),
+        r"line 2: key 'run.status' is 'running'",
+    ),
+    (lambda lines: edit(lines, 2, put("run.colour", "red")), r"line 2: unknown key 'run.colour'"),
     (
         lambda lines: [*lines[:1], lines[1].replace('"value": 61.25', '"value": NaN'), *lines[2:]],
         r"line 2: holds NaN",
     ),
-    (lambda lines: _edit(lines, 2, _set("items.npz", "!!!")), r"line 2: key 'items.npz' is not valid base64"),
     (
-        lambda lines: _edit(lines, 2, _set("items.npz", _pickled_npz())),
+        lambda lines: edit(lines, 2, put("items.npz", "!!!")),
+        r"line 2: key 'items.npz' is not valid base64",
+    ),
+    (
+        lambda lines: edit(lines, 2, put("items.npz", _pickled_npz())),
         r"line 2: key 'items.npz' is not a readable npz",
     ),
     (
-        lambda lines: _edit(lines, 2, _set("items.summary", {})),
+        lambda lines: edit(lines, 2, put("items.summary", {})),
         r"line 2: key 'items.summary' does not describe",
     ),
-    (lambda lines: _edit(lines, 1, _set("format", "csv")), r"line 1: not a partbench runs file"),
+    (lambda lines: edit(lines, 1, put("format", "csv")), r"line 1: not a partbench runs file"),
     (
-        lambda lines: _edit(lines, 1, _set("version", 9)),
+        lambda lines: edit(lines, 1, put("version", 9)),
         r"line 1: written in format version 9 .* upgrade partbench",
     ),
     (lambda lines: lines[:3], r"the header promises 4 run\(s\) but the file holds 2 \(truncated\?\)"),
     (lambda lines: [], r"line 1: empty file"),
     (
-        lambda lines: _edit(lines, 2, _set("run.encoder", "e" * 300)),
+        lambda lines: edit(lines, 2, put("run.encoder", "e" * 300)),
         r"line 2: key 'run.encoder' is 300 characters",
     ),
 ]

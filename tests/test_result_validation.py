@@ -20,6 +20,7 @@ import dataset_trees as trees
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from export_lines import edit, put
 
 from partbench.datasets import coco, cub
 from partbench.errors import DataError, PartbenchError
@@ -81,24 +82,6 @@ def exported(tmp_path) -> list[str]:
     return file.read_text().splitlines()
 
 
-def _edit(lines: list[str], number: int, change) -> list[str]:
-    out = list(lines)
-    value = json.loads(out[number - 1])
-    change(value)
-    out[number - 1] = json.dumps(value)
-    return out
-
-
-def _set(path: str, value):
-    def change(line):
-        *parents, last = path.split(".")
-        for key in parents:
-            line = line[int(key)] if isinstance(line, list) else line[key]
-        line[last] = value
-
-    return change
-
-
 def _items(n: int) -> dict:
     from partbench.exchange import _check_items  # the npz a line carries, as the store keeps it
     from partbench.store.values import encode_items
@@ -116,42 +99,58 @@ def _twice(line):
 
 
 HOSTILE_IMPORTS = [
-    ("map-1e308", _set("metrics.0.value", 1e308), r"line 2: key 'metrics\[0\]\.value': 1e\+308 is outside"),
-    ("map-250", _set("metrics.0.value", 250.0), r"line 2: key 'metrics\[0\]\.value': 250 is outside"),
-    ("map-minus-50", _set("metrics.0.value", -50.0), r"line 2: key 'metrics\[0\]\.value': -50 is outside"),
-    ("ci-low-above-high", _set("metrics.0.ci_low", 64.0), r"line 2: key 'metrics\[0\]\.ci_low': .* above"),
+    (
+        "map-1e308",
+        put("metrics.0.value", 1e308),
+        r"line 2: key 'metrics\[0\]\.value': 1e\+308 is outside",
+    ),
+    ("map-250", put("metrics.0.value", 250.0), r"line 2: key 'metrics\[0\]\.value': 250 is outside"),
+    (
+        "map-minus-50",
+        put("metrics.0.value", -50.0),
+        r"line 2: key 'metrics\[0\]\.value': -50 is outside",
+    ),
+    (
+        "ci-low-above-high",
+        put("metrics.0.ci_low", 64.0),
+        r"line 2: key 'metrics\[0\]\.ci_low': .* above",
+    ),
     (
         "ci-not-containing",
-        lambda line: (_set("metrics.1.ci_low", 60.0)(line), _set("metrics.1.ci_high", 62.0)(line)),
+        lambda line: (put("metrics.1.ci_low", 60.0)(line), put("metrics.1.ci_high", 62.0)(line)),
         r"line 2: key 'metrics\[1\]\.value': 58 lies outside its own interval",
     ),
     ("metric-twice", _twice, r"line 2: key 'metrics\[2\]\.name': metric 'mAP' is listed twice"),
     (
         "items-5-for-26",
-        lambda line: (_set("items", _items(5))(line), _set("run.n_items", 26)(line)),
+        lambda line: (put("items", _items(5))(line), put("run.n_items", 26)(line)),
         r"line 2: key 'run\.n_items': is 26, but the per-item results hold 5",
     ),
-    ("n-items-negative", _set("run.n_items", -5), r"line 2: key 'run\.n_items': -5 is below 0"),
-    ("level-banana", _set("run.level", "banana"), r"line 2: key 'run\.level': 'banana' is not a level"),
+    ("n-items-negative", put("run.n_items", -5), r"line 2: key 'run\.n_items': -5 is below 0"),
+    ("level-banana", put("run.level", "banana"), r"line 2: key 'run\.level': 'banana' is not a level"),
     (
         "year-9999",
-        _set("run.finished_at", "9999-01-01T00:00:00+00:00"),
+        put("run.finished_at", "9999-01-01T00:00:00+00:00"),
         r"line 2: key 'run\.finished_at': 9999-01-01.* is in the future",
     ),
     (
         "chance-1e308",
-        _set("run.chance", {"mAP": 1e308}),
+        put("run.chance", {"mAP": 1e308}),
         r"line 2: key 'run\.chance\['mAP'\]': 1e\+308 is outside",
     ),
     (
         "chance-high",
-        _set("run.chance", {"mAP": "high"}),
+        put("run.chance", {"mAP": "high"}),
         r"line 2: key 'run\.chance\['mAP'\]': expected a number",
     ),
-    ("seed-2-70", _set("run.seed", 2**70), r"line 2: key 'run\.seed': 1180591620717411303424 does not fit"),
+    (
+        "seed-2-70",
+        put("run.seed", 2**70),
+        r"line 2: key 'run\.seed': 1180591620717411303424 does not fit",
+    ),
     (
         "score-not-from-items",
-        lambda line: _set("metrics.0.value", 62.0)(line),
+        lambda line: put("metrics.0.value", 62.0)(line),
         r"line 2: key 'metrics\[0\]\.value': is 62, but its per-item results give 61.25",
     ),
     (
@@ -170,7 +169,7 @@ def test_a_hostile_import_is_refused_naming_file_line_and_field_and_nothing_is_i
 ):
     bad = tmp_path / "bad.jsonl"
     # Line 3 (the second run) is valid: a refused file must not leave it imported either.
-    bad.write_text("\n".join([exported[0], exported[2], *_edit(exported, 2, change)[1:2]]) + "\n")
+    bad.write_text("\n".join([exported[0], exported[2], *edit(exported, 2, change)[1:2]]) + "\n")
     target = _store(tmp_path / "target.db")
     with pytest.raises(PartbenchError, match=message.replace("line 2", "line 3")) as caught:
         import_runs(target, bad)
@@ -191,7 +190,7 @@ def test_a_known_task_keeps_its_level_and_headline(tmp_path, exported):
     tasks = {"part-retrieval": TaskSpec("part-retrieval", "part", "mAP", "keypoints", lambda o: None)}
     target = _store(tmp_path / "target.db")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("\n".join(_edit(exported, 2, _set("run.level", "object"))) + "\n")
+    bad.write_text("\n".join(edit(exported, 2, put("run.level", "object"))) + "\n")
     with pytest.raises(
         PartbenchError, match=r"line 2: key 'run\.level': is 'object', but task 'part-retrieval'"
     ):
@@ -206,7 +205,7 @@ def test_an_import_is_one_transaction_even_after_the_first_writes(tmp_path, expo
     runs adopted before it, in a store that already held runs."""
     target = _store(tmp_path / "target.db")
     mine = _finish_good(target, "mine", encoder="mine")
-    lines = _edit(exported, 3, _set("metrics.0.value", 250.0))
+    lines = edit(exported, 3, put("metrics.0.value", 250.0))
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(PartbenchError, match=r"line 3"):
@@ -220,7 +219,7 @@ def test_the_largest_seed_the_runner_takes_round_trips(tmp_path, exported):
     big = SEED_RANGE[1]
     target = _store(tmp_path / "target.db")
     file = tmp_path / "big.jsonl"
-    file.write_text("\n".join(_edit(exported, 2, _set("run.seed", big))) + "\n")
+    file.write_text("\n".join(edit(exported, 2, put("run.seed", big))) + "\n")
     assert import_runs(target, file).total_imported == 2
     assert {r.seed for r in target.runs()} == {big, 3}
 
@@ -494,14 +493,14 @@ def test_postgresql_holds_every_seed_the_runner_takes_and_imports_in_one_transac
     run_id = store.claim("big-seed", **_fields(seed=big))
     assert run_id is not None and store.run(run_id).seed == big
     before = [r.id for r in store.runs()]
-    lines = _edit(_edit(exported, 2, _set("run.seed", big)), 3, _set("run.seed", 2**70))
+    lines = edit(edit(exported, 2, put("run.seed", big)), 3, put("run.seed", 2**70))
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(PartbenchError, match=r"line 3: key 'run\.seed': .* does not fit"):
         import_runs(store, bad)
     assert [r.id for r in store.runs()] == before  # line 2 was valid, and is not imported either
     good = tmp_path / "good.jsonl"
-    wide = _edit(_edit(exported, 2, _set("run.seed", big)), 2, _set("run.pid", 2**40))
+    wide = edit(edit(exported, 2, put("run.seed", big)), 2, put("run.pid", 2**40))
     good.write_text("\n".join(wide) + "\n")
     assert import_runs(store, good).total_imported == 2
     assert (big, 2**40) in {(r.seed, r.pid) for r in store.runs()}
