@@ -224,24 +224,31 @@ def test_the_largest_seed_the_runner_takes_round_trips(tmp_path, exported):
     assert {r.seed for r in target.runs()} == {big, 3}
 
 
-def test_a_fifo_given_to_import_is_refused_by_name_without_blocking(tmp_path):
-    fifo = tmp_path / "runs.jsonl"
-    os.mkfifo(fifo)
-    target = _store(tmp_path / "target.db")
+def _raised_without_blocking(call) -> BaseException | None:
+    """What ``call`` raised, run in a thread given 20 s: a read that opens a FIFO blocks until a
+    writer comes, which no test would ever see end."""
     caught: list[BaseException] = []
 
     def attempt() -> None:
         try:
-            import_runs(target, fifo)
+            call()
         except BaseException as exc:  # handed to the test thread
             caught.append(exc)
 
     worker = threading.Thread(target=attempt, daemon=True)
     worker.start()
     worker.join(timeout=20)
-    assert not worker.is_alive(), "import blocked on a FIFO"
-    assert isinstance(caught[0], PartbenchError)
-    assert str(fifo) in str(caught[0]) and "named pipe" in str(caught[0])
+    assert not worker.is_alive(), "blocked on a FIFO"
+    return caught[0] if caught else None
+
+
+def test_a_fifo_given_to_import_is_refused_by_name_without_blocking(tmp_path):
+    fifo = tmp_path / "runs.jsonl"
+    os.mkfifo(fifo)
+    target = _store(tmp_path / "target.db")
+    error = _raised_without_blocking(lambda: import_runs(target, fifo))
+    assert isinstance(error, PartbenchError)
+    assert str(fifo) in str(error) and "named pipe" in str(error)
 
 
 # --- results of tasks (built-in or a plugin's) ------------------------------------------------
@@ -441,20 +448,9 @@ def test_a_fifo_in_a_dataset_is_refused_by_name(tmp_path):
     locs = root / "parts" / "part_locs.txt"
     locs.unlink()
     os.mkfifo(locs)
-    caught: list[BaseException] = []
-
-    def attempt() -> None:
-        try:
-            cub.load(root)
-        except BaseException as exc:  # handed to the test thread
-            caught.append(exc)
-
-    worker = threading.Thread(target=attempt, daemon=True)
-    worker.start()
-    worker.join(timeout=20)
-    assert not worker.is_alive(), "reading the dataset blocked on a FIFO"
-    assert isinstance(caught[0], DataError)
-    assert str(locs) in str(caught[0]) and "named pipe" in str(caught[0])
+    error = _raised_without_blocking(lambda: cub.load(root))
+    assert isinstance(error, DataError)
+    assert str(locs) in str(error) and "named pipe" in str(error)
 
 
 def test_a_deeply_nested_coco_file_names_the_file(tmp_path):
