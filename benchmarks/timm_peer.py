@@ -78,7 +78,7 @@ def forward_rates(model_name: str, batch: int, precision: str, warm: int, iters:
     pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
     mean = torch.tensor(encoder.mean).view(1, 3, 1, 1)
     std = torch.tensor(encoder.std).view(1, 3, 1, 1)
-    # As extraction._BatchEncoder._inputs prepares a batch: uint8 H x W x 3 permuted, scaled, normalised.
+    # As extraction.stream._BatchEncoder._inputs prepares a batch: uint8 H x W x 3, permuted, normalised.
     x = (pixels.permute(0, 3, 1, 2).float().div_(255) - mean) / std
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
 

@@ -128,7 +128,7 @@ def merge(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-# Where a pass's wall clock went besides the forward (see extraction._Writer); summed over passes.
+# Where a pass's wall clock went besides the forward (see extraction.files.Writer); summed over passes.
 STALLS = (
     "loader_wait_seconds", "device_wait_seconds", "writer_wait_seconds", "device_to_host_seconds",
     "write_seconds", "written_mb",

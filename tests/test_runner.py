@@ -166,7 +166,7 @@ def test_an_encoder_that_fails_to_load_fails_its_runs_and_the_next_encoder_runs(
 
 
 def test_an_interrupted_pass_leaves_nothing_a_later_run_would_read(tmp_path, monkeypatch):
-    import partbench.extraction as extraction
+    import partbench.extraction.stream as extraction
 
     reg = _registry_with(("tiny", "ok"))
     real = extraction.encoder_outputs

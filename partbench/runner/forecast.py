@@ -47,7 +47,7 @@ from partbench.runner.plan import Machine, Plan, RunOptions, make_plan
 
 SAMPLED = 512  # samples read per split to count crops and label-map sizes
 LOADS_IN_FLIGHT = 2  # the DataLoader's prefetch factor, per worker
-STAGING_DEPTH = 3  # pinned staging buffers on CUDA (extraction._Staging)
+STAGING_DEPTH = 3  # pinned staging buffers on CUDA (extraction.stream._Staging)
 WRITER_DEPTH = 4  # batches the writer holds: its queue of 3 and the one it writes
 ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
 
