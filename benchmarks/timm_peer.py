@@ -13,15 +13,23 @@ machine state, the script measures:
    removed), called as the extraction calls it: on a batch normalised from uint8 H x W x 3
    pixels, under ``torch.inference_mode`` and the precision's autocast, reading the outputs of
    a part-crop pass (no stage maps), timed per batch after warm-up;
-3. the plain timm forward in this process (``model(x)`` on a contiguous batch), alternated
-   batch by batch with 2, so that a gap between 1 and 2 can be told apart into what the
-   wrapper costs (2 against 3) and how the machine's load moved (1 against 3);
+3. the plain timm forward (``model(x)`` on a contiguous batch) in the same process as 2,
+   alternated batch by batch with it, so that a gap between 1 and 2 can be told apart into
+   what the wrapper costs (2 against 3) and how the machine moved (1 against 3). Steps 2 and
+   3 run in a fresh process of their own, as benchmark.py does, so that neither side carries
+   what an earlier round left in its process (in this script's own process both forwards
+   measured 0.86-0.94x of benchmark.py for ViT-B/16 in one run, while a fresh `partbench run`
+   pass measured 1.19x);
 4. partbench end to end: ``partbench run -t part-retrieval`` on a CUB-200-2011 tree in the
    official layout (benchmarks/study_scale.py builds it; synthetic pixels), the model's random
    weights passed as ``--weights``: the pass's decode, crop, forward and cache write per second,
    with the forward share as the pass timed it.
 
-It prints each rate and the ratios to timm's, with the machine's load average before and after.
+Steps 1 to 3 repeat ``--rounds`` times, each round's ratios taken against that round's timm
+figure: on a shared or virtual machine two runs of a minute apart moved by 5-10% with nothing
+changed, more than the gap being measured (ViT-S/16 ratios 0.76-1.12 in three rounds on one
+idle 2-core VM). It prints each round, the median ratio of the rounds
+with their range, and the machine's load average before and after.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+FORWARDS = ("partbench_forward", "timm_forward_in_process")  # measured in one fresh process a round
 PRECISIONS = {"fp32": ("float32", None), "bf16": ("float32", "bfloat16")}  # timm's --precision, --amp-dtype
 
 
@@ -65,7 +74,8 @@ def timm_rate(source: Path, model: str, batch: int, precision: str, warm: int, i
 
 
 def forward_rates(model_name: str, batch: int, precision: str, warm: int, iters: int) -> dict[str, float]:
-    """partbench's forward as the extraction calls it, and timm's plain forward, in this process."""
+    """partbench's forward as the extraction calls it, and timm's plain forward, in this process
+    (``--forwards-only`` runs it as a process of its own: fresh_forward_rates)."""
     import timm
     import torch
 
@@ -108,6 +118,18 @@ def forward_rates(model_name: str, batch: int, precision: str, warm: int, iters:
             step()
             seconds[key].append(time.perf_counter() - t0)
     return {key: batch * iters / sum(v) for key, v in seconds.items()}
+
+
+def fresh_forward_rates(model: str, batch: int, precision: str, warm: int, iters: int) -> dict[str, float]:
+    """forward_rates in a new process of this script, as timm's benchmark.py runs in one."""
+    cmd = [
+        sys.executable, __file__, "--forwards-only", "--timm-source", ".", "--model", model,
+        "--batch-size", str(batch), "--precision", precision, "--warm", str(warm), "--iters", str(iters),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the forwards' process failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def end_to_end(model_name: str, batch: int, precision: str, images: int, scratch: Path) -> dict[str, float]:
@@ -156,12 +178,20 @@ def main() -> None:
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     parser.add_argument("--warm", type=int, default=2, help="warm-up batches")
     parser.add_argument("--iters", type=int, default=5, help="timed batches")
+    parser.add_argument("--rounds", type=int, default=3, help="timm's benchmark and the forwards, repeated")
     parser.add_argument("--images", type=int, default=40, help="CUB images for the end-to-end run")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    parser.add_argument("--forwards-only", action="store_true", help=argparse.SUPPRESS)  # one round's 2 and 3
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.iters < 5:  # timm's benchmark.py logs every iters // 5 batches and fails below 5
         parser.error("--iters must be at least 5")
+    if args.forwards_only:
+        rates = forward_rates(args.model[0], args.batch_size, args.precision, args.warm, args.iters)
+        print(json.dumps(rates))
+        return
     import torch
 
     models = args.model or ["vit_small_patch16_224", "vit_base_patch16_224"]
@@ -172,33 +202,39 @@ def main() -> None:
     rows = []
     for model in models:
         load_before = os.getloadavg()[0]
-        row: dict = {"model": model, "load_before": load_before}
-        row["timm"] = timm_rate(
-            args.timm_source, model, args.batch_size, args.precision, args.warm, args.iters
-        )
-        row.update(forward_rates(model, args.batch_size, args.precision, args.warm, args.iters))
+        row: dict = {"model": model, "load_before": load_before, "rounds": []}
+        for i in range(args.rounds):
+            same = (model, args.batch_size, args.precision, args.warm, args.iters)
+            one = {"timm": timm_rate(args.timm_source, *same), **fresh_forward_rates(*same)}
+            for key in FORWARDS:
+                one[f"{key}_ratio"] = one[key] / one["timm"]
+            row["rounds"].append(one)
+            print(f"{model} round {i + 1}: {json.dumps(one)}", flush=True)
+        for key in ("timm", *FORWARDS, *(f"{k}_ratio" for k in FORWARDS)):
+            row[key] = statistics.median(r[key] for r in row["rounds"])
         if not args.skip_end_to_end:
             with tempfile.TemporaryDirectory(prefix="partbench-timm-peer-") as tmp:
                 row.update(end_to_end(model, args.batch_size, args.precision, args.images, Path(tmp)))
-        row["load_after"] = os.getloadavg()[0]
-        for key in (
-            "partbench_forward",
-            "timm_forward_in_process",
-            "partbench_pass_forward",
-            "partbench_end_to_end",
-        ):
-            if row.get(key) is not None:
+            for key in ("partbench_pass_forward", "partbench_end_to_end"):
                 row[f"{key}_ratio"] = row[key] / row["timm"]
+        row["load_after"] = os.getloadavg()[0]
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "rounds"}), flush=True)
     print()
+    print(f"Medians of {args.rounds} rounds, each ratio against its round's benchmark.py (range beside it).")
     print("| model | load 1-min | timm img/s | partbench forward (x timm) | timm forward here (x timm) "
           "| pass forward (x timm) | end to end (x timm) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
 
     def cell(r: dict, key: str) -> str:
         v = r.get(key)
-        return "–" if v is None else f"{v:.2f} ({r[key + '_ratio']:.2f}x)"
+        if v is None:
+            return "–"
+        text = f"{v:.2f} ({r[key + '_ratio']:.2f}x"
+        if key in FORWARDS and len(r["rounds"]) > 1:
+            ratios = [one[key + "_ratio"] for one in r["rounds"]]
+            text += f", {min(ratios):.2f}-{max(ratios):.2f}"
+        return text + ")"
 
     for r in rows:
         print(
