@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU check in one command, for a GPU machine lent for a few minutes with no network:
 # partbench installed from this tree (its own packages from wheels in .whl/ where the machine
-# lacks them), the disk's write speed, the study-scale check at full size, then the CUDA tests. Logs
-# and figures go to $OUT (default ./gpu-check); arguments go to study_scale.py (--skip-ade, --images N).
+# lacks them), the disk's write speed, timm's benchmark.py as the peer of partbench's forward
+# on the card (when TIMM_SOURCE names a folder holding it: it is in timm's source repository,
+# not in this one nor in timm's wheel, so it travels with the call), the study-scale check at
+# full size with each step's --dry-run forecast beside it, then the CUDA tests. Logs and
+# figures go to $OUT (default ./gpu-check); arguments go to study_scale.py (--skip-ade,
+# --images N, --ade-study-limit N for part-seg at the study's 512 px windows on N images a split).
 #
-#     bash benchmarks/gpu_check.sh
+#     TIMM_SOURCE=.timm bash benchmarks/gpu_check.sh --ade-study-limit 500
 #
 # The study-scale figures are printed step by step as they come, so a run stopped by a time
 # limit still returns the steps it finished.
@@ -46,6 +50,16 @@ mkdir -p "$scratch"
     dd if=/dev/zero of="$scratch/dd.bin" bs=64M count=64 conv=fdatasync 2>&1 | tail -1
     rm -f "$scratch/dd.bin"
 } | tee "$out/disk.txt"
+
+# First, as it is short: ViT-B/16 in bf16 at batch 256, three rounds of benchmark.py and
+# partbench's forward, each in a fresh process, and one real pass end to end.
+if [ -n "${TIMM_SOURCE:-}" ]; then
+    timeout 300 python3 benchmarks/timm_peer.py --timm-source "$TIMM_SOURCE" --device cuda --precision bf16 \
+        --batch-size 256 --warm 10 --iters 50 --rounds 3 --images 400 --model vit_base_patch16_224 \
+        --out "$out/timm_peer.json" 2>&1 | tee "$out/timm_peer.txt"
+else
+    echo "TIMM_SOURCE is not set: timm's benchmark.py as the peer is skipped" | tee "$out/timm_peer.txt"
+fi
 
 # With room in /dev/shm, the cold CUB step runs a second time with its cache there: the same
 # pass with the disk taken out.

@@ -19,8 +19,10 @@ then runs, each as its own `partbench` process:
 and prints one table: wall time, the extraction's images per second end to end and
 forward-only, the device's busy share during extraction, the scoring time, the peak host
 memory (anonymous memory of the process and its workers; the memory-mapped feature cache is
-page cache and reported apart) and the peak GPU memory, with the card's name. Figures are
-also written as JSON (--out).
+page cache and reported apart) and the peak GPU memory, with the card's name. Before each
+step it asks `partbench run ... --dry-run` for its forecast, printed against what the step
+then measured. `--ade-study-limit N` adds ADE20K-Part part-seg at the study's 512 px windows
+on N images a split. Figures are also written as JSON (--out).
 """
 
 from __future__ import annotations
@@ -193,6 +195,30 @@ def stored_runs(db: str, env: dict[str, str]) -> list[dict]:
     return json.loads(out.stdout)
 
 
+def forecast(args: list[str], env: dict[str, str]) -> dict:
+    """What ``partbench run ARGS --dry-run`` predicts for the step, before it runs: the passes it
+    would encode, the bytes they would write, the peak host and device memory and, where this
+    machine has timed the encoder before, the time of its passes."""
+    done = subprocess.run(
+        [sys.executable, "-m", "partbench", "run", *args, "--dry-run", "--json"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout)[-500:]}
+    encoders = [e for f in json.loads(done.stdout) for e in f["encoders"]]
+    passes = [p for e in encoders for p in e["passes"]]
+    memory = [p["memory"] for p in passes if "memory" in p]
+    timed = [e["seconds"] for e in encoders if e.get("passes")]
+    return {
+        "encoder_passes": sum(p["action"] == "encode" for p in passes),
+        "written_mb": sum(p["bytes"] for p in passes) / 2**20,
+        # Forecast for the encoded passes only (the process as loaded, plus the pass).
+        "peak_host_gib": max(m["host_mb"] for m in memory) / 1024 if memory else None,
+        "peak_gpu_gib": max(m.get("device_mb", 0) for m in memory) / 1024 if memory else None,
+        "extraction_seconds": sum(timed) if timed and None not in timed else None,
+    }
+
+
 def summarise(step: str, proc: dict, runs: list[dict]) -> dict:
     timings = [r["timing"] or {} for r in runs]
     # Runs that shared a pass each carry its figures: count every pass once.
@@ -238,6 +264,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     parser.add_argument("--skip-ade", action="store_true")
     parser.add_argument(
+        "--ade-study-limit",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then ADE20K-Part part-seg at the study's 512 px windows (-o protocol=study) on the first "
+        "N images of each split [default: not run]",
+    )
+    parser.add_argument(
         "--cold-again-with-cache",
         type=Path,
         metavar="DIR",
@@ -266,33 +300,37 @@ def main() -> None:
     common = ["--encoder", "mae", "--weights", str(ckpt), "--batch-size", str(args.batch_size), "--db", db]
     if args.workers is not None:
         common += ["--workers", str(args.workers)]
-    steps = []
+    steps: list[dict] = []
+    seen = 0
+
+    def step(name: str, run_args: list[str], run_env: dict[str, str] = env) -> None:
+        nonlocal seen
+        planned = forecast(run_args, run_env)
+        proc = partbench(["run", *run_args], run_env)
+        runs = stored_runs(db, env)
+        steps.append(summarise(name, proc, runs[seen:]) | {"plan": planned})
+        seen = len(runs)
+        print(json.dumps(steps[-1]), flush=True)
+
     cub_args = [*common, "--dataset", "cub200", "--data-root", str(cub)]
     study_part = ["--task", "part-retrieval", "--task", "part-linear", "--task", "part-attentive"]
-    proc = partbench(["run", *cub_args, *study_part], env)
-    runs = stored_runs(db, env)
-    steps.append(summarise("CUB part tasks, cold", proc, runs))
-    print(json.dumps(steps[-1]), flush=True)
-    seen = len(runs)
-    proc = partbench(["run", *cub_args, "--task", "part-retrieval", "-o", "include_self=false"], env)
-    runs = stored_runs(db, env)
-    steps.append(summarise("CUB second part task, warm", proc, runs[seen:]))
-    print(json.dumps(steps[-1]), flush=True)
-    seen = len(runs)
+    step("CUB part tasks, cold", [*cub_args, *study_part])
+    step("CUB second part task, warm", [*cub_args, "--task", "part-retrieval", "-o", "include_self=false"])
     if ade is not None:
         ade_args = [*common, "--dataset", "ade20k-part", "--data-root", str(ade), "--task", "part-seg"]
-        proc = partbench(["run", *ade_args], env)
-        runs = stored_runs(db, env)
-        steps.append(summarise("ADE20K-Part part-seg", proc, runs[seen:]))
-        print(json.dumps(steps[-1]), flush=True)
-        seen = len(runs)
+        step("ADE20K-Part part-seg", ade_args)
+        if args.ade_study_limit:
+            # The study's 512 px windows on the first N images of each split: per image, the
+            # figures of the full size at the study's resolution (fit and score grow linearly
+            # with images: benchmarks/seg_scale.py).
+            limited = ["--limit", str(args.ade_study_limit), "-o", "protocol=study"]
+            step(f"ADE20K-Part part-seg, 512 px windows, {args.ade_study_limit} images a split",
+                 [*ade_args, *limited])  # fmt: skip
     if args.cold_again_with_cache:
         cache = args.cold_again_with_cache / "partbench-study-scale-cache"
         again = {**env, "PARTBENCH_CACHE": str(cache)}
-        proc = partbench(["run", *cub_args, *study_part, "--force"], again)
-        steps.append(summarise(f"CUB part tasks, cold, cache in {args.cold_again_with_cache}", proc,
-                               stored_runs(db, env)[seen:]))  # fmt: skip
-        print(json.dumps(steps[-1]), flush=True)
+        step(f"CUB part tasks, cold, cache in {args.cold_again_with_cache}",
+             [*cub_args, *study_part, "--force"], again)  # fmt: skip
         shutil.rmtree(cache, ignore_errors=True)
 
     from rich.console import Console
@@ -328,6 +366,27 @@ def main() -> None:
             f(s["write_seconds"], ".1f"), f(s["written_mb"] / 1024, ".1f"), f(rate, ".2f"),
         )  # fmt: skip
     Console(width=140).print(stalls)
+    planned = Table(title="the plan (--dry-run, before each step) against the run", title_justify="left")
+    planned.add_column("step")
+    for c in ("passes", "written GiB", "extraction s", "host GiB", "GPU GiB"):
+        planned.add_column(c + " plan / run", justify="right")
+
+    def pair(s: dict, key: str, fmt: str, scale: int = 1) -> str:
+        plan, run = s["plan"].get(key), s[key]
+        if scale != 1:
+            plan, run = (None if plan is None else plan / scale), run / scale
+        return f"{f(plan, fmt)} / {f(run, fmt)}"
+
+    for s in steps:
+        if "error" in s["plan"]:
+            planned.add_row(s["step"], f"dry run failed: {s['plan']['error'].strip().splitlines()[-1]}")
+            continue
+        planned.add_row(
+            s["step"], pair(s, "encoder_passes", "d"), pair(s, "written_mb", ".2f", 1024),
+            pair(s, "extraction_seconds", ".0f"), pair(s, "peak_host_gib", ".1f"),
+            pair(s, "peak_gpu_gib", ".1f"),
+        )  # fmt: skip
+    Console(width=140).print(planned)
     for s in steps:
         print(f"{s['step']}: {'; '.join(s['runs'])}; mapped cache peak {s['peak_mapped_cache_gib']:.1f} GiB")
     if args.out:

@@ -216,8 +216,8 @@ def test_attentive_probe_memory_stays_near_the_cache(benchmark, tmp_path, reques
 
 @pytest.mark.slow
 def test_study_scale_script_runs_small_on_a_cpu(tmp_path):
-    """The GPU check's script, at a size a CPU finishes in a minute: every step completes and
-    the warm step runs no encoder pass."""
+    """The GPU check's script, at a size a CPU finishes in a minute: every step completes, the
+    warm step runs no encoder pass, and each step's --dry-run forecast said as much."""
     import os
 
     script = Path(__file__).with_name("study_scale.py")
@@ -242,3 +242,6 @@ def test_study_scale_script_runs_small_on_a_cpu(tmp_path):
     assert warm["encoder_passes"] == 0 and warm["runs"][0].startswith("part-retrieval: done")
     # Where the extraction's time went: the cold step wrote its features, the warm one nothing.
     assert cold["written_mb"] > 0 and cold["write_seconds"] > 0 and warm["written_mb"] == 0
+    # The forecast before each step: the passes it then ran, bytes to write only when cold.
+    assert cold["plan"]["encoder_passes"] == 2 and warm["plan"]["encoder_passes"] == 0
+    assert cold["plan"]["written_mb"] >= cold["written_mb"] and warm["plan"]["written_mb"] == 0

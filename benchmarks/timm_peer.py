@@ -2,6 +2,7 @@
 
     python benchmarks/timm_peer.py --timm-source ~/src/pytorch-image-models
     python benchmarks/timm_peer.py --timm-source DIR --model vit_base_patch16_224 --batch-size 8
+    python benchmarks/timm_peer.py --timm-source DIR --device cuda --precision bf16 --batch-size 256
 
 timm's ``benchmark.py`` (inference mode) is in timm's source repository, not in its wheel: it
 is run from the checkout given, never copied into partbench. One after the other, in this
@@ -50,7 +51,9 @@ FORWARDS = ("partbench_forward", "timm_forward_in_process")  # measured in one f
 PRECISIONS = {"fp32": ("float32", None), "bf16": ("float32", "bfloat16")}  # timm's --precision, --amp-dtype
 
 
-def timm_rate(source: Path, model: str, batch: int, precision: str, warm: int, iters: int) -> float:
+def timm_rate(
+    source: Path, model: str, batch: int, precision: str, warm: int, iters: int, device: str
+) -> float:
     """infer_samples_per_sec of timm's benchmark.py, run from the checkout as its own process."""
     script = source / "benchmark.py"
     if not script.is_file():
@@ -60,7 +63,7 @@ def timm_rate(source: Path, model: str, batch: int, precision: str, warm: int, i
         prec, amp = PRECISIONS[precision]
         cmd = [
             sys.executable, str(script), "--bench", "inference", "--model", model, "-b", str(batch),
-            "--device", "cpu", "--num-warm-iter", str(warm), "--num-bench-iter", str(iters),
+            "--device", device, "--num-warm-iter", str(warm), "--num-bench-iter", str(iters),
             "--precision", prec, "--results-file", str(out), "--results-format", "json",
         ]  # fmt: skip
         if amp:
@@ -73,7 +76,9 @@ def timm_rate(source: Path, model: str, batch: int, precision: str, warm: int, i
         return float(result["infer_samples_per_sec"])
 
 
-def forward_rates(model_name: str, batch: int, precision: str, warm: int, iters: int) -> dict[str, float]:
+def forward_rates(
+    model_name: str, batch: int, precision: str, warm: int, iters: int, device: str
+) -> dict[str, float]:
     """partbench's forward as the extraction calls it, and timm's plain forward, in this process
     (``--forwards-only`` runs it as a process of its own: fresh_forward_rates)."""
     import timm
@@ -81,25 +86,34 @@ def forward_rates(model_name: str, batch: int, precision: str, warm: int, iters:
 
     from partbench.encoders.timm_adapter import TimmEncoder
 
+    on = torch.device(device)
+    if on.type == "cuda":
+        # fp32 as partbench runs it on a GPU (TF32 matmuls), and as benchmark.py sets at import.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False, num_classes=0).eval()
+    model = timm.create_model(model_name, pretrained=False, num_classes=0).eval().to(on)
     encoder = TimmEncoder(model, name=f"timm:{model_name}", family="unknown", weights_id="random-init:seed=0")
     size = encoder.input_size
-    pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
-    mean = torch.tensor(encoder.mean).view(1, 3, 1, 1)
-    std = torch.tensor(encoder.std).view(1, 3, 1, 1)
+    pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, device=on)
+    mean = torch.tensor(encoder.mean, device=on).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.std, device=on).view(1, 3, 1, 1)
     # As extraction.stream._BatchEncoder._inputs prepares a batch: uint8 H x W x 3, permuted, normalised.
     x = (pixels.permute(0, 3, 1, 2).float().div_(255) - mean) / std
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
 
     def context():
-        return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+        return torch.autocast(on.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def finished() -> None:  # a CUDA forward returns before the device is done
+        if on.type == "cuda":
+            torch.cuda.synchronize(on)
 
     def partbench_step():
         with torch.inference_mode(), context():
             encoder.forward(x, stages=())
 
-    plain = torch.randn(batch, 3, size, size)
+    plain = torch.randn(batch, 3, size, size, device=on)
 
     def timm_step():
         with torch.inference_mode(), context():
@@ -112,19 +126,24 @@ def forward_rates(model_name: str, batch: int, precision: str, warm: int, iters:
     for _ in range(warm):
         partbench_step()
         timm_step()
+    finished()
     for _ in range(iters):
         for key, step in steps.items():
             t0 = time.perf_counter()
             step()
+            finished()
             seconds[key].append(time.perf_counter() - t0)
     return {key: batch * iters / sum(v) for key, v in seconds.items()}
 
 
-def fresh_forward_rates(model: str, batch: int, precision: str, warm: int, iters: int) -> dict[str, float]:
+def fresh_forward_rates(
+    model: str, batch: int, precision: str, warm: int, iters: int, device: str
+) -> dict[str, float]:
     """forward_rates in a new process of this script, as timm's benchmark.py runs in one."""
     cmd = [
         sys.executable, __file__, "--forwards-only", "--timm-source", ".", "--model", model,
         "--batch-size", str(batch), "--precision", precision, "--warm", str(warm), "--iters", str(iters),
+        "--device", device,
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -132,7 +151,9 @@ def fresh_forward_rates(model: str, batch: int, precision: str, warm: int, iters
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def end_to_end(model_name: str, batch: int, precision: str, images: int, scratch: Path) -> dict[str, float]:
+def end_to_end(
+    model_name: str, batch: int, precision: str, images: int, scratch: Path, device: str
+) -> dict[str, float]:
     """One part-retrieval run through the CLI; its pass's rates as the run stored them."""
     import timm
     import torch
@@ -150,7 +171,7 @@ def end_to_end(model_name: str, batch: int, precision: str, images: int, scratch
     cmd = [
         sys.executable, "-m", "partbench", "run", "-e", f"timm:{model_name}", "--weights", str(weights),
         "-t", "part-retrieval", "--dataset", "cub200", "--data-root", str(cub), "--batch-size", str(batch),
-        "--precision", precision, "--db", db, "--force",
+        "--precision", precision, "--device", device, "--db", db, "--force",
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -174,6 +195,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timm-source", type=Path, required=True, help="a timm source checkout")
     parser.add_argument("--model", action="append", help="timm model [default: ViT-S/16 and ViT-B/16]")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (benchmark.py's --device) [default: cpu]"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     parser.add_argument("--warm", type=int, default=2, help="warm-up batches")
@@ -189,7 +213,9 @@ def main() -> None:
     if args.iters < 5:  # timm's benchmark.py logs every iters // 5 batches and fails below 5
         parser.error("--iters must be at least 5")
     if args.forwards_only:
-        rates = forward_rates(args.model[0], args.batch_size, args.precision, args.warm, args.iters)
+        rates = forward_rates(
+            args.model[0], args.batch_size, args.precision, args.warm, args.iters, args.device
+        )
         print(json.dumps(rates))
         return
     import torch
@@ -198,13 +224,15 @@ def main() -> None:
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     )
+    if args.device.startswith("cuda"):
+        machine = f"{torch.cuda.get_device_name(torch.device(args.device))}; {machine}"
     print(f"{machine}; {torch.get_num_threads()} threads; batch {args.batch_size}; {args.precision}")
     rows = []
     for model in models:
         load_before = os.getloadavg()[0]
         row: dict = {"model": model, "load_before": load_before, "rounds": []}
         for i in range(args.rounds):
-            same = (model, args.batch_size, args.precision, args.warm, args.iters)
+            same = (model, args.batch_size, args.precision, args.warm, args.iters, args.device)
             one = {"timm": timm_rate(args.timm_source, *same), **fresh_forward_rates(*same)}
             for key in FORWARDS:
                 one[f"{key}_ratio"] = one[key] / one["timm"]
@@ -214,7 +242,9 @@ def main() -> None:
             row[key] = statistics.median(r[key] for r in row["rounds"])
         if not args.skip_end_to_end:
             with tempfile.TemporaryDirectory(prefix="partbench-timm-peer-") as tmp:
-                row.update(end_to_end(model, args.batch_size, args.precision, args.images, Path(tmp)))
+                row.update(
+                    end_to_end(model, args.batch_size, args.precision, args.images, Path(tmp), args.device)
+                )
             for key in ("partbench_pass_forward", "partbench_end_to_end"):
                 row[f"{key}_ratio"] = row[key] / row["timm"]
         row["load_after"] = os.getloadavg()[0]

@@ -127,6 +127,39 @@ def test_official_cub_tree_forecast_matches_what_the_run_writes(tmp_path, isolat
     assert "cut from the all crops pass" in actions and actions.count("encode") == 3
 
 
+def test_windowed_segmentation_forecast_matches_what_the_run_writes(tmp_path, isolated_home):
+    """At a window other than the encoder's size (80 px for a 64 px mini ViT, its position
+    embeddings resampled): the items are windows and each map is the larger grid's."""
+    args = ["-e", "mini-mae", "-t", "part-seg", "-o", "window=80", "-o", "input_size=96", "--limit", "6"]
+    forecast = check_forecast_then_run(isolated_home, tmp_path / "r.db", [*args, *QUICK])
+    passes = {p["transform"]: p for p in forecast[0]["encoders"][0]["passes"]}
+    # Training reads each image's centre window; testing slides 80 px windows over the 96 px
+    # image at stride 53 (two thirds of 80): two rows of two.
+    assert passes["crop-96-80"]["items"] == 6 and passes["slide-96-80-53"]["items"] == 4 * 6
+    default = dry_run("-e", "mini-mae", "-t", "part-seg", "--limit", "6", *QUICK)
+    (test,) = [p for p in default[0]["encoders"][0]["passes"] if p["split"] == "test"]
+    # The stage maps of a window: a 10 x 10 grid against the 8 x 8 of the encoder's own size.
+    stages = [k for k in test["arrays"] if k.startswith("stages@")]
+    assert stages and passes["slide-96-80-53"]["arrays"][stages[0]] / (4 * 6) == pytest.approx(
+        test["arrays"][stages[0]] / test["items"] * 100 / 64
+    )
+
+    # Timed at 80 px and then at 64 px, a run at 80 px is predicted from the 80 px run's rate,
+    # though the 64 px run is the later one.
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    assert (
+        invoke("run", "-e", "mini-mae", "-t", "part-seg", "--limit", "6", *QUICK, "--db", db).exit_code == 0
+    )
+    runs = {r["id"]: r for r in json.loads(invoke("runs", "--format", "json", "--db", db).output)}
+    at_80 = next(i for i, r in runs.items() if r["config"]["views"]["test"]["transform"] == "slide-96-80-53")
+    later = dry_run(*args[:-1], "5", *QUICK, "--no-cache", "--db", db)
+    encoded = [p for p in later[0]["encoders"][0]["passes"] if p["action"] == "encode"]
+    assert len(encoded) == 2 and {p["timed_by_run"] for p in encoded} == {at_80}
+    timer = runs[at_80]["timing"]
+    for p in encoded:
+        assert p["seconds"] == pytest.approx(p["items"] / (timer["images"] / timer["wall_seconds"]))
+
+
 def test_a_damaged_entry_is_named_and_left_in_place(tmp_path, isolated_home):
     args = ["-e", "mini-mae", "-t", "part-retrieval", "--limit", "4", "--workers", "0"]
     db = f"sqlite:///{tmp_path / 'r.db'}"

@@ -30,9 +30,13 @@ Estimates (documented in docs/performance.md):
   batches, and the largest task's features read whole in float32 (an upper bound:
   segmentation streams its features in chunks);
 - time: where the store holds a done run of the same encoder at the same precision on a
-  device described the same way, reading the same kind of input (crops or images), whose
-  timing counted an encoder pass: items / that run's end-to-end rate (its items over its
-  passes' wall time: decoding, cropping, forward and writing).
+  device described the same way, reading the same kind of input (crops or images) at the
+  same input size, whose timing counted an encoder pass: items / that run's end-to-end rate
+  (its items over its passes' wall time: decoding, cropping, forward and writing).
+
+A segmentation pass at a window of its own (``-o protocol=study``) counts its items as the
+windows each resized image gives, and its shapes and memory as the encoder at the window's
+size, a copy resized before the meta device's forward.
 """
 
 from __future__ import annotations
@@ -121,8 +125,13 @@ def _encoder(plan: Plan, dataset: Any, name: str, spec: Any, cache: Any, store: 
     passes.have = peek
     cached, todos, cuts = passes.schedule()
     est = _Estimates(plan, dataset, encoder, described, peak_rss_mb(), _rates(store, name, plan))
-    # Shapes: one forward on the meta device, of every stage any pass asks for.
+    # Shapes: one forward on the meta device, of every stage any pass asks for, at each input
+    # size a pass runs the encoder at (a segmentation window resamples its position
+    # embeddings): the resized copies first, while the encoder's weights are still real.
     stages = sorted({s for p in passes.passes.values() if "stages" in p.outputs for s in p.stages})
+    for size in sorted({input_size(encoder, p) for p in passes.passes.values()} - {encoder.input_size}):
+        sized = encoder.at_input_size(size)
+        est.sized[size] = (sized, _shapes(sized, stages, lambda size=size: load().at_input_size(size)))
     est.shapes = _shapes(encoder, stages, load)
     for key, p in sorted(passes.passes.items()):
         entry = passes.entries[key]
@@ -202,14 +211,22 @@ class _Estimates:
         self.plan, self.dataset, self.encoder, self.described = plan, dataset, encoder, described
         self.base_rss, self.rates = base_rss, rates
         self.shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+        # Input size -> (the encoder at that size, its outputs' shapes), for windowed passes.
+        self.sized: dict[int, tuple[Any, dict[str, tuple[tuple[int, ...], str]]]] = {}
         self.memo: dict = {}
 
+    def at(self, p: Any) -> tuple[Any, dict[str, tuple[tuple[int, ...], str]]]:
+        """The encoder as pass ``p`` runs it, and its outputs' shapes there."""
+        size = input_size(self.encoder, p)
+        return (self.encoder, self.shapes) if size == self.encoder.input_size else self.sized[size]
+
     def counts(self, p: Any) -> dict[str, Any]:
-        return _counts(self.dataset, p, self.plan.opts.limit, self.encoder, self.memo)
+        return _counts(self.dataset, p, self.plan.opts.limit, self.at(p)[0], self.memo)
 
     def pass_row(self, todo: Any, encoded: bool) -> dict[str, Any]:
+        encoder, shapes = self.at(todo)
         counts = self.counts(todo)
-        sizes = _bytes(todo, self.shapes, counts)
+        sizes = _bytes(todo, shapes, counts)
         row: dict[str, Any] = {
             "outputs": sorted(todo.outputs),
             "masks": [todo.mask_name(s, r) for s, r in todo.masks],
@@ -220,8 +237,8 @@ class _Estimates:
             "arrays": sizes,
         }
         if encoded:
-            row["memory"] = _memory(self.plan, self.described, self.encoder, todo, self.shapes, self.base_rss)
-            rate = self.rates.get(todo.inputs)
+            row["memory"] = _memory(self.plan, self.described, encoder, todo, shapes, self.base_rss)
+            rate = self.rates.get((todo.inputs, encoder.input_size))
             if rate is not None:
                 row["seconds"] = counts["items"] / rate["items_per_second"]
                 row["timed_by_run"] = rate["run"]
@@ -236,8 +253,8 @@ class _Estimates:
         for v in views:
             split = self.dataset.split_for(v.role)
             p = Pass(v.inputs, split, v.transform, frozenset(v.outputs), v.stages, ())
-            items = self.counts(p)["items"]
-            total += sum(items * math.prod(self.shapes[o][0]) * 4 for o in v.outputs)
+            items, shapes = self.counts(p)["items"], self.at(p)[1]
+            total += sum(items * math.prod(shapes[o][0]) * 4 for o in v.outputs)
         return total / 2**20
 
 
@@ -288,20 +305,22 @@ def _counts(dataset: Any, p: Any, limit: int | None, encoder: Any, memo: dict) -
     """Samples, items (crops or images) and label-map bytes of a pass over its split: read
     from the samples themselves, all of them up to SAMPLED, else an even sample scaled up.
     ``memo`` keeps what one split's samples told, so each is read once."""
-    key = (p.inputs, p.split, p.masks)
+    key = (p.inputs, p.split, p.transform, p.masks)
     if key not in memo:
         memo[key] = _count(dataset, p, limit, encoder)
     return memo[key]
 
 
 def _count(dataset: Any, p: Any, limit: int | None, encoder: Any) -> dict[str, Any]:
+    from partbench import windows
     from partbench.datasets.views import crop_rule
     from partbench.extraction import expected_grid
     from partbench.features import FULL
 
     n, read = _samples(dataset, p.split, limit)
-    need = p.inputs == "crops" or bool(p.masks)
-    if not need:
+    geometry = windows.parse(p.transform) if p.inputs != "crops" else None
+    sliding = geometry is not None and geometry.kind == "slide"
+    if not (p.inputs == "crops" or p.masks or sliding):
         return {"samples": n, "items": n, "mask_cells": {}, "counted": "exact"}
     samples = dataset.samples(p.split)
     grid = expected_grid(encoder, p) if p.masks else (0, 0)
@@ -311,6 +330,9 @@ def _count(dataset: Any, p: Any, limit: int | None, encoder: Any) -> dict[str, A
         sample = samples[i]
         if p.inputs == "crops":
             items += len(crop_rule(sample.keypoints, dataset.crop_bounds))
+        elif sliding:  # every window of the resized image (extraction.inputs.sample_inputs)
+            height, width = windows.scaled_size(*sample.image.shape[:2], geometry.size)
+            items += len(windows.windows(height, width, geometry.window, geometry.stride))
         else:
             items += 1
         for source, resolution in p.masks:
@@ -318,6 +340,8 @@ def _count(dataset: Any, p: Any, limit: int | None, encoder: Any) -> dict[str, A
             if mask is None:
                 continue  # the pass fails on it, naming the sample
             h, w = mask.shape[:2]
+            if geometry is not None and geometry.kind == "crop":  # the window's own labels
+                h = w = geometry.window
             if resolution != FULL:
                 h, w = min(h, resolution * grid[0]), min(w, resolution * grid[1])
             cells[source] += h * w
@@ -392,19 +416,36 @@ def _memory(
     return result
 
 
-def _rates(store: Any, encoder: str, plan: Plan) -> dict[str, dict[str, Any]]:
-    """Per kind of input (crops, images): the end-to-end items per second of the latest done
-    run of this encoder reading only that kind, at this precision, on a device described as
-    this one is, whose timing counted an encoder pass. Crops and images are told apart
-    because cutting crops costs time of its own (SynParts, mini-mae, 2 CPU cores: 35 to 45
-    crops/s against 61 to 85 images/s)."""
-    rates: dict[str, dict[str, Any]] = {}
+def input_size(encoder: Any, p: Any) -> int:
+    """The side the encoder runs at in pass ``p``: a segmentation window's, else its own."""
+    from partbench import windows
+
+    geometry = windows.parse(p.transform)
+    return geometry.encoder_size if geometry is not None else encoder.input_size
+
+
+def _rates(store: Any, encoder: str, plan: Plan) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per kind of input (crops, images) and input size: the end-to-end items per second of
+    the latest done run of this encoder reading only that kind at that size, at this
+    precision, on a device described as this one is, whose timing counted an encoder pass.
+    Crops and images are told apart because cutting crops costs time of its own (SynParts,
+    mini-mae, 2 CPU cores: 35 to 45 crops/s against 61 to 85 images/s); sizes, because a
+    512 px window is five times a 224 px image's tokens."""
+    rates: dict[tuple[str, int], dict[str, Any]] = {}
     for run in reversed(store.runs(status="done")):
         timing, config = run.timing or {}, run.config or {}
         if run.encoder != encoder or run.device != plan.machine.text or not timing.get("encoder_passes"):
             continue
         views = config.get("views") or {}
-        kinds = {v.get("inputs") for v in views.values() if isinstance(v, dict)}
+        own = (config.get("encoder") or {}).get("input_size")
+        try:
+            kinds = {
+                (v.get("inputs"), _view_size(v.get("transform"), own))
+                for v in views.values()
+                if isinstance(v, dict)
+            }
+        except ValueError:  # a transform this version does not know
+            continue
         if config.get("precision") != plan.opts.precision or len(kinds) != 1:
             continue
         (kind,) = kinds
@@ -412,6 +453,13 @@ def _rates(store: Any, encoder: str, plan: Plan) -> dict[str, dict[str, Any]]:
         if kind not in rates and images and wall:
             rates[kind] = {"items_per_second": images / wall, "run": run.id}
     return rates
+
+
+def _view_size(transform: Any, own: Any) -> Any:
+    from partbench import windows
+
+    geometry = windows.parse(transform) if isinstance(transform, str) else None
+    return geometry.encoder_size if geometry is not None else own
 
 
 class NoStore:
