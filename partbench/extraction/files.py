@@ -27,7 +27,7 @@ class Writer:
     """Writes each batch's outputs from a thread, so the device runs the next batch while the
     host copies and writes this one; a bounded queue keeps memory to a few batches."""
 
-    def __init__(self, folder, names: Sequence[str]):
+    def __init__(self, folder: Path, names: Sequence[str]):
         self.writers = {n: ArrayWriter(folder, n) for n in names}
         self.q: queue.Queue = queue.Queue(maxsize=3)
         self.error: BaseException | None = None

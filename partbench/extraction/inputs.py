@@ -25,7 +25,8 @@ from partbench.features import FULL
 def sample_inputs(
     inputs: str, transform: str, sample: Sample, dataset: Dataset, size: int
 ) -> list[tuple[np.ndarray, int]]:
-    """The encoder inputs one sample gives: its part crops, or the whole image."""
+    """The encoder inputs one sample gives: its part crops, a segmentation transform's windows,
+    or the whole image."""
     if inputs == "crops":
         if sample.keypoints is None:
             raise DataError(f"{dataset.name}: {sample.key} has no keypoints")
@@ -129,7 +130,7 @@ def _collate(batch: list) -> Load | Failure:
     )
 
 
-def data_loader(items: Items, samples_per_load: int, workers: int, pin: bool):
+def data_loader(items: Items, samples_per_load: int, workers: int, pin: bool) -> torch.utils.data.DataLoader:
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs = {"prefetch_factor": 2, "persistent_workers": False}
