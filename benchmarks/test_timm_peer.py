@@ -1,16 +1,15 @@
 """timm_peer.py's two halves without timm's checkout: the command it gives benchmark.py (here a
-stand-in that records its arguments), and partbench's forward measured in a fresh process."""
+stand-in that writes a result), and partbench's forward measured in a fresh process."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from timm_peer import timm_rate
+from timm_peer import fresh_forward_rates, timm_rate
 
 # Writes a result where benchmark.py writes its own, in the same format.
 STAND_IN = textwrap.dedent(
@@ -57,14 +56,13 @@ def test_a_missing_checkout_is_named(tmp_path):
         timm_rate(tmp_path, "vit_tiny_patch16_224", 1, "fp32", 1, 5, "cpu")
 
 
-def test_the_forwards_run_in_a_process_of_their_own():
-    script = Path(__file__).with_name("timm_peer.py")
-    cmd = [
-        sys.executable, str(script), "--forwards-only", "--timm-source", ".",
-        "--model", "vit_tiny_patch16_224", "--batch-size", "1", "--warm", "1", "--iters", "5",
-    ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    rates = json.loads(done.stdout.strip().splitlines()[-1])
+def test_the_forwards_are_measured_in_a_process_of_their_own():
+    rates = fresh_forward_rates("vit_tiny_patch16_224", 1, "fp32", 1, 5, "cpu")
     assert set(rates) == {"partbench_forward", "timm_forward_in_process"}
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_the_checkout_is_required_to_compare():
+    script = Path(__file__).with_name("timm_peer.py")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 2 and "--timm-source is required" in done.stderr

@@ -17,20 +17,18 @@ machine state, the script measures:
 3. the plain timm forward (``model(x)`` on a contiguous batch) in the same process as 2,
    alternated batch by batch with it, so that a gap between 1 and 2 can be told apart into
    what the wrapper costs (2 against 3) and how the machine moved (1 against 3). Steps 2 and
-   3 run in a fresh process of their own, as benchmark.py does, so that neither side carries
-   what an earlier round left in its process (in this script's own process both forwards
-   measured 0.86-0.94x of benchmark.py for ViT-B/16 in one run, while a fresh `partbench run`
-   pass measured 1.19x);
+   3 run in a fresh process of their own, as benchmark.py always does, so that neither side
+   carries what an earlier round left in its process;
 4. partbench end to end: ``partbench run -t part-retrieval`` on a CUB-200-2011 tree in the
    official layout (benchmarks/study_scale.py builds it; synthetic pixels), the model's random
    weights passed as ``--weights``: the pass's decode, crop, forward and cache write per second,
    with the forward share as the pass timed it.
 
 Steps 1 to 3 repeat ``--rounds`` times, each round's ratios taken against that round's timm
-figure: on a shared or virtual machine two runs of a minute apart moved by 5-10% with nothing
-changed, more than the gap being measured (ViT-S/16 ratios 0.76-1.12 in three rounds on one
-idle 2-core VM). It prints each round, the median ratio of the rounds
-with their range, and the machine's load average before and after.
+figure: on a virtual 2-core machine one round moved by 10-15% with nothing changed, more than
+the gap being measured (ViT-S/16 ratios 0.87-1.12 in three rounds, idle). It prints each
+round, the median ratio of the rounds with their range, and the machine's load average
+before and after.
 """
 
 from __future__ import annotations
@@ -141,7 +139,7 @@ def fresh_forward_rates(
 ) -> dict[str, float]:
     """forward_rates in a new process of this script, as timm's benchmark.py runs in one."""
     cmd = [
-        sys.executable, __file__, "--forwards-only", "--timm-source", ".", "--model", model,
+        sys.executable, __file__, "--forwards-only", "--model", model,
         "--batch-size", str(batch), "--precision", precision, "--warm", str(warm), "--iters", str(iters),
         "--device", device,
     ]  # fmt: skip
@@ -193,7 +191,7 @@ def end_to_end(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timm-source", type=Path, required=True, help="a timm source checkout")
+    parser.add_argument("--timm-source", type=Path, help="a timm source checkout (required)")
     parser.add_argument("--model", action="append", help="timm model [default: ViT-S/16 and ViT-B/16]")
     parser.add_argument(
         "--device", default="cpu", help="cpu or cuda (benchmark.py's --device) [default: cpu]"
@@ -212,12 +210,14 @@ def main() -> None:
         parser.error("--rounds must be at least 1")
     if args.iters < 5:  # timm's benchmark.py logs every iters // 5 batches and fails below 5
         parser.error("--iters must be at least 5")
-    if args.forwards_only:
+    if args.forwards_only:  # fresh_forward_rates's process: --model once, no checkout needed
         rates = forward_rates(
             args.model[0], args.batch_size, args.precision, args.warm, args.iters, args.device
         )
         print(json.dumps(rates))
         return
+    if args.timm_source is None:
+        parser.error("--timm-source is required: a timm source checkout holding benchmark.py")
     import torch
 
     models = args.model or ["vit_small_patch16_224", "vit_base_patch16_224"]

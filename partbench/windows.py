@@ -65,6 +65,12 @@ def parse(transform: str) -> Geometry | None:
     return g
 
 
+def encoder_size(transform: str, own: int) -> int:
+    """The side the encoder runs at under ``transform``: a sized transform's, else ``own``."""
+    g = parse(transform)
+    return own if g is None else g.encoder_size
+
+
 def scaled_size(height: int, width: int, short: int) -> tuple[int, int]:
     """(height, width) after resizing with the aspect kept: the short side to ``short``, unless
     the long side would then pass LONG_SIDE * ``short`` (then the long side to that), as

@@ -45,6 +45,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from partbench import windows
 from partbench.errors import PartbenchError
 from partbench.runner.config import covers, declared_config, run_config
 from partbench.runner.plan import Machine, Plan, RunOptions, make_plan
@@ -129,7 +130,8 @@ def _encoder(plan: Plan, dataset: Any, name: str, spec: Any, cache: Any, store: 
     # size a pass runs the encoder at (a segmentation window resamples its position
     # embeddings): the resized copies first, while the encoder's weights are still real.
     stages = sorted({s for p in passes.passes.values() if "stages" in p.outputs for s in p.stages})
-    for size in sorted({input_size(encoder, p) for p in passes.passes.values()} - {encoder.input_size}):
+    sizes = {windows.encoder_size(p.transform, encoder.input_size) for p in passes.passes.values()}
+    for size in sorted(sizes - {encoder.input_size}):
         sized = encoder.at_input_size(size)
         est.sized[size] = (sized, _shapes(sized, stages, lambda size=size: load().at_input_size(size)))
     est.shapes = _shapes(encoder, stages, load)
@@ -217,7 +219,7 @@ class _Estimates:
 
     def at(self, p: Any) -> tuple[Any, dict[str, tuple[tuple[int, ...], str]]]:
         """The encoder as pass ``p`` runs it, and its outputs' shapes there."""
-        size = input_size(self.encoder, p)
+        size = windows.encoder_size(p.transform, self.encoder.input_size)
         return (self.encoder, self.shapes) if size == self.encoder.input_size else self.sized[size]
 
     def counts(self, p: Any) -> dict[str, Any]:
@@ -312,13 +314,12 @@ def _counts(dataset: Any, p: Any, limit: int | None, encoder: Any, memo: dict) -
 
 
 def _count(dataset: Any, p: Any, limit: int | None, encoder: Any) -> dict[str, Any]:
-    from partbench import windows
     from partbench.datasets.views import crop_rule
     from partbench.extraction import expected_grid
     from partbench.features import FULL
 
     n, read = _samples(dataset, p.split, limit)
-    geometry = windows.parse(p.transform) if p.inputs != "crops" else None
+    geometry = windows.parse(p.transform)
     sliding = geometry is not None and geometry.kind == "slide"
     if not (p.inputs == "crops" or p.masks or sliding):
         return {"samples": n, "items": n, "mask_cells": {}, "counted": "exact"}
@@ -416,14 +417,6 @@ def _memory(
     return result
 
 
-def input_size(encoder: Any, p: Any) -> int:
-    """The side the encoder runs at in pass ``p``: a segmentation window's, else its own."""
-    from partbench import windows
-
-    geometry = windows.parse(p.transform)
-    return geometry.encoder_size if geometry is not None else encoder.input_size
-
-
 def _rates(store: Any, encoder: str, plan: Plan) -> dict[tuple[str, int], dict[str, Any]]:
     """Per kind of input (crops, images) and input size: the end-to-end items per second of
     the latest done run of this encoder reading only that kind at that size, at this
@@ -440,7 +433,7 @@ def _rates(store: Any, encoder: str, plan: Plan) -> dict[tuple[str, int], dict[s
         own = (config.get("encoder") or {}).get("input_size")
         try:
             kinds = {
-                (v.get("inputs"), _view_size(v.get("transform"), own))
+                (v.get("inputs"), windows.encoder_size(v.get("transform") or "test", own))
                 for v in views.values()
                 if isinstance(v, dict)
             }
@@ -453,13 +446,6 @@ def _rates(store: Any, encoder: str, plan: Plan) -> dict[tuple[str, int], dict[s
         if kind not in rates and images and wall:
             rates[kind] = {"items_per_second": images / wall, "run": run.id}
     return rates
-
-
-def _view_size(transform: Any, own: Any) -> Any:
-    from partbench import windows
-
-    geometry = windows.parse(transform) if isinstance(transform, str) else None
-    return geometry.encoder_size if geometry is not None else own
 
 
 class NoStore:
