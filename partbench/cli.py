@@ -731,10 +731,11 @@ def study(
     from partbench.runner import RunOptions
 
     err = _console(stderr=True)
+    store = _store(db)
     with _progress(err) as progress:
         report = mini.run_mini_study(
             _registry(),
-            _store(db),
+            store,
             RunOptions(device=device, seed=seed, force=force),
             progress=progress,
             say=_problem(err),
@@ -754,7 +755,13 @@ def study(
         out.print(
             f"{mark}  {rich_text(d.text())} ({mini.SERVES[d.a]} level); tasks at chance: {rich_text(chance)}"
         )
-    if output_dir is not None:
+    if output_dir is None:  # a first run's reader would otherwise not know where it went
+        click.echo(
+            f"The runs are stored in {store.target.label}: `partbench leaderboard` shows them again; "
+            "--output-dir DIR also writes this report as mini.md, mini.json, mini.html and mini.svg.",
+            err=True,
+        )
+    else:
         command = "partbench study mini --output-dir " + str(output_dir)
         written = mini.write(report, output_dir, command)
         for path in written:

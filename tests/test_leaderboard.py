@@ -799,6 +799,24 @@ def test_the_study_writes_its_set_without_a_browser_and_drops_an_older_picture(s
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.parametrize("with_dir", [False, True])
+def test_the_study_says_where_its_runs_and_report_went(store, tmp_path, monkeypatch, with_dir):
+    import partbench.study as mini
+    from partbench.study import StudyReport
+
+    (board,) = boards(store)
+    monkeypatch.setattr(mini, "run_mini_study", lambda *a, **k: StudyReport(board, claims=[], outcomes=[]))
+    monkeypatch.setenv("PARTBENCH_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    db = tmp_path / "lb.db"
+    args = ["study", "mini", "--db", f"sqlite:///{db}"]
+    args += ["--output-dir", str(tmp_path / "o")] if with_dir else []
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    told = f"The runs are stored in {db}" in res.output
+    assert told != with_dir  # said once, where no report file was written
+    assert ("Wrote " in res.output) == with_dir
+
+
 def test_the_cli_offers_exactly_the_registered_formats_and_their_suffixes():
     option = next(p for p in leaderboard_command.params if p.name == "fmt")
     assert list(option.type.choices) == list(FORMATS)
