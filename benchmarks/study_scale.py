@@ -21,8 +21,9 @@ forward-only, the device's busy share during extraction, the scoring time, the p
 memory (anonymous memory of the process and its workers; the memory-mapped feature cache is
 page cache and reported apart) and the peak GPU memory, with the card's name. Before each
 step it asks `partbench run ... --dry-run` for its forecast, printed against what the step
-then measured. `--ade-study-limit N` adds ADE20K-Part part-seg at the study's 512 px windows
-on N images a split. Figures are also written as JSON (--out).
+then measured (its bytes against the feature cache's growth on disk). `--ade-study-limit N`
+adds ADE20K-Part part-seg at the study's 512 px windows on N images a split. Figures are also
+written as JSON (--out).
 """
 
 from __future__ import annotations
@@ -219,6 +220,11 @@ def forecast(args: list[str], env: dict[str, str]) -> dict:
     }
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
 def summarise(step: str, proc: dict, runs: list[dict]) -> dict:
     timings = [r["timing"] or {} for r in runs]
     # Runs that shared a pass each carry its figures: count every pass once.
@@ -306,9 +312,15 @@ def main() -> None:
     def step(name: str, run_args: list[str], run_env: dict[str, str] = env) -> None:
         nonlocal seen
         planned = forecast(run_args, run_env)
+        # The forecast's bytes are every entry the run adds to the cache, cut entries (a split
+        # taken from a pass over all images) included; the passes' own timing counts only what
+        # their writers wrote. So the cache folder is weighed before and after.
+        cache = Path(run_env.get("PARTBENCH_CACHE") or Path(run_env["PARTBENCH_HOME"]) / "cache")
+        before = folder_bytes(cache)
         proc = partbench(["run", *run_args], run_env)
+        grown = (folder_bytes(cache) - before) / 2**20
         runs = stored_runs(db, env)
-        steps.append(summarise(name, proc, runs[seen:]) | {"plan": planned})
+        steps.append(summarise(name, proc, runs[seen:]) | {"plan": planned, "cache_grew_mb": grown})
         seen = len(runs)
         print(json.dumps(steps[-1]), flush=True)
 
@@ -368,11 +380,11 @@ def main() -> None:
     Console(width=140).print(stalls)
     planned = Table(title="the plan (--dry-run, before each step) against the run", title_justify="left")
     planned.add_column("step")
-    for c in ("passes", "written GiB", "extraction s", "host GiB", "GPU GiB"):
+    for c in ("passes", "cache GiB", "extraction s", "host GiB", "GPU GiB"):
         planned.add_column(c + " plan / run", justify="right")
 
-    def pair(s: dict, key: str, fmt: str, scale: int = 1) -> str:
-        plan, run = s["plan"].get(key), s[key]
+    def pair(s: dict, key: str, fmt: str, scale: int = 1, measured: str = "") -> str:
+        plan, run = s["plan"].get(key), s[measured or key]
         if scale != 1:
             plan, run = (None if plan is None else plan / scale), run / scale
         return f"{f(plan, fmt)} / {f(run, fmt)}"
@@ -382,7 +394,7 @@ def main() -> None:
             planned.add_row(s["step"], f"dry run failed: {s['plan']['error'].strip().splitlines()[-1]}")
             continue
         planned.add_row(
-            s["step"], pair(s, "encoder_passes", "d"), pair(s, "written_mb", ".2f", 1024),
+            s["step"], pair(s, "encoder_passes", "d"), pair(s, "written_mb", ".2f", 1024, "cache_grew_mb"),
             pair(s, "extraction_seconds", ".0f"), pair(s, "peak_host_gib", ".1f"),
             pair(s, "peak_gpu_gib", ".1f"),
         )  # fmt: skip
