@@ -451,3 +451,31 @@ def test_a_single_stage_run_draws_no_curve_and_a_bad_stage_list_is_refused(tmp_p
     assert build(store.runs(), registry=reg)[0].curves == []
     with pytest.raises(PartbenchError, match=r"part-discovery\.stage=0,x"):
         run(reg, store, ["tiny"], ["part-discovery"], _opts(options=("stage=0,x",)))
+
+
+def test_a_run_on_generated_data_draws_it_once_and_keeps_it_for_the_next(tmp_path, monkeypatch):
+    from partbench.datasets import synparts
+
+    reg = _registry_with(("tiny", "ok"))
+    small = ("train=6", "test=5")
+    limited = run(reg, _store(tmp_path / "a"), ["tiny"], ["object-retrieval"], _opts(dataset_options=small))
+    assert limited[0].status == "done"
+    kept = [synparts.renders_path(0, split, n, 96) for split, n in (("train", 6), ("test", 5))]
+    assert not any(p.exists() for p in kept)  # a --limit run reads a few samples: none kept
+    # Not --limit: every sample is drawn before the pass and kept beside the features.
+    first = run(
+        reg, _store(tmp_path / "b"), ["tiny"], ["object-retrieval"], _opts(limit=None, dataset_options=small)
+    )
+    assert first[0].status == "done" and all(p.is_file() for p in kept)
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("a kept sample was drawn again")
+
+    # The next command (another process: a fresh dataset object), its features cached elsewhere,
+    # encodes the kept samples, draws none, and scores the same.
+    monkeypatch.setattr(synparts, "render", no_drawing)
+    monkeypatch.setenv("PARTBENCH_CACHE", str(tmp_path / "other-cache"))
+    again = run(
+        reg, _store(tmp_path / "c"), ["tiny"], ["object-retrieval"], _opts(limit=None, dataset_options=small)
+    )
+    assert again[0].status == "done" and again[0].value == first[0].value

@@ -144,6 +144,7 @@ def _fields_equal(a, b) -> bool:
 
 def test_prepared_renders_are_the_samples_and_are_read_instead_of_drawn(tmp_path, monkeypatch):
     monkeypatch.setenv("PARTBENCH_HOME", str(tmp_path))
+    monkeypatch.setattr(synparts, "SAMPLES_PER_PROCESS", 4)
     ds = SynParts(train=7, test=9)
     ds.prepare(workers=2)  # two processes, each drawing part of each split
     paths = {split: ds.renders_path(split) for split in ("train", "test")}

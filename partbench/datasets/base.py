@@ -80,9 +80,11 @@ class Dataset:
         raise NotImplementedError
 
     def prepare(self, workers: int = 1) -> None:
-        """Work done once, in up to ``workers`` processes, so that several processes reading
-        this dataset afterwards (a study's lanes) share it instead of each doing it. Most
-        datasets read files and have none."""
+        """Work done once, in up to ``workers`` processes, so that the processes reading this
+        dataset afterwards (a study's lanes, the next command) share it instead of each doing
+        it. Called for built-in data by the runner before a pass encodes and by the study before
+        its lanes; a second call on the same object returns at once. Most datasets read files
+        and have none."""
 
     def keypoint_pairs(self, split: str, within: int | None = None) -> Sequence[KeypointPair]:
         """The ``keypoint-pairs`` capability: pairs of samples of ``split`` with corresponding

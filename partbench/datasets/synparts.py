@@ -427,11 +427,17 @@ def kept_renders() -> list[Path]:
     return sorted(folder.glob("synparts-*.npz")) if folder.is_dir() else []
 
 
+SAMPLES_PER_PROCESS = 200  # 40 samples: 0.45 s in one process, 0.50 s in two (2-core CPU)
+
+
 def draw(seed: int, counts: Mapping[str, int], size: int = 96, workers: int = 1) -> dict[str, Renders]:
     """The first ``counts[split]`` samples of each split, ``workers`` processes drawing spans
     of each (at 13 ms an image, the benchmark's 2,600 take 35 s on one core). The processes
     are spawned, so a script that calls this with ``workers > 1`` needs its
     ``if __name__ == "__main__":`` guard, as for any multiprocessing pool."""
+    # A spawned process costs about half a second before it draws (its imports): fewer
+    # samples than this a process are drawn sooner by fewer processes.
+    workers = min(workers, -(-sum(counts.values()) // SAMPLES_PER_PROCESS))
     if workers <= 1:
         return {split: _render_range(seed, split, 0, n, size) for split, n in counts.items()}
     from concurrent.futures import ProcessPoolExecutor
@@ -512,7 +518,10 @@ class SynParts(Dataset):
     def prepare(self, workers: int = 1) -> None:
         """Keep both splits' renders in PARTBENCH_HOME/cache, unless they are there: each of a
         study's lanes drew all 2,600 itself before its first encoder could start. A kept file
-        that is not these samples (another seed's, or changed) is drawn again and replaced."""
+        that is not these samples (another seed's, or changed) is drawn again and replaced.
+        Once they are held, a second call does nothing."""
+        if all(self._renders.get(split) is not None for split in self.counts):
+            return
         self._renders.update(load_or_draw(self.seed, self.counts, self.size, workers))
 
     def samples(self, split: str) -> LazySamples[Sample]:
