@@ -5,10 +5,17 @@
 # on the card (when TIMM_SOURCE names a folder holding it: it is in timm's source repository,
 # not in this one nor in timm's wheel, so it travels with the call), the study-scale check at
 # full size with each step's --dry-run forecast beside it, then the CUDA tests. Logs and
-# figures go to $OUT (default ./gpu-check); arguments go to study_scale.py (--skip-ade,
-# --images N, --ade-study-limit N for part-seg at the study's 512 px windows on N images a split).
+# figures go to $OUT (default ./gpu-check); arguments go to study_scale.py (--skip-cub,
+# --skip-ade, --skip-ade-full, --images N, --ade-study-limit N for part-seg at the study's
+# 512 px windows on N images a split).
 #
 #     TIMM_SOURCE=.timm bash benchmarks/gpu_check.sh --ade-study-limit 500
+#
+# A lent card's call stops at 10 minutes, so the steps can be split over calls, most wanted first:
+#
+#     TIMM_SOURCE=.timm bash benchmarks/gpu_check.sh --skip-ade            # the peer, CUB cold and warm
+#     bash benchmarks/gpu_check.sh --skip-cub                              # ADE20K-Part at full size
+#     bash benchmarks/gpu_check.sh --skip-cub --skip-ade-full --ade-study-limit 500   # 512 px windows
 #
 # The study-scale figures are printed step by step as they come, so a run stopped by a time
 # limit still returns the steps it finished.

@@ -22,8 +22,9 @@ memory (anonymous memory of the process and its workers; the memory-mapped featu
 page cache and reported apart) and the peak GPU memory, with the card's name. Before each
 step it asks `partbench run ... --dry-run` for its forecast, printed against what the step
 then measured (its bytes against the feature cache's growth on disk). `--ade-study-limit N`
-adds ADE20K-Part part-seg at the study's 512 px windows on N images a split. Figures are also
-written as JSON (--out).
+adds ADE20K-Part part-seg at the study's 512 px windows on N images a split. `--skip-cub`,
+`--skip-ade` and `--skip-ade-full` split the steps over several calls of a lent card (10
+minutes each). Figures are also written as JSON (--out).
 """
 
 from __future__ import annotations
@@ -268,7 +269,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers [default: cores]")
     parser.add_argument("--work-dir", type=Path, help="scratch folder [default: a temporary one]")
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
-    parser.add_argument("--skip-ade", action="store_true")
+    # A lent card's call runs at most 10 minutes: the steps can be split over calls.
+    parser.add_argument("--skip-cub", action="store_true", help="no CUB step (nor --cold-again-with-cache)")
+    parser.add_argument("--skip-ade", action="store_true", help="no ADE20K-Part step")
+    parser.add_argument(
+        "--skip-ade-full",
+        action="store_true",
+        help="of ADE20K-Part, only the --ade-study-limit step (its tree holds only those images)",
+    )
     parser.add_argument(
         "--ade-study-limit",
         type=int,
@@ -285,14 +293,21 @@ def main() -> None:
         "of /dev/shm: if the pass then keeps the device busier, the disk was what held it back)",
     )
     args = parser.parse_args()
+    if args.skip_ade_full and not args.ade_study_limit:
+        parser.error("--skip-ade-full leaves only the --ade-study-limit step: give it")
+    if args.skip_ade_full:
+        args.ade_train = min(args.ade_train, args.ade_study_limit)
+        args.ade_val = min(args.ade_val, args.ade_study_limit)
 
     scratch = args.work_dir or Path(tempfile.mkdtemp(prefix="partbench-study-scale-"))
     scratch.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores)"
-    print(f"study scale on {card}: {args.images} CUB images, ADE20K-Part {args.ade_train} + {args.ade_val}")
+    sizes = [] if args.skip_cub else [f"{args.images} CUB images"]
+    sizes += [] if args.skip_ade else [f"ADE20K-Part {args.ade_train} + {args.ade_val}"]
+    print(f"study scale on {card}: {', '.join(sizes) or 'no step'}")
     t0 = time.perf_counter()
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        cub = build_cub(scratch / "CUB_200_2011", args.images, pool)
+        cub = None if args.skip_cub else build_cub(scratch / "CUB_200_2011", args.images, pool)
         ade = (
             None
             if args.skip_ade
@@ -326,11 +341,14 @@ def main() -> None:
 
     cub_args = [*common, "--dataset", "cub200", "--data-root", str(cub)]
     study_part = ["--task", "part-retrieval", "--task", "part-linear", "--task", "part-attentive"]
-    step("CUB part tasks, cold", [*cub_args, *study_part])
-    step("CUB second part task, warm", [*cub_args, "--task", "part-retrieval", "-o", "include_self=false"])
+    if cub is not None:
+        step("CUB part tasks, cold", [*cub_args, *study_part])
+        warm = [*cub_args, "--task", "part-retrieval", "-o", "include_self=false"]
+        step("CUB second part task, warm", warm)
     if ade is not None:
         ade_args = [*common, "--dataset", "ade20k-part", "--data-root", str(ade), "--task", "part-seg"]
-        step("ADE20K-Part part-seg", ade_args)
+        if not args.skip_ade_full:
+            step("ADE20K-Part part-seg", ade_args)
         if args.ade_study_limit:
             # The study's 512 px windows on the first N images of each split: per image, the
             # figures of the full size at the study's resolution (fit and score grow linearly
@@ -338,7 +356,7 @@ def main() -> None:
             limited = ["--limit", str(args.ade_study_limit), "-o", "protocol=study"]
             step(f"ADE20K-Part part-seg, 512 px windows, {args.ade_study_limit} images a split",
                  [*ade_args, *limited])  # fmt: skip
-    if args.cold_again_with_cache:
+    if args.cold_again_with_cache and cub is not None:
         cache = args.cold_again_with_cache / "partbench-study-scale-cache"
         again = {**env, "PARTBENCH_CACHE": str(cache)}
         step(f"CUB part tasks, cold, cache in {args.cold_again_with_cache}",

@@ -249,3 +249,31 @@ def test_study_scale_script_runs_small_on_a_cpu(tmp_path):
     grew = cold["cache_grew_mb"]
     assert cold["written_mb"] < grew and abs(cold["plan"]["written_mb"] - grew) <= 0.01 * grew
     assert warm["plan"]["written_mb"] == 0 and warm["cache_grew_mb"] == 0
+
+
+@pytest.mark.slow
+def test_study_scale_runs_only_the_windowed_segmentation_when_told(tmp_path):
+    """The steps split over a lent card's calls: with --skip-cub and --skip-ade-full only the
+    study's 512 px windows on N images a split run, on a tree of those images alone, and the
+    forecast's passes and bytes are what the step then encoded and added to the cache."""
+    import os
+
+    script = Path(__file__).with_name("study_scale.py")
+    out, work = tmp_path / "figures.json", tmp_path / "w"
+    env = {**os.environ, "PARTBENCH_LOAD_PLUGINS": "partbench", "CUDA_VISIBLE_DEVICES": ""}
+    args = ["--skip-cub", "--skip-ade-full", "--ade-study-limit", "2", "--ade-train", "40", "--ade-val", "10"]
+    args += ["--workers", "0", "--work-dir", str(work), "--out", str(out)]
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (only,) = json.loads(out.read_text())["steps"]
+    assert only["step"] == "ADE20K-Part part-seg, 512 px windows, 2 images a split"
+    assert only["runs"][0].startswith("part-seg: done")
+    assert not (work / "CUB_200_2011").exists()
+    assert len(list((work / "ade20k-part").rglob("*.jpg"))) == 4  # 2 + 2, not 40 + 10
+    grew = only["cache_grew_mb"]
+    assert only["plan"]["encoder_passes"] == only["encoder_passes"] == 2
+    assert abs(only["plan"]["written_mb"] - grew) <= 0.01 * grew
+    refused = subprocess.run(
+        [sys.executable, str(script), "--skip-ade-full"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "--ade-study-limit" in refused.stderr
