@@ -463,10 +463,30 @@ def test_a_run_on_generated_data_draws_it_once_and_keeps_it_for_the_next(tmp_pat
     kept = [synparts.renders_path(0, split, n, 96) for split, n in (("train", 6), ("test", 5))]
     assert not any(p.exists() for p in kept)  # a --limit run reads a few samples: none kept
     # Not --limit: every sample is drawn before the pass and kept beside the features.
+    shown: list[tuple[str, str]] = []
+
+    class Progress:  # what the CLI's rich progress is asked to show
+        def add_task(self, description, total=None):
+            shown.append(("add", description))
+            return description
+
+        def remove_task(self, task_id):
+            shown.append(("remove", task_id))
+
+        def advance(self, task_id, n):
+            pass
+
     first = run(
-        reg, _store(tmp_path / "b"), ["tiny"], ["object-retrieval"], _opts(limit=None, dataset_options=small)
+        reg,
+        _store(tmp_path / "b"),
+        ["tiny"],
+        ["object-retrieval"],
+        _opts(limit=None, dataset_options=small),
+        progress=Progress(),
     )
     assert first[0].status == "done" and all(p.is_file() for p in kept)
+    # A line says what it waits for while the data is drawn, before the pass's own.
+    assert shown[:2] == [("add", "synparts data"), ("remove", "synparts data")] and len(shown) > 2
 
     def no_drawing(*args, **kwargs):
         raise AssertionError("a kept sample was drawn again")
