@@ -499,3 +499,42 @@ def test_a_run_on_generated_data_draws_it_once_and_keeps_it_for_the_next(tmp_pat
         reg, _store(tmp_path / "c"), ["tiny"], ["object-retrieval"], _opts(limit=None, dataset_options=small)
     )
     assert again[0].status == "done" and again[0].value == first[0].value
+
+
+def test_generated_data_that_cannot_be_kept_is_drawn_as_read(tmp_path, monkeypatch):
+    from partbench.datasets import synparts
+
+    def full(self, path, params):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(synparts.Renders, "save", full)
+    said: list[str] = []
+    opts = _opts(limit=None, dataset_options=("train=6", "test=5"))
+    outcomes = run(
+        _registry_with(("tiny", "ok")),
+        _store(tmp_path),
+        ["tiny"],
+        ["object-retrieval"],
+        opts,
+        say=said.append,
+    )
+    assert outcomes[0].status == "done"
+    assert len(said) == 1 and "synparts: its data is not kept" in said[0] and "No space left" in said[0]
+
+
+def test_stopped_while_its_data_is_drawn_a_run_is_left_interrupted_and_nothing_half_kept(
+    tmp_path, monkeypatch
+):
+    from partbench import paths
+    from partbench.datasets import synparts
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synparts, "_render_range", stopped)
+    store = _store(tmp_path)
+    opts = _opts(limit=None, dataset_options=("train=6", "test=5"))
+    with pytest.raises(KeyboardInterrupt):
+        run(_registry_with(("tiny", "ok")), store, ["tiny"], ["object-retrieval"], opts)
+    assert [r.status for r in store.runs()] == ["interrupted"]
+    assert not list((paths.home() / "cache").glob("synparts-*"))  # no render file, whole or part

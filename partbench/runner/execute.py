@@ -126,8 +126,8 @@ class EncoderRun:
         jobs = self._claim(encoder, described)
         if not jobs:
             return self.outcomes
-        self._prepare_data()
         try:
+            self._prepare_data()
             compiled = torch.compile(encoder.forward, dynamic=False) if plan.opts.compile else None
             passes = Passes(
                 plan,
@@ -166,6 +166,8 @@ class EncoderRun:
         task_id = progress.add_task(f"{self.plan.dataset.name} data", total=None) if progress else None
         try:
             self.dataset.prepare(workers=available_cores())
+        except OSError as exc:  # keeping the data saves time; the pass can draw what it reads
+            self.say(f"{self.plan.dataset.name}: its data is not kept ({describe_error(exc)}); drawn as read")
         finally:
             if task_id is not None:
                 progress.remove_task(task_id)
