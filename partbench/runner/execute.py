@@ -155,7 +155,9 @@ class EncoderRun:
         pass reads it, as the study does for its lanes. Drawn sample by sample inside the pass,
         SynParts held a first run up on one core (35 s of 112 s for every task on 2 cores) and
         was drawn again by the next command. Not for a --limit run (it reads a few samples),
-        --no-cache (it keeps nothing) or several processes (each would draw it)."""
+        --no-cache (it keeps nothing) or several processes (each would draw it). SynParts
+        spawns its drawing processes: a script calling ``runner.run`` itself needs the
+        ``if __name__ == "__main__":`` guard any multiprocessing script needs."""
         from partbench.extraction import available_cores
 
         opts, progress = self.plan.opts, self.progress
