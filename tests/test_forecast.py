@@ -217,3 +217,19 @@ def test_shapes_of_an_encoder_the_meta_device_cannot_run():
     assert _shapes(numpy_side(spec.load(EncoderRequest("mini-mae"))), stages, reload) == plain
     assert loads == [1]
     assert plain["stages"] == ((64, 256), "float16") and plain["cls"] == ((128,), "float32")
+
+
+def test_generated_data_a_run_would_keep_is_counted_once(tmp_path, isolated_home):
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    args = ["-e", "mini-random", "-t", "object-retrieval", *QUICK, "--db", db]
+    args += ["--dataset-option", "train=6", "--dataset-option", "test=5"]
+    assert dry_run(*args, "--limit", "4")[0]["data_bytes"] == 0  # a limited run keeps none
+    (before,) = dry_run(*args)
+    assert before["data_bytes"] > 0 and not list((isolated_home / "cache").glob("synparts-*"))
+    text = invoke("run", *args, "--dry-run").output
+    assert "data: synparts is drawn before the first pass and kept for later commands" in text
+    assert invoke("run", *args).exit_code == 0
+    kept = sum(p.stat().st_size for p in (isolated_home / "cache").glob("synparts-*.npz"))
+    # The arrays exactly; each file adds its zip headers and parameter record (a few KiB).
+    assert 0 <= kept - before["data_bytes"] <= 2 * 4096
+    assert dry_run(*args, "--force")[0]["data_bytes"] == 0  # kept: nothing to draw again

@@ -86,6 +86,10 @@ class Dataset:
         its lanes; a second call on the same object returns at once. Most datasets read files
         and have none."""
 
+    def prepare_bytes(self) -> int:
+        """What ``prepare`` would write now, in bytes (0: nothing), for a dry run to count."""
+        return 0
+
     def keypoint_pairs(self, split: str, within: int | None = None) -> Sequence[KeypointPair]:
         """The ``keypoint-pairs`` capability: pairs of samples of ``split`` with corresponding
         keypoints (partbench.datasets.pairs), in a fixed order; with ``within``, only the pairs

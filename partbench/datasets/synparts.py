@@ -402,6 +402,18 @@ class Renders:
         return None
 
 
+def _kept_as(path: Path, params: Mapping[str, object]) -> bool:
+    """Whether ``path`` records renders drawn with ``params`` (its arrays are not read)."""
+    import numpy as np
+
+    try:
+        with np.load(path) as z:
+            record = json.loads(str(z["record"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+    return isinstance(record, dict) and record.get("params") == json.loads(json.dumps(dict(params)))
+
+
 def _render_range(seed: int, split: str, lo: int, hi: int, size: int) -> Renders:
     return Renders.of([render(seed, split, i, size) for i in range(lo, hi)])
 
@@ -523,6 +535,19 @@ class SynParts(Dataset):
         if all(self._renders.get(split) is not None for split in self.counts):
             return
         self._renders.update(load_or_draw(self.seed, self.counts, self.size, workers))
+
+    def prepare_bytes(self) -> int:
+        """The arrays ``prepare`` would keep for each split not yet kept under these
+        parameters (a kept file's record is read, not its arrays), keypoints padded to the most
+        parts a class places. The file adds a few kilobytes of headers."""
+        most = max(len(placements) for _, placements in OBJECT_CLASSES.values())
+        per_sample = self.size * self.size * (3 + 1 + 1) + 8 + 8 + most * 4 * 8
+        return sum(
+            n * per_sample
+            for split, n in self.counts.items()
+            if self._renders.get(split) is None
+            and not _kept_as(self.renders_path(split), render_params(self.seed, split, n, self.size))
+        )
 
     def samples(self, split: str) -> LazySamples[Sample]:
         if split not in self.counts:

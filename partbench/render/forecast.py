@@ -17,6 +17,11 @@ def forecast_text(forecasts: Sequence[Mapping[str, Any]]) -> str:
             + (f", limit {f['limit']}" if f["limit"] is not None else "")
             + f"; cache {f['cache'] or 'none (--no-cache)'}"
         )
+        if f.get("data_bytes"):
+            lines.append(
+                f"  data: {f['dataset']} is drawn before the first pass and kept for later commands:"
+                f" writes {size_text(f['data_bytes'])} to the cache"
+            )
         for enc in f["encoders"]:
             lines.append(f"  encoder {enc['encoder']} ({enc['weights_id']}; loaded {enc['loaded']})")
             for r in enc["runs"]:

@@ -59,6 +59,13 @@ def encoder_request(plan: Plan, name: str, spec: EncoderSpec) -> EncoderRequest:
     )
 
 
+def prepares_data(plan: Plan, world: World) -> bool:
+    """Whether a run with jobs draws its generated data before the first pass and keeps it
+    (EncoderRun._prepare_data): not for a --limit run, --no-cache or several processes."""
+    opts = plan.opts
+    return plan.dataset.builtin_data and opts.cache and opts.limit is None and world.size == 1
+
+
 class EncoderRun:
     """One encoder over the plan's tasks: load it, claim the runs, get their features
     (Passes), score each task."""
@@ -160,9 +167,8 @@ class EncoderRun:
         ``if __name__ == "__main__":`` guard any multiprocessing script needs."""
         from partbench.extraction import available_cores
 
-        opts, progress = self.plan.opts, self.progress
-        generated = self.plan.dataset.builtin_data
-        if not (generated and opts.cache and opts.limit is None and self.world.size == 1):
+        progress = self.progress
+        if not prepares_data(self.plan, self.world):
             return
         # A line while it works: the first time, SynParts' 2,600 images take 15 s on 2 cores.
         task_id = progress.add_task(f"{self.plan.dataset.name} data", total=None) if progress else None

@@ -21,6 +21,8 @@ Estimates (documented in docs/performance.md):
 - bytes: items x each output's shape x its stored dtype (float32 vectors; float16 token and
   stage maps with one float32 scale an item), plus labels and sample indices (int64) and
   label maps (uint8, with their int64 shapes) - what the extraction writes, array by array;
+  and, once, the generated data a run draws before its first pass and keeps
+  (``Dataset.prepare_bytes``);
 - device memory (the forward's device): the weights in float32, two float32 copies of a
   batch of inputs, the batch's outputs, and a ViT-style block's transient (the MLP's hidden
   layer, 4x the width, and the attention scores, width/64 heads x tokens^2) in the compute
@@ -62,11 +64,14 @@ def forecast(
 ) -> dict:
     """The forecast of ``partbench run`` with these arguments, as plain JSON values."""
     from partbench.cache import FeatureCache, cache_root
-    from partbench.runner.execute import load_dataset
+    from partbench.distributed import World
+    from partbench.runner.execute import load_dataset, prepares_data
 
     plan = make_plan(registry, encoders, tasks, opts, lambda: Machine.here(opts.device))
     dataset = load_dataset(plan)
     cache = FeatureCache(cache_root()) if plan.opts.cache else None
+    forecasts = [_encoder(plan, dataset, name, spec, cache, store) for name, spec in plan.encoders]
+    runs = any(r["will_run"] for f in forecasts for r in f["runs"])
     return {
         "dataset": plan.dataset.name,
         "device": plan.machine.text,
@@ -74,7 +79,9 @@ def forecast(
         "batch_size": plan.opts.batch_size,
         "limit": plan.opts.limit,
         "cache": str(cache.root) if cache is not None else None,
-        "encoders": [_encoder(plan, dataset, name, spec, cache, store) for name, spec in plan.encoders],
+        # Generated data the run draws before its first pass and keeps beside the features.
+        "data_bytes": dataset.prepare_bytes() if runs and prepares_data(plan, World()) else 0,
+        "encoders": forecasts,
     }
 
 
