@@ -291,6 +291,7 @@ def run_mini_study(
     lanes: int = 1,
 ) -> StudyReport:
     if lanes > 1:
+        from partbench.runner.execute import prepare_data
         from partbench.runner.plan import select_tasks
 
         spec = registry.dataset(opts.dataset)
@@ -298,7 +299,7 @@ def run_mini_study(
         # Generated data is made once, here, for every lane (the lanes load the dataset with
         # its defaults); a limited run reads a few samples, which each lane makes itself.
         if spec.builtin_data and opts.limit is None and not opts.dataset_options:
-            spec.load(None).prepare(workers=lanes)
+            prepare_data(spec.load(None), spec.name, lanes, progress, say)
         # Dealt in turn, the last encoder lands in a lane with one more than some others: the
         # CNN goes there, as it encodes and scores in about half a ViT's time (64 s against
         # 120 s). With two lanes the encoders with a projection head share the other lane,
