@@ -233,3 +233,34 @@ def test_generated_data_a_run_would_keep_is_counted_once(tmp_path, isolated_home
     # The arrays exactly; each file adds its zip headers and parameter record (a few KiB).
     assert 0 <= kept - before["data_bytes"] <= 2 * 4096
     assert dry_run(*args, "--force")[0]["data_bytes"] == 0  # kept: nothing to draw again
+
+
+def test_a_run_on_this_cpu_at_another_thread_count_times_the_forecast_and_is_named(tmp_path, isolated_home):
+    import torch
+
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    args = ["-e", "mini-mae", "-t", "part-retrieval", *QUICK, "--db", db]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as a study's lanes run
+        assert invoke("run", *args, "--limit", "10").exit_code == 0
+        torch.set_num_threads(2)
+        (p,) = dry_run(*args, "--limit", "12")[0]["encoders"][0]["passes"]
+        runs = json.loads(invoke("runs", "--format", "json", "--db", db).output)
+        (one,) = runs
+        assert one["device"].endswith(", 1 threads)") and p["timed_by_run"] == one["id"]
+        assert p["timed_on"] == one["device"]
+        assert p["seconds"] == pytest.approx(
+            p["items"] * one["timing"]["wall_seconds"] / one["timing"]["images"]
+        )
+        text = invoke("run", *args, "--limit", "12", "--dry-run").output
+        assert f"(as run {one['id']} was timed on {one['device']})" in text
+        # A run at this very thread count, once there is one, is the one that times it.
+        assert invoke("run", *args, "--limit", "8").exit_code == 0
+        (p,) = dry_run(*args, "--limit", "12")[0]["encoders"][0]["passes"]
+        assert p["timed_by_run"] == max(
+            r["id"] for r in json.loads(invoke("runs", "--format", "json", "--db", db).output)
+        )
+        assert "timed_on" not in p
+    finally:
+        torch.set_num_threads(threads)

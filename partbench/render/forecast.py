@@ -51,8 +51,9 @@ def forecast_text(forecasts: Sequence[Mapping[str, Any]]) -> str:
                     if "device_mb" in memory:
                         text += f", device ~{size_text(memory['device_mb'] * 2**20)}"
                     seconds = p.get("seconds")
+                    where = f"on {p['timed_on']}" if p.get("timed_on") else "here"
                     timed = (
-                        f"; ~{_seconds(seconds)} (as run {p['timed_by_run']} was timed here)"
+                        f"; ~{_seconds(seconds)} (as run {p['timed_by_run']} was timed {where})"
                         if seconds is not None
                         else "; time: not timed on this device before"
                     )
