@@ -430,7 +430,8 @@ def _memory(
 def _rates(store: Any, encoder: str, plan: Plan) -> dict[tuple[str, int], dict[str, Any]]:
     """Per kind of input (crops, images) and input size: the end-to-end items per second of
     the latest done run of this encoder reading only that kind at that size, at this
-    precision, on a device described as this one is, whose timing counted an encoder pass.
+    precision, on a device described as this one is (else on this CPU at another thread
+    count; each rate names its run and device), whose timing counted an encoder pass.
     Crops and images are told apart because cutting crops costs time of its own (SynParts,
     mini-mae, 2 CPU cores: 35 to 45 crops/s against 61 to 85 images/s); sizes, because a
     512 px window is five times a 224 px image's tokens."""
