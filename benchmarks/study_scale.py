@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from partbench.cache import size_of
 from partbench.timing import STALLS
 
 CUB_FULL = 11_788
@@ -221,11 +222,6 @@ def forecast(args: list[str], env: dict[str, str]) -> dict:
     }
 
 
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (0 when it does not exist)."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
-
-
 def summarise(step: str, proc: dict, runs: list[dict]) -> dict:
     timings = [r["timing"] or {} for r in runs]
     # Runs that shared a pass each carry its figures: count every pass once.
@@ -331,9 +327,9 @@ def main() -> None:
         # taken from a pass over all images) included; the passes' own timing counts only what
         # their writers wrote. So the cache folder is weighed before and after.
         cache = Path(run_env.get("PARTBENCH_CACHE") or Path(run_env["PARTBENCH_HOME"]) / "cache")
-        before = folder_bytes(cache)
+        before = size_of(cache)
         proc = partbench(["run", *run_args], run_env)
-        grown = (folder_bytes(cache) - before) / 2**20
+        grown = (size_of(cache) - before) / 2**20
         runs = stored_runs(db, env)
         steps.append(summarise(name, proc, runs[seen:]) | {"plan": planned, "cache_grew_mb": grown})
         seen = len(runs)

@@ -539,7 +539,8 @@ class SynParts(Dataset):
     def prepare_bytes(self) -> int:
         """The arrays ``prepare`` would keep for each split not yet kept under these
         parameters (a kept file's record is read, not its arrays), keypoints padded to the most
-        parts a class places. The file adds a few kilobytes of headers."""
+        parts a class places (four: only a split of snails alone pads to fewer). The file adds
+        a few kilobytes of headers."""
         most = max(len(placements) for _, placements in OBJECT_CLASSES.values())
         per_sample = self.size * self.size * (3 + 1 + 1) + 8 + 8 + most * 4 * 8
         return sum(
