@@ -51,6 +51,14 @@ def test_benchmark_py_is_given_the_model_batch_precision_and_device(
         assert value("--amp-dtype") == amp
 
 
+def test_a_checkout_given_relative_to_the_working_folder_is_found(tmp_path, monkeypatch):
+    # gpu_check.sh passes TIMM_SOURCE=.timm; benchmark.py itself runs in a scratch folder.
+    (tmp_path / ".timm").mkdir()
+    (tmp_path / ".timm" / "benchmark.py").write_text(STAND_IN)
+    monkeypatch.chdir(tmp_path)
+    assert timm_rate(Path(".timm"), "vit_tiny_patch16_224", 4, "fp32", 2, 5, "cpu") == 123.5
+
+
 def test_a_missing_checkout_is_named(tmp_path):
     with pytest.raises(SystemExit, match=r"no benchmark\.py there"):
         timm_rate(tmp_path, "vit_tiny_patch16_224", 1, "fp32", 1, 5, "cpu")

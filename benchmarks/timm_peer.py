@@ -53,7 +53,8 @@ def timm_rate(
     source: Path, model: str, batch: int, precision: str, warm: int, iters: int, device: str
 ) -> float:
     """infer_samples_per_sec of timm's benchmark.py, run from the checkout as its own process."""
-    script = source / "benchmark.py"
+    # Absolute: benchmark.py runs in a scratch folder, where a relative checkout (.timm) is not.
+    script = (source / "benchmark.py").resolve()
     if not script.is_file():
         raise SystemExit(f"{script}: no benchmark.py there; --timm-source is a timm source checkout")
     with tempfile.TemporaryDirectory() as tmp:
