@@ -714,6 +714,12 @@ def pretrain(
     type=click.IntRange(min=1),
     help="encoders run in N processes of one thread each [default: one per core on a CPU, 1 on a GPU]",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="print the runs, passes, bytes, memory and time the study would take; run nothing, write nothing",
+)
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: the forecast as JSON")
 @db_option
 @user_errors
 def study(
@@ -723,6 +729,8 @@ def study(
     output_dir: Path | None,
     force: bool,
     lanes: int | None,
+    dry_run: bool,
+    as_json: bool,
     db: str | None,
 ) -> None:
     """Run the study in miniature: the shipped mini encoders on every SynParts task."""
@@ -730,6 +738,15 @@ def study(
     from partbench.render import terminal
     from partbench.runner import RunOptions
 
+    if as_json and not dry_run:
+        raise PartbenchError("--json goes with --dry-run")
+    if dry_run:
+        from partbench.render.forecast import forecast_text
+
+        opts = RunOptions(device=device, seed=seed, force=force)
+        found = mini.forecast_mini_study(_registry(), _read_only_store(db), opts)
+        click.echo(json.dumps(found, indent=2) if as_json else forecast_text(found))
+        return
     err = _console(stderr=True)
     store = _store(db)
     with _progress(err) as progress:

@@ -346,6 +346,48 @@ def run_mini_study(
     )
 
 
+def forecast_mini_study(registry: Registry, store: Any, opts: RunOptions) -> list[dict[str, Any]]:
+    """What ``partbench study mini`` would run, as ``partbench run --dry-run`` tells it
+    (partbench.runner.forecast): every mini on every task, then claim 4's retrievals. Those
+    read the part crops that the runs before them encode, so their passes are shown as such,
+    with no bytes or time of their own."""
+    from partbench.runner.forecast import forecast
+
+    runs = forecast(registry, store, MINI_ENCODERS, list(BUILTIN_TASKS), opts)
+    found = [runs]
+    for feature in PROJECTION_FEATURES:
+        variant = dataclasses.replace(opts, options=(*opts.options, f"part-retrieval.feature={feature}"))
+        retrievals = forecast(registry, store, WITH_PROJECTION, ["part-retrieval"], variant)
+        found.append(_read_from(retrievals, runs))
+    return found
+
+
+def _read_from(later: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """``later``'s forecast with each pass that ``earlier`` encodes (the same cache entry, its
+    outputs among those encoded there) marked as encoded by it."""
+    written = {
+        (e["encoder"], p["entry"]): set(p["outputs"])
+        for e in earlier["encoders"]
+        for p in e["passes"]
+        if p["action"] != "cached"
+    }
+    for e in later["encoders"]:
+        for i, p in enumerate(e["passes"]):
+            held = written.get((e["encoder"], p["entry"]), set())
+            if p["action"] != "cached" and p["entry"] is not None and set(p["outputs"]) <= held:
+                e["passes"][i] = {
+                    **{k: p[k] for k in ("split", "inputs", "transform", "entry")},
+                    "action": "encoded by the runs above",
+                    "outputs": p["outputs"],
+                    "bytes": 0,
+                }
+        e["bytes"] = sum(p["bytes"] for p in e["passes"])
+        timed = [p["seconds"] for p in e["passes"] if "seconds" in p]
+        encoded = sum(p["action"] == "encode" for p in e["passes"])
+        e["seconds"] = sum(timed) if timed and len(timed) == encoded else None
+    return {**later, "data_bytes": 0}  # drawn for the runs above
+
+
 def _weights_of(runs: Sequence[Any], encoder: str) -> str | None:
     found = [r.weights_id for r in runs if r.encoder == encoder and r.dataset == DATASET]
     return found[-1] if found else None

@@ -264,3 +264,37 @@ def test_a_run_on_this_cpu_at_another_thread_count_times_the_forecast_and_is_nam
         assert "timed_on" not in p
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_study_forecasts_every_run_and_claim_4s_retrievals_from_its_passes(
+    tmp_path, isolated_home, monkeypatch
+):
+    from partbench.runner import forecast as planning
+    from partbench.study import MINI_ENCODERS, WITH_PROJECTION
+    from partbench.suites import BUILTIN_TASKS
+
+    monkeypatch.setattr(planning, "SAMPLED", 8)  # crops counted on 8 samples a split: quick
+    db = tmp_path / "r.db"
+    result = invoke("study", "mini", "--dry-run", "--json", "--db", f"sqlite:///{db}")
+    assert result.exit_code == 0, result.output
+    runs, *retrievals = json.loads(result.output)
+    assert [e["encoder"] for e in runs["encoders"]] == list(MINI_ENCODERS)
+    for e in runs["encoders"]:
+        assert [r["task"] for r in e["runs"]] == list(BUILTIN_TASKS)
+        assert all(r["will_run"] and r["stored_run"] is None for r in e["runs"])
+        assert e["bytes"] > 0 and all(p["action"] == "encode" for p in e["passes"])
+    assert runs["data_bytes"] > 0
+    # The class-token and projection retrievals read the test crops the runs above encode.
+    assert len(retrievals) == 2
+    for f in retrievals:
+        assert f["data_bytes"] == 0
+        assert [e["encoder"] for e in f["encoders"]] == list(WITH_PROJECTION)
+        for e in f["encoders"]:
+            (p,) = e["passes"]
+            assert p["action"] == "encoded by the runs above" and p["bytes"] == e["bytes"] == 0
+            first = next(r for r in runs["encoders"] if r["encoder"] == e["encoder"])
+            assert p["entry"] in {q["entry"] for q in first["passes"]}
+    assert not db.exists() and not (isolated_home / "cache").exists()  # nothing written
+    text = invoke("study", "mini", "--dry-run", "--db", f"sqlite:///{db}").output
+    assert text.count("encoded by the runs above") == 6 and "Dry run: nothing was run" in text
+    assert "--json goes with --dry-run" in invoke("study", "mini", "--json").output

@@ -40,6 +40,9 @@ def forecast_text(forecasts: Sequence[Mapping[str, Any]]) -> str:
                 if p["action"] == "cached":
                     lines.append(f"{head}, {', '.join(p['outputs'])} held in entry {p['entry']}")
                     continue
+                if "items" not in p:  # encoded by an earlier forecast's pass (partbench.study)
+                    lines.append(f"{head}: {', '.join(p['outputs'])}")
+                    continue
                 counted = "" if p["counted"] == "exact" else f" ({p['counted']})"
                 lines.append(
                     f"{head}, {p['samples']} samples, {p['items']} {p['inputs']}{counted}; "
