@@ -365,6 +365,8 @@ def forecast_mini_study(registry: Registry, store: Any, opts: RunOptions) -> lis
 def _read_from(later: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
     """``later``'s forecast with each pass that ``earlier`` encodes (the same cache entry, its
     outputs among those encoded there) marked as encoded by it."""
+    from partbench.runner.forecast import add_totals
+
     written = {
         (e["encoder"], p["entry"]): set(p["outputs"])
         for e in earlier["encoders"]
@@ -381,10 +383,7 @@ def _read_from(later: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]
                     "outputs": p["outputs"],
                     "bytes": 0,
                 }
-        e["bytes"] = sum(p["bytes"] for p in e["passes"])
-        timed = [p["seconds"] for p in e["passes"] if "seconds" in p]
-        encoded = sum(p["action"] == "encode" for p in e["passes"])
-        e["seconds"] = sum(timed) if timed and len(timed) == encoded else None
+        add_totals(e)
     return {**later, "data_bytes": 0}  # drawn for the runs above
 
 

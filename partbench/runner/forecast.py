@@ -167,11 +167,17 @@ def _encoder(plan: Plan, dataset: Any, name: str, spec: Any, cache: Any, store: 
             row["damaged_entry"] = problems[entry.folder.name]
         out["passes"].append(row)
     out["scoring_host_mb"] = max(est.scoring_mb(vs) for vs in views)
-    out["bytes"] = sum(r["bytes"] for r in out["passes"])
-    timed = [r["seconds"] for r in out["passes"] if "seconds" in r]
-    encoded = sum(r["action"] == "encode" for r in out["passes"])
-    out["seconds"] = sum(timed) if timed and len(timed) == encoded else None
-    return out
+    return add_totals(out)
+
+
+def add_totals(encoder: dict) -> dict:
+    """An encoder's forecast with its passes' bytes summed, and their encoding time where every
+    encoded pass was timed."""
+    encoder["bytes"] = sum(r["bytes"] for r in encoder["passes"])
+    timed = [r["seconds"] for r in encoder["passes"] if "seconds" in r]
+    encoded = sum(r["action"] == "encode" for r in encoder["passes"])
+    encoder["seconds"] = sum(timed) if timed and len(timed) == encoded else None
+    return encoder
 
 
 def _runs(
