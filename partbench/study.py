@@ -308,9 +308,7 @@ def run_mini_study(
         plain = [e for e in MINI_ENCODERS if e not in (*WITH_PROJECTION, REFERENCE)]
         order = [e for pair in itertools.zip_longest(plain, WITH_PROJECTION) for e in pair if e]
         order.append(REFERENCE)
-        then = [
-            (WITH_PROJECTION, "part-retrieval", f"part-retrieval.feature={f}") for f in PROJECTION_FEATURES
-        ]
+        then = [(WITH_PROJECTION, "part-retrieval", _feature_option(f)) for f in PROJECTION_FEATURES]
         for path, status in run_lanes(order, lanes, opts, store, progress, each, then):
             if status:
                 say(f"a study lane exited with status {status}; its output is in {path}")
@@ -319,7 +317,7 @@ def run_mini_study(
     outcomes = run(registry, store, MINI_ENCODERS, list(BUILTIN_TASKS), opts, progress=progress, say=say)
     projection: dict[str, dict[str, int]] = {}
     for feature in PROJECTION_FEATURES:
-        variant = dataclasses.replace(opts, options=(*opts.options, f"part-retrieval.feature={feature}"))
+        variant = _with_feature(opts, feature)
         for o in run(
             registry,
             store,
@@ -346,6 +344,15 @@ def run_mini_study(
     )
 
 
+def _with_feature(opts: RunOptions, feature: str) -> RunOptions:
+    """``opts`` for claim 4's part retrieval on ``feature`` (cls or projection)."""
+    return dataclasses.replace(opts, options=(*opts.options, _feature_option(feature)))
+
+
+def _feature_option(feature: str) -> str:
+    return f"part-retrieval.feature={feature}"
+
+
 def forecast_mini_study(registry: Registry, store: Any, opts: RunOptions) -> list[dict[str, Any]]:
     """What ``partbench study mini`` would run, as ``partbench run --dry-run`` tells it
     (partbench.runner.forecast): every mini on every task, then claim 4's retrievals. Those
@@ -353,11 +360,13 @@ def forecast_mini_study(registry: Registry, store: Any, opts: RunOptions) -> lis
     with no bytes or time of their own."""
     from partbench.runner.forecast import forecast
 
-    runs = forecast(registry, store, MINI_ENCODERS, list(BUILTIN_TASKS), opts)
+    loaded: dict = {}  # one SynParts for every forecast: its crops are counted once
+    runs = forecast(registry, store, MINI_ENCODERS, list(BUILTIN_TASKS), opts, loaded)
     found = [runs]
     for feature in PROJECTION_FEATURES:
-        variant = dataclasses.replace(opts, options=(*opts.options, f"part-retrieval.feature={feature}"))
-        retrievals = forecast(registry, store, WITH_PROJECTION, ["part-retrieval"], variant)
+        retrievals = forecast(
+            registry, store, WITH_PROJECTION, ["part-retrieval"], _with_feature(opts, feature), loaded
+        )
         found.append(_read_from(retrievals, runs))
     return found
 

@@ -61,15 +61,27 @@ ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def forecast(
-    registry: Any, store: Any, encoders: Sequence[str], tasks: Sequence[str], opts: RunOptions
+    registry: Any,
+    store: Any,
+    encoders: Sequence[str],
+    tasks: Sequence[str],
+    opts: RunOptions,
+    loaded: dict[tuple[str, str, str], Any] | None = None,
 ) -> dict:
-    """The forecast of ``partbench run`` with these arguments, as plain JSON values."""
+    """The forecast of ``partbench run`` with these arguments, as plain JSON values.
+    ``loaded`` keeps the datasets loaded so far, for a caller forecasting several runs on the
+    same data (the study): the samples read to count crops are not drawn again for each."""
     from partbench.cache import FeatureCache, cache_root
     from partbench.distributed import World
     from partbench.runner.execute import load_dataset, prepares_data
 
     plan = make_plan(registry, encoders, tasks, opts, lambda: Machine.here(opts.device))
-    dataset = load_dataset(plan)
+    key = (plan.dataset.name, str(plan.data_root), repr(sorted(plan.dataset_options.items())))
+    if loaded is None:
+        loaded = {}
+    if key not in loaded:
+        loaded[key] = load_dataset(plan)
+    dataset = loaded[key]
     cache = FeatureCache(cache_root()) if plan.opts.cache else None
     forecasts = [_encoder(plan, dataset, name, spec, cache, store) for name, spec in plan.encoders]
     runs = any(r["will_run"] for f in forecasts for r in f["runs"])
